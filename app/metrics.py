@@ -1,0 +1,150 @@
+"""Prometheus metrics of one app instance, on a registry of its own.
+
+Labels come from fixed sets (the protocol's message types and error codes, the names of
+our close codes) so a client cannot grow the number of series, and no label ever names
+a campaign or a user.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.errors import ERROR_CODES, CloseCode
+from app.protocol import CLIENT_TYPES, SERVER_TYPES
+
+UNKNOWN = "unknown"
+
+MESSAGE_TYPES: frozenset[str] = frozenset(CLIENT_TYPES) | frozenset(SERVER_TYPES)
+
+# A broadcast is frame received -> last recipient queued: in-memory work, so sub-ms is
+# normal and anything past 100 ms means the event loop is starved.
+BROADCAST_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+)
+
+# A flush is one batched upsert over the network to Postgres (Neon): milliseconds
+# normally, seconds when the database is cold or struggling.
+FLUSH_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """Every metric the server exports, registered on a registry created for this instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        # connections and sessions
+        self.open_connections = Gauge(
+            "vtt_open_connections", "Open WebSocket connections.", registry=registry
+        )
+        self.live_sessions = Gauge(
+            "vtt_live_sessions", "Campaign sessions held in memory.", registry=registry
+        )
+        self.dirty_sessions = Gauge(
+            "vtt_dirty_sessions", "Sessions with changes not yet written.", registry=registry
+        )
+        # traffic
+        self.messages_in = Counter(
+            "vtt_messages_in", "Frames received, by type.", ["type"], registry=registry
+        )
+        self.messages_out = Counter(
+            "vtt_messages_out", "Frames queued to clients, by type.", ["type"], registry=registry
+        )
+        self.errors = Counter(
+            "vtt_errors", "Error replies sent, by code.", ["code"], registry=registry
+        )
+        self.handshake_refusals = Counter(
+            "vtt_handshake_refusals",
+            "Connections closed during the handshake, by close code name.",
+            ["reason"],
+            registry=registry,
+        )
+        self.slow_client_closes = Counter(
+            "vtt_slow_client_closes",
+            "Connections closed because their outbound queue overflowed.",
+            registry=registry,
+        )
+        self.broadcast_latency = Histogram(
+            "vtt_broadcast_latency_seconds",
+            "Time from a frame's arrival to its last recipient's queue.",
+            buckets=BROADCAST_BUCKETS,
+            registry=registry,
+        )
+        # persistence
+        self.flush_duration = Histogram(
+            "vtt_flush_duration_seconds",
+            "Duration of one batched write of dirty sessions.",
+            buckets=FLUSH_BUCKETS,
+            registry=registry,
+        )
+        self.flush_rows = Counter(
+            "vtt_flush_rows", "Session rows written by flushes.", registry=registry
+        )
+        self.flush_failures = Counter(
+            "vtt_flush_failures", "Flushes that failed and will be retried.", registry=registry
+        )
+        # Every known label value starts at zero, so rates and alerts work before
+        # the first event of a kind.
+        for message_type in (*MESSAGE_TYPES, UNKNOWN):
+            self.messages_in.labels(message_type)
+            self.messages_out.labels(message_type)
+        for code in (*ERROR_CODES, UNKNOWN):
+            self.errors.labels(code)
+        for close_code in CloseCode:
+            self.handshake_refusals.labels(close_code.name.lower())
+        self.handshake_refusals.labels(UNKNOWN)
+
+    def message_in(self, message_type: str) -> None:
+        """Count one received frame of `message_type` (anything unrecognised as unknown)."""
+        self.messages_in.labels(message_type_label(message_type)).inc()
+
+    def message_out(self, message_type: str, count: int = 1) -> None:
+        """Count `count` frames of `message_type` queued to clients (one per recipient)."""
+        self.messages_out.labels(message_type_label(message_type)).inc(count)
+
+    def error(self, code: str) -> None:
+        """Count one error reply with `code`."""
+        self.errors.labels(code if code in ERROR_CODES else UNKNOWN).inc()
+
+    def handshake_refused(self, close_code: int) -> None:
+        """Count one handshake closed with `close_code`, labelled by the code's name."""
+        try:
+            reason = CloseCode(close_code).name.lower()
+        except ValueError:
+            reason = UNKNOWN
+        self.handshake_refusals.labels(reason).inc()
+
+    async def endpoint(self, request: Request) -> Response:
+        """Serve the registry in the format the scraper asked for (Prometheus text by default)."""
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(self.registry), media_type=content_type)
+
+
+def message_type_label(message_type: str) -> str:
+    """Return `message_type` when it is a protocol type, else "unknown"."""
+    return message_type if message_type in MESSAGE_TYPES else UNKNOWN
