@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.errors import ERROR_CODES, CloseCode
+from app.manager import FlushObserver
 from app.protocol import CLIENT_TYPES, SERVER_TYPES
 
 UNKNOWN = "unknown"
@@ -52,7 +53,7 @@ FLUSH_BUCKETS: tuple[float, ...] = (
 )
 
 
-class Metrics:
+class Metrics(FlushObserver):
     """Every metric the server exports, registered on a registry created for this instance."""
 
     def __init__(self) -> None:
@@ -138,6 +139,19 @@ class Metrics:
         except ValueError:
             reason = UNKNOWN
         self.handshake_refusals.labels(reason).inc()
+
+    def flushed(self, seconds: float, rows: int, ok: bool) -> None:
+        """Record one write attempt of the flusher: its duration, and its rows or its failure."""
+        self.flush_duration.observe(seconds)
+        if ok:
+            self.flush_rows.inc(rows)
+        else:
+            self.flush_failures.inc()
+
+    def sessions_changed(self, live: int, dirty: int) -> None:
+        """Record how many sessions are in memory and how many have unwritten changes."""
+        self.live_sessions.set(live)
+        self.dirty_sessions.set(dirty)
 
     async def endpoint(self, request: Request) -> Response:
         """Serve the registry in the format the scraper asked for (Prometheus text by default)."""

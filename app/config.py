@@ -1,0 +1,229 @@
+"""Settings read once from the environment (and `.env` when present)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_ROLE_SQL = (
+    "SELECT CASE WHEN gm_id = :user_id THEN 'gm' ELSE 'player' END AS role "
+    "FROM campaigns WHERE id = :campaign_id"
+)
+
+TokenPolicy = Literal["open", "owner"]
+
+
+class ConfigError(Exception):
+    """The environment describes a configuration the server refuses to run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Protocol limits; every one is enforced by the app itself."""
+
+    max_frame_bytes: int = 512 * 1024
+    max_tokens: int = 2000
+    max_fog_zones: int = 5000
+    max_maps: int = 200
+    max_map_points: int = 200_000
+    image_url_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server reads from its environment."""
+
+    port: int = 8080
+    env: str = "development"
+    log_level: str = "info"
+    database_url: str | None = None
+    sqlite_path: str = "vtt.db"
+    auto_migrate: bool = True
+    clerk_jwks_url: str | None = None
+    clerk_issuer: str | None = None
+    clerk_authorized_parties: tuple[str, ...] = ()
+    jwt_leeway: float = 5.0
+    jwks_ttl: float = 300.0
+    role_sql: str = DEFAULT_ROLE_SQL
+    allowed_origins: tuple[str, ...] = ()
+    dev_key_dir: str = ".devkeys"
+    token_refresh_required: bool = False
+    token_grace: float = 300.0
+    token_policy: TokenPolicy = "open"
+    flush_interval: float = 5.0
+    evict_grace: float = 60.0
+    limits: Limits = Limits()
+    rate_per_second: float = 60.0
+    rate_burst: int = 120
+    flood_close_seconds: float = 10.0
+    outbox_max_messages: int = 1024
+    outbox_max_bytes: int = 4 * 1024 * 1024
+    max_connections_per_user: int = 8
+    max_connections_per_campaign: int = 100
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    resume_buffer: int = 1000
+    ws_impl: str = "websockets-sansio"
+    ws_per_message_deflate: bool = False
+
+    @property
+    def production(self) -> bool:
+        """Whether the server runs in production mode."""
+        return self.env == "production"
+
+    @property
+    def dev_auth(self) -> bool:
+        """Whether tokens are verified against the local development key pair."""
+        return self.clerk_jwks_url is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: the process environment plus `.env`)."""
+        env = dict(read_dotenv(Path(".env"))) if environ is None else {}
+        env.update(os.environ if environ is None else environ)
+        return _parse(env)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a `.env` file of KEY=VALUE lines; a missing file gives nothing."""
+    if not path.is_file():
+        return {}
+    values: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _str(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(key, "").strip()
+    return value or None
+
+
+def _list(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(key, "").split(",") if part.strip())
+
+
+def _num(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = _str(env, key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{key} must be a finite number >= {minimum}, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    raw = _str(env, key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = _str(env, key)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{key} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def default_issuer(jwks_url: str | None) -> str | None:
+    """The issuer implied by a Clerk JWKS URL: its origin, when it ends in the well-known path."""
+    suffix = "/.well-known/jwks.json"
+    if jwks_url is None or not jwks_url.endswith(suffix):
+        return None
+    return jwks_url.removesuffix(suffix)
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    mode = (_str(env, "VTT_ENV") or "development").lower()
+    if _str(env, "FLY_APP_NAME") is not None:
+        mode = "production"
+    if mode not in {"development", "production", "test"}:
+        raise ConfigError(f"VTT_ENV must be development, test or production, got {mode!r}")
+    jwks_url = _str(env, "CLERK_JWKS_URL")
+    database_url = _str(env, "DATABASE_URL")
+    if mode == "production":
+        missing = [
+            name
+            for name, value in (("CLERK_JWKS_URL", jwks_url), ("DATABASE_URL", database_url))
+            if value is None
+        ]
+        if missing:
+            raise ConfigError(
+                "production mode (VTT_ENV=production or FLY_APP_NAME set) requires "
+                + " and ".join(missing)
+                + ": dev auth and the embedded database are refused in production"
+            )
+    policy = (_str(env, "VTT_TOKEN_POLICY") or "open").lower()
+    if policy not in {"open", "owner"}:
+        raise ConfigError(f"VTT_TOKEN_POLICY must be open or owner, got {policy!r}")
+    token_policy: TokenPolicy = "owner" if policy == "owner" else "open"
+    base = Limits()
+    limits = Limits(
+        max_frame_bytes=_int(env, "VTT_MAX_FRAME_BYTES", base.max_frame_bytes, minimum=1024),
+        max_tokens=_int(env, "VTT_MAX_TOKENS", base.max_tokens, minimum=1),
+        max_fog_zones=_int(env, "VTT_MAX_FOG_ZONES", base.max_fog_zones, minimum=1),
+        max_maps=_int(env, "VTT_MAX_MAPS", base.max_maps, minimum=1),
+        max_map_points=_int(env, "VTT_MAX_MAP_POINTS", base.max_map_points, minimum=1),
+        image_url_prefixes=_list(env, "VTT_IMAGE_URL_PREFIXES"),
+    )
+    return Settings(
+        port=_int(env, "PORT", 8080, minimum=0),
+        env=mode,
+        log_level=(_str(env, "LOG_LEVEL") or "info").lower(),
+        database_url=database_url,
+        sqlite_path=_str(env, "VTT_SQLITE_PATH") or "vtt.db",
+        auto_migrate=_bool(env, "VTT_AUTO_MIGRATE", True),
+        clerk_jwks_url=jwks_url,
+        clerk_issuer=_str(env, "CLERK_ISSUER") or default_issuer(jwks_url),
+        clerk_authorized_parties=_list(env, "CLERK_AUTHORIZED_PARTIES"),
+        jwt_leeway=_num(env, "VTT_JWT_LEEWAY", 5.0),
+        jwks_ttl=_num(env, "VTT_JWKS_TTL", 300.0, minimum=1.0),
+        role_sql=_str(env, "VTT_ROLE_SQL") or DEFAULT_ROLE_SQL,
+        allowed_origins=_list(env, "VTT_ALLOWED_ORIGINS"),
+        dev_key_dir=_str(env, "VTT_DEV_KEY_DIR") or ".devkeys",
+        token_refresh_required=_bool(env, "VTT_TOKEN_REFRESH_REQUIRED", False),
+        token_grace=_num(env, "VTT_TOKEN_GRACE", 300.0),
+        token_policy=token_policy,
+        flush_interval=_num(env, "VTT_FLUSH_INTERVAL", 5.0, minimum=0.05),
+        evict_grace=_num(env, "VTT_EVICT_GRACE", 60.0),
+        limits=limits,
+        rate_per_second=_num(env, "VTT_RATE_PER_SECOND", 60.0, minimum=0.1),
+        rate_burst=_int(env, "VTT_RATE_BURST", 120, minimum=1),
+        flood_close_seconds=_num(env, "VTT_FLOOD_CLOSE_SECONDS", 10.0, minimum=0.1),
+        outbox_max_messages=_int(env, "VTT_OUTBOX_MAX_MESSAGES", 1024, minimum=1),
+        outbox_max_bytes=_int(env, "VTT_OUTBOX_MAX_BYTES", 4 * 1024 * 1024, minimum=1024),
+        max_connections_per_user=_int(env, "VTT_MAX_CONNECTIONS_PER_USER", 8, minimum=1),
+        max_connections_per_campaign=_int(env, "VTT_MAX_CONNECTIONS_PER_CAMPAIGN", 100, minimum=1),
+        ping_interval=_num(env, "VTT_PING_INTERVAL", 20.0, minimum=0.1),
+        ping_timeout=_num(env, "VTT_PING_TIMEOUT", 20.0, minimum=0.1),
+        resume_buffer=_int(env, "VTT_RESUME_BUFFER", 1000, minimum=0),
+        ws_impl=_str(env, "VTT_WS_IMPL") or "websockets-sansio",
+        ws_per_message_deflate=_bool(env, "VTT_WS_PER_MESSAGE_DEFLATE", False),
+    )

@@ -1,0 +1,249 @@
+"""One WebSocket: a bounded outbox drained by its own writer task, and the read loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+
+from starlette.types import Receive, Send
+
+from app.auth import Identity, RoleResolver, TokenVerifier
+from app.config import Settings
+from app.errors import CloseCode, CloseConnection
+from app.protocol import AuthRefreshMsg, DecodeFailure, PingMsg, decode_client_message
+from app.ratelimit import TokenBucket, Verdict
+from app.session import Session
+from app.table import Actor
+
+log = logging.getLogger("vtt.connection")
+
+# How long a slow client's close may wait for its socket to drain before the socket is dropped.
+CLOSE_DEADLINE = 5.0
+
+
+class _Entry:
+    """One queued frame; a queued move is rewritten in place when a newer one arrives."""
+
+    __slots__ = ("move_of", "text")
+
+    def __init__(self, text: str, move_of: str | None) -> None:
+        self.text = text
+        self.move_of = move_of
+
+
+class Client:
+    """A session member backed by one socket; delivering never waits on the socket."""
+
+    def __init__(
+        self, send: Send, actor: Actor, identity: Identity, campaign_id: str, settings: Settings
+    ) -> None:
+        self._send = send
+        self._actor = actor
+        self.identity = identity
+        self.campaign_id = campaign_id
+        self.settings = settings
+        # Outbox: frames in order, the queued move of each token, and the bytes held.
+        self._outbox: deque[_Entry] = deque()
+        self._moves: dict[str, _Entry] = {}
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        # Closing: set once; the writer sends the close frame after what it is sending now.
+        # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: `tasks`
+        # (the reader and the writer) are cancelled and the server drops it.
+        self.closing: CloseConnection | None = None
+        self.abandoned = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def actor(self) -> Actor:
+        """Who this client is."""
+        return self._actor
+
+    def deliver(self, text: str, token_id: str | None = None, is_move: bool = False) -> None:
+        """Queue a frame; a move replaces the same token's queued move (conflation)."""
+        if self.closing is not None:
+            return
+        if is_move and token_id is not None:
+            queued = self._moves.get(token_id)
+            if queued is not None:
+                self._bytes += len(text) - len(queued.text)
+                queued.text = text
+                return
+        elif token_id is None:
+            if self._moves:
+                self._moves.clear()
+        else:
+            self._moves.pop(token_id, None)
+        entry = _Entry(text, token_id if is_move else None)
+        if is_move and token_id is not None:
+            self._moves[token_id] = entry
+        self._outbox.append(entry)
+        self._bytes += len(text)
+        if (
+            len(self._outbox) > self.settings.outbox_max_messages
+            or self._bytes > self.settings.outbox_max_bytes
+        ):
+            self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+            return
+        self._wake.set()
+
+    def close(self, reason: CloseConnection) -> None:
+        """Close soon with `reason`: queued frames are dropped, the writer sends the close."""
+        if self.closing is not None:
+            return
+        self.closing = reason
+        self._outbox.clear()
+        self._moves.clear()
+        self._bytes = 0
+        self._wake.set()
+        asyncio.get_running_loop().call_later(CLOSE_DEADLINE, self._abandon)
+
+    def _abandon(self) -> None:
+        pending = [task for task in self.tasks if not task.done()]
+        if pending:
+            self.abandoned = True
+            for task in pending:
+                task.cancel()
+
+    async def write_loop(self) -> None:
+        """Drain the outbox onto the socket until the client closes or the socket goes away."""
+        with contextlib.suppress(OSError):
+            await self._drain()
+
+    async def _drain(self) -> None:
+        outbox = self._outbox
+        send = self._send
+        while True:
+            if self.closing is not None:
+                code = self.closing.code
+                await send(
+                    {"type": "websocket.close", "code": int(code), "reason": self.closing.reason}
+                )
+                return
+            if not outbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            entry = outbox.popleft()
+            self._bytes -= len(entry.text)
+            if entry.move_of is not None and self._moves.get(entry.move_of) is entry:
+                del self._moves[entry.move_of]
+            await send({"type": "websocket.send", "text": entry.text})
+
+
+class Reader:
+    """The read loop of one client: limits, decoding, dispatch to the session."""
+
+    def __init__(
+        self,
+        client: Client,
+        session: Session,
+        verifier: TokenVerifier,
+        roles: RoleResolver,
+        settings: Settings,
+    ) -> None:
+        self.client = client
+        self.session = session
+        self.verifier = verifier
+        self.roles = roles
+        self.settings = settings
+        now = time.monotonic()
+        self.bucket = TokenBucket(
+            settings.rate_per_second, settings.rate_burst, settings.flood_close_seconds, now
+        )
+        self._expiry: asyncio.TimerHandle | None = None
+        self._arm_expiry()
+
+    async def run(self, receive: Receive) -> None:
+        """Read until the peer disconnects."""
+        client = self.client
+        max_bytes = self.settings.limits.max_frame_bytes
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    return
+                if client.closing is not None:
+                    continue
+                data: str | bytes | None = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                if _too_big(data, max_bytes):
+                    client.close(CloseConnection(CloseCode.TOO_BIG, "frame too large"))
+                    continue
+                verdict = self.bucket.take(time.monotonic())
+                if verdict is not Verdict.ACCEPT:
+                    self._limited(verdict)
+                    continue
+                await self._handle(data)
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+
+    def _limited(self, verdict: Verdict) -> None:
+        if verdict is Verdict.CLOSE:
+            log.warning(
+                "closing a flooding connection",
+                extra={
+                    "campaign_id": self.client.campaign_id,
+                    "user_id": self.client.actor.user_id,
+                },
+            )
+            self.client.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
+        elif verdict is Verdict.DROP_AND_TELL:
+            self.session.reply_error(self.client, "rate_limited", "too many messages; slow down")
+
+    async def _handle(self, data: str | bytes) -> None:
+        try:
+            message = decode_client_message(data)
+        except DecodeFailure as failure:
+            self.session.reply_error(self.client, failure.code, failure.message)
+            return
+        match message:
+            case PingMsg():
+                self.session.pong(self.client)
+            case AuthRefreshMsg(payload=refresh):
+                await self._refresh(refresh.token)
+            case _:
+                await self.session.submit(self.client, message)
+
+    async def _refresh(self, token: str) -> None:
+        client = self.client
+        try:
+            identity = await self.verifier.verify(token)
+            if identity.user_id != client.identity.user_id:
+                raise CloseConnection(CloseCode.UNAUTHORIZED, "token is for another user")
+            role = await self.roles.role(client.campaign_id, identity)
+            if role != client.actor.role:
+                raise CloseConnection(CloseCode.UNAUTHORIZED, "campaign role changed; reconnect")
+        except CloseConnection as exc:
+            client.close(exc)
+            return
+        client.identity = identity
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """With refresh required, close the connection when its token's grace runs out."""
+        if not self.settings.token_refresh_required:
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        deadline = self.client.identity.expires_at + self.settings.token_grace
+        delay = max(0.0, deadline - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self.client.close(CloseConnection(CloseCode.UNAUTHORIZED, "token expired; refresh it"))
+
+
+def _too_big(data: str | bytes, limit: int) -> bool:
+    """Whether a frame exceeds `limit` bytes (a str's UTF-8 size is at most 4 bytes a char)."""
+    size = len(data)
+    if size > limit:
+        return True
+    if isinstance(data, str) and size * 4 > limit:
+        return len(data.encode()) > limit
+    return False

@@ -1,0 +1,126 @@
+"""HTTP and WebSocket endpoints: /health, /ready, /metrics and /ws (handshake -> join -> run)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from app.auth import Identity
+from app.connection import Client, Reader
+from app.errors import CloseCode, CloseConnection
+from app.services import Services
+from app.store import StoreUnavailable
+from app.table import Actor
+
+log = logging.getLogger("vtt.endpoints")
+
+CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def services_of(scope: Scope) -> Services:
+    """The services the lifespan built, as every request's scope carries them."""
+    services: Services = scope["state"]["services"]
+    return services
+
+
+async def health(request: Request) -> Response:
+    """Liveness with counts only: never a campaign id or a user id."""
+    manager = services_of(request.scope).manager
+    clients = sum(len(session.members) for session in manager.sessions.values())
+    return JSONResponse({"status": "ok", "sessions": len(manager.sessions), "clients": clients})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: the database answers and signing keys are loaded."""
+    services = services_of(request.scope)
+    if services.manager.closing:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    if not services.keys.ready:
+        return JSONResponse({"status": "not ready", "reason": "signing keys not loaded"}, 503)
+    try:
+        await asyncio.wait_for(services.store.ping(), timeout=5.0)
+    except (StoreUnavailable, TimeoutError):
+        return JSONResponse({"status": "not ready", "reason": "database unavailable"}, 503)
+    return JSONResponse({"status": "ready"})
+
+
+class WebSocketEndpoint:
+    """The /ws endpoint as a plain ASGI app, so the hot path skips per-message wrappers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Accept, run the handshake checks, join the campaign, then read until disconnect."""
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        services = services_of(scope)
+        query = QueryParams(scope["query_string"])
+        campaign_id = query.get("campaign", "")
+        try:
+            identity, actor = await self._admit(scope, services, campaign_id)
+            client = Client(send, actor, identity, campaign_id, services.settings)
+            since, epoch = _resume_point(query)
+            session, _ = await services.manager.join(campaign_id, client, since, epoch)
+        except CloseConnection as refusal:
+            log.info(
+                "connection refused",
+                extra={
+                    "campaign_id": campaign_id[:128],
+                    "code": int(refusal.code),
+                    "reason": refusal.reason,
+                },
+            )
+            await send(
+                {"type": "websocket.close", "code": int(refusal.code), "reason": refusal.reason}
+            )
+            return
+        reader = Reader(client, session, services.verifier, services.roles, services.settings)
+        writer = asyncio.create_task(client.write_loop())
+        client.tasks = [writer, asyncio.current_task()]  # type: ignore[list-item]
+        try:
+            await reader.run(receive)
+        except asyncio.CancelledError:
+            if not client.abandoned:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        finally:
+            client.tasks = []
+            if client.closing is None:
+                writer.cancel()
+            await session.leave(client)
+            services.manager.released(session)
+
+    async def _admit(
+        self, scope: Scope, services: Services, campaign_id: str
+    ) -> tuple[Identity, Actor]:
+        if not CAMPAIGN_ID.match(campaign_id):
+            raise CloseConnection(
+                CloseCode.BAD_REQUEST, "campaign must be 1-128 characters of [A-Za-z0-9_-]"
+            )
+        identity = scope.get("auth")
+        if isinstance(identity, CloseConnection):
+            raise identity
+        if not isinstance(identity, Identity):
+            raise CloseConnection(CloseCode.UNAUTHORIZED, "missing token")
+        origin = Headers(scope=scope).get("origin")
+        allowed = services.settings.allowed_origins
+        if allowed and origin is not None and origin not in allowed:
+            raise CloseConnection(CloseCode.FORBIDDEN, "origin not allowed")
+        role = await services.roles.role(campaign_id, identity)
+        return identity, Actor(user_id=identity.user_id, role=role)
+
+
+def _resume_point(query: QueryParams) -> tuple[int | None, str | None]:
+    """`since` and `epoch` from the URL; anything malformed means a full state.sync."""
+    since, epoch = query.get("since"), query.get("epoch")
+    if since is None or epoch is None or not since.isdigit() or len(since) > 18:
+        return None, None
+    return int(since), epoch

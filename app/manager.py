@@ -1,0 +1,200 @@
+"""Campaign id -> live Session: single-flight loads, the flush loop, idle eviction, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from app.config import Settings
+from app.errors import CloseCode, CloseConnection
+from app.protocol import decode_stored_state
+from app.session import Member, Session, SessionClosed, Snapshot
+from app.store import Store, StoreUnavailable
+from app.table import new_state
+
+log = logging.getLogger("vtt.manager")
+
+MAX_FLUSH_BACKOFF = 60.0
+# Snapshots are taken in slices so that thousands of dirty sessions never hold the loop long.
+SNAPSHOT_SLICE = 200
+
+
+class FlushObserver:
+    """Hooks the metrics layer attaches to; the defaults observe nothing."""
+
+    def flushed(self, seconds: float, rows: int, ok: bool) -> None:
+        """Called after every write attempt."""
+
+    def sessions_changed(self, live: int, dirty: int) -> None:
+        """Called when the number of live or dirty sessions may have changed."""
+
+
+class SessionManager:
+    """Owns every live Session of this process."""
+
+    def __init__(
+        self, settings: Settings, store: Store, observer: FlushObserver | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.observer = observer or FlushObserver()
+        self.sessions: dict[str, Session] = {}
+        self._loading: dict[str, asyncio.Task[Session]] = {}
+        self._evicting: dict[str, asyncio.Task[None]] = {}
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._outage_since: float | None = None
+        self.closing = False
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    async def join(
+        self, campaign_id: str, member: Member, since: int | None = None, epoch: str | None = None
+    ) -> tuple[Session, bool]:
+        """Join `member` to its campaign's session; True in the pair when it resumed."""
+        while True:
+            session = await self.acquire(campaign_id)
+            try:
+                return session, await session.join(member, since, epoch)
+            except SessionClosed:
+                continue
+
+    async def acquire(self, campaign_id: str) -> Session:
+        """The live session of `campaign_id`, loading it once however many joins race for it."""
+        if self.closing:
+            raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
+        session = self.sessions.get(campaign_id)
+        if session is not None:
+            return session
+        task = self._loading.get(campaign_id)
+        if task is None:
+            task = asyncio.create_task(self._load(campaign_id))
+            self._loading[campaign_id] = task
+            task.add_done_callback(lambda _: self._loading.pop(campaign_id, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, campaign_id: str) -> Session:
+        try:
+            data = await self.store.load(campaign_id)
+        except StoreUnavailable as exc:
+            log.warning("state load failed", extra={"campaign_id": campaign_id, "reason": str(exc)})
+            raise CloseConnection(CloseCode.TRY_AGAIN_LATER, "state could not be loaded") from exc
+        if data is None:
+            state = new_state(campaign_id)
+        else:
+            try:
+                state = decode_stored_state(data, campaign_id)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error(
+                    "stored state cannot be decoded",
+                    extra={"campaign_id": campaign_id, "reason": str(exc)},
+                )
+                raise CloseConnection(
+                    CloseCode.INTERNAL_ERROR, "stored state is unreadable"
+                ) from exc
+        if self.closing:
+            raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
+        session = Session(state, self.settings)
+        self.sessions[campaign_id] = session
+        self._observe()
+        return session
+
+    def released(self, session: Session) -> None:
+        """A member left `session`: evict it after the grace period if nobody comes back."""
+        if session.members or self.closing or session.campaign_id in self._evicting:
+            return
+        task = asyncio.create_task(self._evict_when_idle(session))
+        self._evicting[session.campaign_id] = task
+        task.add_done_callback(lambda _: self._evicting.pop(session.campaign_id, None))
+
+    async def _evict_when_idle(self, session: Session) -> None:
+        await asyncio.sleep(self.settings.evict_grace)
+        while not session.members and not self.closing:
+            if not session.dirty:
+                session.closed = True
+                if self.sessions.get(session.campaign_id) is session:
+                    del self.sessions[session.campaign_id]
+                    self._observe()
+                return
+            if not await self.flush():
+                await asyncio.sleep(self.settings.flush_interval)
+
+    # --- flushing -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the periodic flush loop."""
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        delay = self.settings.flush_interval
+        while True:
+            await asyncio.sleep(delay)
+            ok = await self.flush()
+            if ok:
+                delay = self.settings.flush_interval
+            else:
+                delay = min(delay * 2, max(MAX_FLUSH_BACKOFF, self.settings.flush_interval))
+
+    async def flush(self) -> bool:
+        """Write every dirty session in batched upserts; False when the store failed."""
+        async with self._flush_lock:
+            snapshots: list[tuple[Session, Snapshot]] = []
+            dirty = [s for s in self.sessions.values() if s.dirty]
+            for index, session in enumerate(dirty, start=1):
+                snapshot = await session.snapshot()
+                if snapshot is not None:
+                    snapshots.append((session, snapshot))
+                if index % SNAPSHOT_SLICE == 0:
+                    await asyncio.sleep(0)
+            if not snapshots:
+                return True
+            started = time.perf_counter()
+            try:
+                await self.store.save_many([(s.campaign_id, s.data) for _, s in snapshots])
+            except StoreUnavailable as exc:
+                self.observer.flushed(time.perf_counter() - started, len(snapshots), ok=False)
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.error(
+                        "flush failed; state stays dirty and is retried with backoff",
+                        extra={"reason": str(exc), "rows": len(snapshots)},
+                    )
+                self._observe()
+                return False
+            self.observer.flushed(time.perf_counter() - started, len(snapshots), ok=True)
+            if self._outage_since is not None:
+                log.info(
+                    "flush recovered",
+                    extra={"outage_seconds": round(time.monotonic() - self._outage_since, 3)},
+                )
+                self._outage_since = None
+            for session, snapshot in snapshots:
+                session.mark_saved(snapshot)
+            self._observe()
+            return True
+
+    def _observe(self) -> None:
+        dirty = sum(1 for s in self.sessions.values() if s.dirty)
+        self.observer.sessions_changed(len(self.sessions), dirty)
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    async def close(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
+        """Refuse new joins, then flush everything, retrying until `deadline`; True when done."""
+        self.closing = True
+        for task in [self._flusher, *self._evicting.values(), *self._loading.values()]:
+            if task is not None:
+                task.cancel()
+        delay = 0.1
+        while True:
+            if await self.flush():
+                return True
+            if clock() + delay >= deadline:
+                log.error("shutdown with unsaved state: the store kept failing")
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,68 @@
+"""Run the server as `make run` and the container do: uvicorn with uvloop, on PORT."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import uvicorn
+
+from app.config import ConfigError, Settings
+from app.logs import configure_logging, log_config
+
+# Fly's proxy reaches the machine over its private network; only its headers are trusted.
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1,fdaa::/16"
+
+
+def banner(settings: Settings) -> str:
+    """How to use a development server, printed at startup."""
+    base = f"ws://127.0.0.1:{settings.port}/ws"
+    return "\n".join(
+        [
+            f"vtt-realtime (development) on http://127.0.0.1:{settings.port}",
+            f"  state: SQLite file {settings.sqlite_path}",
+            f"  auth:  dev keys in {settings.dev_key_dir}/ (RS256, same checks as production)",
+            "  mint a token:  make token ARGS='--user alice --gm --campaign demo'",
+            "             or  .venv/bin/python -m app.devtoken --user bob --campaign demo",
+            f"  connect:       {base}?campaign=demo&token=<token>",
+            f"  health:        http://127.0.0.1:{settings.port}/health",
+        ]
+    )
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn configuration this server runs with (also used by the tests)."""
+    return {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": settings.ws_impl,
+        "ws_max_size": settings.limits.max_frame_bytes,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "proxy_headers": True,
+        "forwarded_allow_ips": os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS),
+        "log_config": log_config(settings.log_level),
+        "timeout_graceful_shutdown": 20,
+        "lifespan": "on",
+    }
+
+
+def main() -> int:
+    """Start uvicorn with this server's settings."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if settings.dev_auth and settings.database_url is None:
+        print(banner(settings), flush=True)
+    host = os.environ.get("HOST", "0.0.0.0")
+    uvicorn.run("app.main:app", host=host, port=settings.port, **uvicorn_options(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

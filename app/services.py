@@ -1,0 +1,66 @@
+"""Everything the lifespan builds for one app instance, and its teardown order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth import (
+    DEV_ISSUER,
+    DevClaimRoles,
+    DevKeys,
+    KeySource,
+    RoleResolver,
+    TokenPolicyConfig,
+    TokenVerifier,
+    check_cryptography_backend,
+)
+from app.config import Settings
+from app.database import create_engine
+from app.manager import SessionManager
+from app.migrate import upgrade_to_head
+from app.store import SqlStore, Store
+
+log = logging.getLogger("vtt.services")
+
+# The final flush may take this long before shutdown gives up on a failing database.
+SHUTDOWN_FLUSH_SECONDS = 20.0
+
+
+@dataclass(slots=True)
+class Services:
+    """The app's long-lived parts, built once per app by the lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    store: Store
+    keys: KeySource
+    verifier: TokenVerifier
+    roles: RoleResolver
+    manager: SessionManager
+
+    @classmethod
+    async def build(cls, settings: Settings) -> Services:
+        """Migrate (unless told not to), then build the store, auth and session manager."""
+        check_cryptography_backend()
+        if settings.auto_migrate:
+            await asyncio.to_thread(upgrade_to_head, settings.database_url, settings.sqlite_path)
+        engine = create_engine(settings.database_url, settings.sqlite_path)
+        store = SqlStore(engine)
+        keys = DevKeys(settings.dev_key_dir)
+        verifier = TokenVerifier(
+            keys, TokenPolicyConfig(issuer=DEV_ISSUER, leeway=settings.jwt_leeway)
+        )
+        manager = SessionManager(settings, store)
+        manager.start()
+        return cls(settings, engine, store, keys, verifier, DevClaimRoles(), manager)
+
+    async def close(self) -> None:
+        """Flush everything (new joins are refused from here on), then release the database."""
+        await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        await self.store.close()
+        await self.engine.dispose()

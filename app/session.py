@@ -1,0 +1,236 @@
+"""One live campaign: its state under an asyncio.Lock, sequencing, history and fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from msgspec import UNSET
+from msgspec.structs import replace
+
+from app import table
+from app.audience import state_view, view
+from app.config import Settings
+from app.errors import CloseCode, CloseConnection, Refusal
+from app.protocol import (
+    CampaignState,
+    Empty,
+    ErrorPayload,
+    Frame,
+    StateResume,
+    StateSaved,
+    encode,
+    encode_frame,
+)
+from app.table import Actor, Event, Rules, StateChange
+
+
+class Member(Protocol):
+    """A connected client as the session sees it: someone to hand frames to, never a socket."""
+
+    @property
+    def actor(self) -> Actor:
+        """Who this member is."""
+        ...
+
+    def deliver(self, text: str, token_id: str | None = None, is_move: bool = False) -> None:
+        """Queue one encoded frame without waiting; `token_id`/`is_move` allow conflation."""
+        ...
+
+
+class SessionClosed(Exception):
+    """The session was evicted while a join waited for it; the joiner should look it up again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A broadcast event as each audience received it, kept for resume."""
+
+    seq: int
+    gm: str | None
+    player: str | None
+    token_id: str | None
+    gm_move: bool
+    player_move: bool
+    full_sync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The persisted form of a session at one version."""
+
+    campaign_id: str
+    data: bytes
+    version: int
+    seq: int
+
+
+class Session:
+    """One campaign's table; all mutation happens under `lock`, and never awaits I/O there."""
+
+    def __init__(self, state: CampaignState, settings: Settings) -> None:
+        self.campaign_id = state.campaign_id
+        self.state = state
+        self.state.epoch = uuid.uuid4().hex[:16]
+        if self.state.saved_maps is UNSET:
+            self.state.saved_maps = {}
+        self.rules = Rules(limits=settings.limits, token_policy=settings.token_policy)
+        self.settings = settings
+        self.lock = asyncio.Lock()
+        self.members: dict[Member, None] = {}
+        self.history: deque[Recorded] = deque(maxlen=settings.resume_buffer)
+        # Dirty tracking: `version` counts changes, `saved_version` the last one written.
+        self.version = 0
+        self.saved_version = 0
+        self.closed = False
+
+    @property
+    def epoch(self) -> str:
+        """Changes whenever the state is (re)loaded from storage."""
+        return str(self.state.epoch)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether a change has not been written yet."""
+        return self.version != self.saved_version
+
+    # --- membership ---------------------------------------------------------------------------
+
+    async def join(
+        self, member: Member, since: int | None = None, epoch: str | None = None
+    ) -> bool:
+        """Add `member` and send it the state (or the missed events); True when it resumed."""
+        async with self.lock:
+            if self.closed:
+                raise SessionClosed(self.campaign_id)
+            self._check_caps(member.actor.user_id)
+            self.members[member] = None
+            actor = member.actor
+            if since is not None and epoch == self.epoch and self._replay(member, since):
+                return True
+            member.deliver(
+                self._frame("state.sync", actor.user_id, state_view(self.state, actor.role))
+            )
+            member.deliver(self._frame("map.list", actor.user_id, table.map_list(self.state)))
+            return False
+
+    def _check_caps(self, user_id: str) -> None:
+        if len(self.members) >= self.settings.max_connections_per_campaign:
+            raise CloseConnection(
+                CloseCode.TOO_MANY_CONNECTIONS, "too many connections to campaign"
+            )
+        mine = sum(1 for m in self.members if m.actor.user_id == user_id)
+        if mine >= self.settings.max_connections_per_user:
+            raise CloseConnection(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for user")
+
+    def _replay(self, member: Member, since: int) -> bool:
+        """Send the events after `since` when the history still holds all of them."""
+        seq = self.state.seq
+        if since > seq or since < 0:
+            return False
+        missed = [r for r in self.history if r.seq > since]
+        if len(missed) != seq - since or any(r.full_sync for r in missed):
+            return False
+        actor = member.actor
+        marker = StateResume(from_seq=since + 1, to_seq=seq, epoch=self.epoch)
+        member.deliver(self._frame("state.resume", actor.user_id, marker))
+        gm = actor.role == "gm"
+        for record in missed:
+            text = record.gm if gm else record.player
+            if text is not None:
+                member.deliver(text, record.token_id, record.gm_move if gm else record.player_move)
+        return True
+
+    async def leave(self, member: Member) -> None:
+        """Remove `member`."""
+        async with self.lock:
+            self.members.pop(member, None)
+
+    # --- messages -----------------------------------------------------------------------------
+
+    async def submit(self, member: Member, message: StateChange) -> None:
+        """Apply one client message and broadcast the result, or reply with an error."""
+        async with self.lock:
+            try:
+                events = table.apply(self.state, message, member.actor, self.rules)
+            except Refusal as refusal:
+                self.reply_error(member, refusal.code, refusal.message)
+                return
+            for event in events:
+                self._publish(event)
+
+    def reply(self, member: Member, kind: str, payload: Any) -> None:
+        """Send a one-client reply (no seq)."""
+        member.deliver(self._frame(kind, member.actor.user_id, payload))
+
+    def reply_error(self, member: Member, code: str, message: str) -> None:
+        """Send an `error` reply to one client."""
+        self.reply(member, "error", ErrorPayload(code=code, message=message))
+
+    def pong(self, member: Member) -> None:
+        """Answer a ping."""
+        self.reply(member, "pong", Empty())
+
+    def _publish(self, event: Event) -> None:
+        self.state.seq += 1
+        self.version += 1
+        seq = self.state.seq
+        gm_seen = view(event, self.state, "gm", "")
+        player_seen = view(event, self.state, "player", "")
+        gm = self._render(event, gm_seen, seq)
+        if player_seen is not None and gm_seen is not None and player_seen[1] is gm_seen[1]:
+            player = gm
+        else:
+            player = self._render(event, player_seen, seq)
+        record = Recorded(
+            seq=seq,
+            gm=gm,
+            player=player,
+            token_id=event.token_id,
+            gm_move=gm_seen is not None and gm_seen[0] == "token.move",
+            player_move=player_seen is not None and player_seen[0] == "token.move",
+            full_sync=event.type == "state.sync",
+        )
+        self.history.append(record)
+        for member in self.members:
+            if member.actor.role == "gm":
+                if gm is not None:
+                    member.deliver(gm, record.token_id, record.gm_move)
+            elif player is not None:
+                member.deliver(player, record.token_id, record.player_move)
+
+    def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> str | None:
+        if seen is None:
+            return None
+        kind, payload = seen
+        frame = Frame(
+            type=kind, campaign_id=self.campaign_id, user_id=event.user_id, seq=seq, payload=payload
+        )
+        return encode_frame(frame)
+
+    def _frame(self, kind: str, user_id: str, payload: Any) -> str:
+        seq = self.state.seq if kind in {"state.sync", "state.resume"} else None
+        frame = Frame(
+            type=kind, campaign_id=self.campaign_id, user_id=user_id, seq=seq, payload=payload
+        )
+        return encode_frame(frame)
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot | None:
+        """The state to write, taken under the lock, or None when nothing changed."""
+        async with self.lock:
+            if not self.dirty:
+                return None
+            data = encode(replace(self.state, epoch=UNSET))
+            return Snapshot(self.campaign_id, data, self.version, self.state.seq)
+
+    def mark_saved(self, snapshot: Snapshot) -> None:
+        """Record that `snapshot` is durable and tell the clients."""
+        self.saved_version = max(self.saved_version, snapshot.version)
+        for member in self.members:
+            user_id = member.actor.user_id
+            member.deliver(self._frame("state.saved", user_id, StateSaved(seq=snapshot.seq)))

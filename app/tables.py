@@ -1,0 +1,32 @@
+"""The SQLAlchemy Core tables this service owns (Alembic's target metadata)."""
+
+from sqlalchemy import JSON, Column, DateTime, MetaData, Table, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+# Postgres's own default constraint names, so Alembic and a hand-made table agree.
+metadata = MetaData(
+    naming_convention={
+        "pk": "%(table_name)s_pkey",
+        "uq": "%(table_name)s_%(column_0_name)s_key",
+        "fk": "%(table_name)s_%(column_0_name)s_fkey",
+        "ix": "%(table_name)s_%(column_0_name)s_idx",
+    }
+)
+
+vtt_sessions = Table(
+    "vtt_sessions",
+    metadata,
+    Column("campaign_id", Text, primary_key=True),
+    Column(
+        "state",
+        JSON().with_variant(JSONB(), "postgresql"),
+        nullable=False,
+        server_default=text("'{}'"),
+    ),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's filter: compare only this service's tables, in a database shared with the app."""
+    return type_ != "table" or name in metadata.tables

@@ -1,0 +1,1 @@
+"""Pytest plugins shared by the test suite (enable them with `pytest_plugins`)."""
