@@ -155,23 +155,32 @@ def test_broadcast_latency_buckets_resolve_sub_millisecond_to_100_ms() -> None:
     assert samples[("vtt_broadcast_latency_seconds_count", ())] == 2
 
 
-def test_flush_metrics_record_duration_rows_failures_and_dirty_sessions() -> None:
+def test_the_flush_observer_hooks_record_duration_rows_failures_and_session_counts() -> None:
     metrics = Metrics()
 
-    metrics.flush_duration.observe(0.012)
-    metrics.flush_rows.inc(7)
-    metrics.flush_failures.inc()
-    metrics.dirty_sessions.set(3)
-    metrics.slow_client_closes.inc()
-    metrics.live_sessions.set(2)
+    metrics.flushed(0.012, 7, ok=True)
+    metrics.flushed(2.0, 5, ok=False)
+    metrics.sessions_changed(live=4, dirty=3)
 
     samples = _samples(metrics)
-    assert samples[("vtt_flush_duration_seconds_count", ())] == 1
+    assert samples[("vtt_flush_duration_seconds_count", ())] == 2
+    assert samples[("vtt_flush_duration_seconds_sum", ())] == pytest.approx(2.012)
     assert samples[("vtt_flush_rows_total", ())] == 7
     assert samples[("vtt_flush_failures_total", ())] == 1
+    assert samples[("vtt_live_sessions", ())] == 4
     assert samples[("vtt_dirty_sessions", ())] == 3
+
+
+def test_gauges_and_counters_without_labels_render_their_values() -> None:
+    metrics = Metrics()
+
+    metrics.open_connections.inc(3)
+    metrics.open_connections.dec()
+    metrics.slow_client_closes.inc()
+
+    samples = _samples(metrics)
+    assert samples[("vtt_open_connections", ())] == 2
     assert samples[("vtt_slow_client_closes_total", ())] == 1
-    assert samples[("vtt_live_sessions", ())] == 2
 
 
 def test_the_endpoint_serves_prometheus_text_by_default() -> None:
