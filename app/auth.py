@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import JOSEError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.table import Role
 
@@ -235,6 +237,26 @@ class DevClaimRoles:
         if role == "player":
             return "player"
         raise CloseConnection(CloseCode.FORBIDDEN, "token carries no campaign role")
+
+
+@dataclass(slots=True)
+class Auth:
+    """The key source, verifier and role resolver one app uses, chosen by the settings."""
+
+    keys: KeySource
+    verifier: TokenVerifier
+    roles: RoleResolver
+
+    async def close(self) -> None:
+        """Release what the key source and resolver hold."""
+
+
+def build_auth(settings: Settings, engine: AsyncEngine) -> Auth:
+    """Dev auth (local key pair, roles from the token) or production auth, per the settings."""
+    del engine
+    keys = DevKeys(settings.dev_key_dir)
+    policy = TokenPolicyConfig(issuer=DEV_ISSUER, leeway=settings.jwt_leeway)
+    return Auth(keys, TokenVerifier(keys, policy), DevClaimRoles())
 
 
 class AuthMiddleware:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import (
-    DEV_ISSUER,
-    DevClaimRoles,
-    DevKeys,
+    Auth,
     KeySource,
     RoleResolver,
-    TokenPolicyConfig,
     TokenVerifier,
+    build_auth,
     check_cryptography_backend,
 )
 from app.config import Settings
@@ -24,8 +21,6 @@ from app.database import create_engine
 from app.manager import SessionManager
 from app.migrate import upgrade_to_head
 from app.store import SqlStore, Store
-
-log = logging.getLogger("vtt.services")
 
 # The final flush may take this long before shutdown gives up on a failing database.
 SHUTDOWN_FLUSH_SECONDS = 20.0
@@ -38,10 +33,23 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     store: Store
-    keys: KeySource
-    verifier: TokenVerifier
-    roles: RoleResolver
+    auth: Auth
     manager: SessionManager
+
+    @property
+    def keys(self) -> KeySource:
+        """Where signing keys come from."""
+        return self.auth.keys
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        """The JWT verifier."""
+        return self.auth.verifier
+
+    @property
+    def roles(self) -> RoleResolver:
+        """Where campaign roles come from."""
+        return self.auth.roles
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
@@ -51,16 +59,14 @@ class Services:
             await asyncio.to_thread(upgrade_to_head, settings.database_url, settings.sqlite_path)
         engine = create_engine(settings.database_url, settings.sqlite_path)
         store = SqlStore(engine)
-        keys = DevKeys(settings.dev_key_dir)
-        verifier = TokenVerifier(
-            keys, TokenPolicyConfig(issuer=DEV_ISSUER, leeway=settings.jwt_leeway)
-        )
+        auth = build_auth(settings, engine)
         manager = SessionManager(settings, store)
         manager.start()
-        return cls(settings, engine, store, keys, verifier, DevClaimRoles(), manager)
+        return cls(settings, engine, store, auth, manager)
 
     async def close(self) -> None:
         """Flush everything (new joins are refused from here on), then release the database."""
         await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        await self.auth.close()
         await self.store.close()
         await self.engine.dispose()
