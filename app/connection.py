@@ -10,11 +10,13 @@ from collections import deque
 
 from starlette.types import Receive, Send
 
-from app.auth import Identity, RoleResolver, TokenVerifier
+from app.auth import Identity
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
+from app.metrics import Metrics
 from app.protocol import AuthRefreshMsg, DecodeFailure, PingMsg, decode_client_message
 from app.ratelimit import TokenBucket, Verdict
+from app.services import Services
 from app.session import Session
 from app.table import Actor
 
@@ -38,9 +40,16 @@ class Client:
     """A session member backed by one socket; delivering never waits on the socket."""
 
     def __init__(
-        self, send: Send, actor: Actor, identity: Identity, campaign_id: str, settings: Settings
+        self,
+        send: Send,
+        actor: Actor,
+        identity: Identity,
+        campaign_id: str,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self._send = send
+        self.metrics = metrics
         self._actor = actor
         self.identity = identity
         self.campaign_id = campaign_id
@@ -86,6 +95,7 @@ class Client:
             len(self._outbox) > self.settings.outbox_max_messages
             or self._bytes > self.settings.outbox_max_bytes
         ):
+            self.metrics.slow_client_closes.inc()
             self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
             return
         self._wake.set()
@@ -137,19 +147,13 @@ class Client:
 class Reader:
     """The read loop of one client: limits, decoding, dispatch to the session."""
 
-    def __init__(
-        self,
-        client: Client,
-        session: Session,
-        verifier: TokenVerifier,
-        roles: RoleResolver,
-        settings: Settings,
-    ) -> None:
+    def __init__(self, client: Client, session: Session, services: Services) -> None:
         self.client = client
         self.session = session
-        self.verifier = verifier
-        self.roles = roles
-        self.settings = settings
+        self.verifier = services.verifier
+        self.roles = services.roles
+        self.settings = settings = services.settings
+        self.metrics = services.metrics
         now = time.monotonic()
         self.bucket = TokenBucket(
             settings.rate_per_second, settings.rate_burst, settings.flood_close_seconds, now
@@ -197,11 +201,14 @@ class Reader:
             self.session.reply_error(self.client, "rate_limited", "too many messages; slow down")
 
     async def _handle(self, data: str | bytes) -> None:
+        started = time.perf_counter()
         try:
             message = decode_client_message(data)
         except DecodeFailure as failure:
+            self.metrics.message_in("unknown")
             self.session.reply_error(self.client, failure.code, failure.message)
             return
+        self.metrics.message_in(str(message.__struct_config__.tag))
         match message:
             case PingMsg():
                 self.session.pong(self.client)
@@ -209,6 +216,7 @@ class Reader:
                 await self._refresh(refresh.token)
             case _:
                 await self.session.submit(self.client, message)
+                self.metrics.broadcast_latency.observe(time.perf_counter() - started)
 
     async def _refresh(self, token: str) -> None:
         client = self.client

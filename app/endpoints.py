@@ -36,6 +36,11 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "sessions": len(manager.sessions), "clients": clients})
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this app instance."""
+    return await services_of(request.scope).metrics.endpoint(request)
+
+
 async def ready(request: Request) -> Response:
     """Readiness: the database answers and signing keys are loaded."""
     services = services_of(request.scope)
@@ -60,14 +65,22 @@ class WebSocketEndpoint:
             return
         await send({"type": "websocket.accept"})
         services = services_of(scope)
+        services.metrics.open_connections.inc()
+        try:
+            await self._run(scope, receive, send, services)
+        finally:
+            services.metrics.open_connections.dec()
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, services: Services) -> None:
         query = QueryParams(scope["query_string"])
         campaign_id = query.get("campaign", "")
         try:
             identity, actor = await self._admit(scope, services, campaign_id)
-            client = Client(send, actor, identity, campaign_id, services.settings)
+            client = Client(send, actor, identity, campaign_id, services.settings, services.metrics)
             since, epoch = _resume_point(query)
             session, _ = await services.manager.join(campaign_id, client, since, epoch)
         except CloseConnection as refusal:
+            services.metrics.handshake_refused(refusal.code)
             log.info(
                 "connection refused",
                 extra={
@@ -80,7 +93,7 @@ class WebSocketEndpoint:
                 {"type": "websocket.close", "code": int(refusal.code), "reason": refusal.reason}
             )
             return
-        reader = Reader(client, session, services.verifier, services.roles, services.settings)
+        reader = Reader(client, session, services)
         writer = asyncio.create_task(client.write_loop())
         client.tasks = [writer, asyncio.current_task()]  # type: ignore[list-item]
         try:

@@ -215,3 +215,16 @@ def configure_logging(level: str) -> None:
     """Install `log_config(level)` and route `warnings` through it, so nothing bypasses JSON."""
     logging.config.dictConfig(log_config(level))
     logging.captureWarnings(True)
+
+
+def install_redaction() -> None:
+    """Redact uvicorn's own loggers even when uvicorn configured logging itself.
+
+    A plain `uvicorn app.main:app` logs each WebSocket handshake's path, token included, on
+    `uvicorn.error` at INFO and query strings on `uvicorn.access`; a filter on those loggers
+    rewrites every record before any handler sees it.
+    """
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

@@ -12,7 +12,8 @@ from starlette.routing import Route, WebSocketRoute
 
 from app.auth import AuthMiddleware
 from app.config import Settings
-from app.endpoints import WebSocketEndpoint, health, ready
+from app.endpoints import WebSocketEndpoint, health, metrics, ready
+from app.logs import install_redaction
 from app.services import Services
 
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
+        install_redaction()
         services = await Services.build(settings or Settings.from_env())
         try:
             yield {"services": services, "verifier": services.verifier}
@@ -31,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/health", health),
             Route("/ready", ready),
+            Route("/metrics", metrics),
             WebSocketRoute("/ws", WebSocketEndpoint()),
         ],
         middleware=[Middleware(AuthMiddleware)],

@@ -11,6 +11,7 @@ import msgspec
 
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
+from app.metrics import Metrics
 from app.protocol import decode_stored_state
 from app.session import Member, Session, SessionClosed, Snapshot
 from app.store import Store, StoreUnavailable
@@ -23,25 +24,13 @@ MAX_FLUSH_BACKOFF = 60.0
 SNAPSHOT_SLICE = 200
 
 
-class FlushObserver:
-    """Hooks the metrics layer attaches to; the defaults observe nothing."""
-
-    def flushed(self, seconds: float, rows: int, ok: bool) -> None:
-        """Called after every write attempt."""
-
-    def sessions_changed(self, live: int, dirty: int) -> None:
-        """Called when the number of live or dirty sessions may have changed."""
-
-
 class SessionManager:
     """Owns every live Session of this process."""
 
-    def __init__(
-        self, settings: Settings, store: Store, observer: FlushObserver | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
-        self.observer = observer or FlushObserver()
+        self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         self._loading: dict[str, asyncio.Task[Session]] = {}
         self._evicting: dict[str, asyncio.Task[None]] = {}
@@ -98,7 +87,7 @@ class SessionManager:
                 ) from exc
         if self.closing:
             raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
-        session = Session(state, self.settings)
+        session = Session(state, self.settings, self.metrics)
         self.sessions[campaign_id] = session
         self._observe()
         return session
@@ -156,7 +145,7 @@ class SessionManager:
             try:
                 await self.store.save_many([(s.campaign_id, s.data) for _, s in snapshots])
             except StoreUnavailable as exc:
-                self.observer.flushed(time.perf_counter() - started, len(snapshots), ok=False)
+                self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=False)
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
                     log.error(
@@ -165,7 +154,7 @@ class SessionManager:
                     )
                 self._observe()
                 return False
-            self.observer.flushed(time.perf_counter() - started, len(snapshots), ok=True)
+            self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=True)
             if self._outage_since is not None:
                 log.info(
                     "flush recovered",
@@ -179,7 +168,7 @@ class SessionManager:
 
     def _observe(self) -> None:
         dirty = sum(1 for s in self.sessions.values() if s.dirty)
-        self.observer.sessions_changed(len(self.sessions), dirty)
+        self.metrics.sessions_changed(len(self.sessions), dirty)
 
     # --- shutdown -------------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.errors import ERROR_CODES, CloseCode
-from app.manager import FlushObserver
 from app.protocol import CLIENT_TYPES, SERVER_TYPES
 
 UNKNOWN = "unknown"
@@ -53,7 +52,7 @@ FLUSH_BUCKETS: tuple[float, ...] = (
 )
 
 
-class Metrics(FlushObserver):
+class Metrics:
     """Every metric the server exports, registered on a registry created for this instance."""
 
     def __init__(self) -> None:

@@ -9,7 +9,11 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def upgrade_to_head(database_url: str | None, sqlite_path: str = "vtt.db") -> None:
-    """Migrate the database to the newest revision; blocking, so run it in a thread."""
+    """Migrate the database to the newest revision; blocking, so run it in a thread.
+
+    One call at a time per process: Alembic keeps its migration context in module globals.
+    Separate processes (two machines starting together) take turns on an advisory lock.
+    """
     config = Config()
     # Config values go through configparser interpolation, where "%" is special.
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))

@@ -11,8 +11,8 @@ import uvicorn
 from app.config import ConfigError, Settings
 from app.logs import configure_logging, log_config
 
-# Fly's proxy reaches the machine over its private network; only its headers are trusted.
-DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1,fdaa::/16"
+# Forwarded headers are trusted from these peers only; fly.toml names Fly's proxy network.
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
 
 
 def banner(settings: Settings) -> str:

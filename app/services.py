@@ -19,6 +19,7 @@ from app.auth import (
 from app.config import Settings
 from app.database import create_engine
 from app.manager import SessionManager
+from app.metrics import Metrics
 from app.migrate import upgrade_to_head
 from app.store import SqlStore, Store
 
@@ -35,6 +36,7 @@ class Services:
     store: Store
     auth: Auth
     manager: SessionManager
+    metrics: Metrics
 
     @property
     def keys(self) -> KeySource:
@@ -60,9 +62,10 @@ class Services:
         engine = create_engine(settings.database_url, settings.sqlite_path)
         store = SqlStore(engine)
         auth = build_auth(settings, engine)
-        manager = SessionManager(settings, store)
+        metrics = Metrics()
+        manager = SessionManager(settings, store, metrics)
         manager.start()
-        return cls(settings, engine, store, auth, manager)
+        return cls(settings, engine, store, auth, manager, metrics)
 
     async def close(self) -> None:
         """Flush everything (new joins are refused from here on), then release the database."""

@@ -15,6 +15,7 @@ from app import table
 from app.audience import state_view, view
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection, Refusal
+from app.metrics import Metrics
 from app.protocol import (
     CampaignState,
     Empty,
@@ -71,7 +72,7 @@ class Snapshot:
 class Session:
     """One campaign's table; all mutation happens under `lock`, and never awaits I/O there."""
 
-    def __init__(self, state: CampaignState, settings: Settings) -> None:
+    def __init__(self, state: CampaignState, settings: Settings, metrics: Metrics) -> None:
         self.campaign_id = state.campaign_id
         self.state = state
         self.state.epoch = uuid.uuid4().hex[:16]
@@ -79,6 +80,7 @@ class Session:
             self.state.saved_maps = {}
         self.rules = Rules(limits=settings.limits, token_policy=settings.token_policy)
         self.settings = settings
+        self.metrics = metrics
         self.lock = asyncio.Lock()
         self.members: dict[Member, None] = {}
         self.history: deque[Recorded] = deque(maxlen=settings.resume_buffer)
@@ -165,9 +167,11 @@ class Session:
     def reply(self, member: Member, kind: str, payload: Any) -> None:
         """Send a one-client reply (no seq)."""
         member.deliver(self._frame(kind, member.actor.user_id, payload))
+        self.metrics.message_out(kind)
 
     def reply_error(self, member: Member, code: str, message: str) -> None:
         """Send an `error` reply to one client."""
+        self.metrics.error(code)
         self.reply(member, "error", ErrorPayload(code=code, message=message))
 
     def pong(self, member: Member) -> None:
@@ -195,12 +199,19 @@ class Session:
             full_sync=event.type == "state.sync",
         )
         self.history.append(record)
+        gms = players = 0
         for member in self.members:
             if member.actor.role == "gm":
                 if gm is not None:
                     member.deliver(gm, record.token_id, record.gm_move)
+                    gms += 1
             elif player is not None:
                 member.deliver(player, record.token_id, record.player_move)
+                players += 1
+        if gm_seen is not None and gms:
+            self.metrics.message_out(gm_seen[0], gms)
+        if player_seen is not None and players:
+            self.metrics.message_out(player_seen[0], players)
 
     def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> str | None:
         if seen is None:
