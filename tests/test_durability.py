@@ -1,0 +1,319 @@
+"""Not one edit lost: restarts, SIGTERM, database outages, Go rows, batching, eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from app.database import create_engine
+from app.migrate import upgrade_to_head
+from app.store import SqlStore
+from tests.harness import Peer, RunningServer, serve, settings_for, token_payload
+from tests.process import ServerProcess
+from tests.tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.anyio
+
+FIXTURE = Path(__file__).parent / "fixtures" / "go-vtt-sessions-state.json"
+
+
+async def stored_state(database_url: str | None, sqlite_path: str, campaign: str) -> Any:
+    """The state row of `campaign` as the database holds it, decoded (None when absent)."""
+    engine = create_engine(database_url, sqlite_path)
+    try:
+        data = await SqlStore(engine).load(campaign)
+    finally:
+        await engine.dispose()
+    return None if data is None else json.loads(data)
+
+
+async def put_row(database_url: str | None, sqlite_path: str, campaign: str, data: bytes) -> None:
+    """Write a state row directly, as another service (or an earlier version) would have."""
+    await asyncio.to_thread(upgrade_to_head, database_url, sqlite_path)
+    engine = create_engine(database_url, sqlite_path)
+    try:
+        await SqlStore(engine).save_many([(campaign, data)])
+    finally:
+        await engine.dispose()
+
+
+async def open_peer(url: str) -> Peer:
+    peer = await Peer.open(url)
+    peer.sync = await peer.expect("state.sync")
+    await peer.expect("map.list")
+    return peer
+
+
+async def saved(peer: Peer, seq: int) -> None:
+    """Wait until the server says everything up to `seq` is durable."""
+    await peer.until(lambda f: f["type"] == "state.saved" and f["payload"]["seq"] >= seq)
+
+
+async def test_a_restart_keeps_every_saved_edit(tmp_path: Path, database_url: str) -> None:
+    server = ServerProcess(tmp_path, {"DATABASE_URL": database_url, "VTT_FLUSH_INTERVAL": "0.2"})
+    await server.start()
+    try:
+        gm = await open_peer(server.ws_url("c1", server.token("gm1", "gm")))
+        await gm.request("token.add", token_payload("t1", x=3, y=4))
+        await gm.request("token.move", {"token_id": "t1", "x": 30, "y": 40})
+        await saved(gm, 2)
+        first_epoch = gm.sync["payload"]["epoch"]
+        await gm.close()
+        await server.stop()
+        await server.start()
+        again = await open_peer(server.ws_url("c1", server.token("gm1", "gm")))
+        state = again.sync["payload"]
+        assert state["tokens"]["t1"]["x"] == 30
+        assert state["tokens"]["t1"]["owner_id"] == "gm1"
+        assert state["seq"] == 2
+        assert state["epoch"] != first_epoch
+        await again.close()
+    finally:
+        server.kill()
+
+
+async def test_sigterm_right_after_an_edit_keeps_that_edit(
+    tmp_path: Path, database_url: str
+) -> None:
+    server = ServerProcess(tmp_path, {"DATABASE_URL": database_url, "VTT_FLUSH_INTERVAL": "3600"})
+    await server.start()
+    try:
+        gm = await open_peer(server.ws_url("c1", server.token("gm1", "gm")))
+        await gm.request("token.add", token_payload("t1", x=7))
+        await gm.roundtrip()
+        await server.stop(signal.SIGTERM)
+        code, _ = await gm.closed()
+        assert code == 1012
+        await server.start()
+        again = await open_peer(server.ws_url("c1", server.token("gm1", "gm")))
+        assert again.sync["payload"]["tokens"]["t1"]["x"] == 7
+        await again.close()
+    finally:
+        server.kill()
+
+
+@pytest.mark.postgres
+async def test_edits_during_a_database_outage_all_reach_the_table(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    target = make_url(postgres_url)
+    async with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+        settings = settings_for(tmp_path, database_url=proxied, flush_interval=0.1)
+        async with serve(settings) as server:
+            gm = await server.join("c1", "gm1", "gm")
+            await gm.request("token.add", token_payload("t1"))
+            await saved(gm, 1)
+            proxy.cut()
+            async with httpx.AsyncClient(timeout=10) as http:
+                ready = await http.get(f"{server.http}/ready")
+                assert ready.status_code == 503
+                for step in range(1, 41):
+                    await gm.request("token.move", {"token_id": "t1", "x": step, "y": step})
+                    await gm.request("token.add", token_payload(f"extra{step}"))
+                assert server.services.manager.sessions["c1"].dirty
+                proxy.restore()
+                await saved(gm, 81)
+                assert (await http.get(f"{server.http}/ready")).status_code == 200
+            await gm.close()
+    state = await stored_state(postgres_url, "", "c1")
+    assert state["seq"] == 81
+    assert state["tokens"]["t1"]["x"] == 40
+    assert {f"extra{step}" for step in range(1, 41)} <= set(state["tokens"])
+
+
+@pytest.mark.postgres
+async def test_an_outage_before_the_first_join_refuses_it_and_leaves_the_row_alone(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    original = FIXTURE.read_bytes()
+    await put_row(postgres_url, "", "c-fixture", original)
+    before = await stored_state(postgres_url, "", "c-fixture")
+    target = make_url(postgres_url)
+    async with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+        settings = settings_for(tmp_path, database_url=proxied, flush_interval=0.1)
+        async with serve(settings) as server:
+            proxy.cut()
+            peer = await Peer.open(server.ws_url("c-fixture", server.token("gm1", "gm")))
+            code, _ = await peer.closed()
+            assert code == 1013
+            assert "c-fixture" not in server.services.manager.sessions
+            assert not any(frame["type"] == "state.sync" for frame in peer.received)
+            proxy.restore()
+            await asyncio.sleep(0)
+            retry = await server.join("c-fixture", "gm1", "gm")
+            assert retry.sync["payload"]["tokens"].keys() == before["tokens"].keys()
+            await retry.close()
+    assert await stored_state(postgres_url, "", "c-fixture") == before
+
+
+async def test_a_go_service_row_loads_unchanged(tmp_path: Path, database_url: str) -> None:
+    await put_row(database_url, "", "c-fixture", FIXTURE.read_bytes())
+    fixture = json.loads(FIXTURE.read_bytes())
+    settings = settings_for(tmp_path, database_url=database_url)
+    async with serve(settings) as server:
+        gm = await server.join("c-fixture", "gm1", "gm")
+        state = gm.sync["payload"]
+        for key in ("campaign_id", "darkness_level", "grid_size", "map_height", "map_id"):
+            assert state[key] == fixture[key]
+        assert state["map_url"] == fixture["map_url"]
+        assert state["tokens"] == fixture["tokens"]
+        assert state["fog_zones"] == []
+        assert state["seq"] == 0
+        assert state["saved_maps"]["map-crypt"] == fixture["saved_maps"]["map-crypt"]
+        tavern = dict(fixture["saved_maps"]["map-tavern"], fog_zones=[])
+        assert state["saved_maps"]["map-tavern"] == tavern
+        await gm.close()
+
+
+async def test_an_undecodable_row_refuses_the_join_with_1011_and_stays_untouched(
+    tmp_path: Path, database_url: str
+) -> None:
+    bad = b'{"tokens": {"t1": {"token_id": "t1"}}, "grid_size": "big"}'
+    await put_row(database_url, "", "c-bad", bad)
+    before = await stored_state(database_url, "", "c-bad")
+    async with serve(settings_for(tmp_path, database_url=database_url)) as server:
+        peer = await Peer.open(server.ws_url("c-bad", server.token("gm1", "gm")))
+        code, _ = await peer.closed()
+        assert code == 1011
+        assert "c-bad" not in server.services.manager.sessions
+        assert await server.services.manager.flush()
+    assert await stored_state(database_url, "", "c-bad") == before
+
+
+async def test_two_hundred_campaigns_flush_in_one_batched_tick(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = settings_for(tmp_path, database_url=database_url, flush_interval=3600)
+    async with serve(settings) as server:
+        peers = [await server.join(f"c{i}", "gm1", "gm") for i in range(200)]
+        for i, peer in enumerate(peers):
+            await peer.send("token.add", token_payload(f"t{i}"))
+        for peer in peers:
+            await peer.expect("token.add")
+        statements: list[str] = []
+
+        def count(*args: Any) -> None:
+            statements.append(str(args[2]))
+
+        engine = server.services.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            assert await server.services.manager.flush()
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        writes = [s for s in statements if "INSERT" in s.upper()]
+        assert len(writes) == 1, statements
+        for peer in peers:
+            await saved(peer, 1)
+        assert not any(s.dirty for s in server.services.manager.sessions.values())
+        for peer in peers:
+            await peer.close()
+    for i in (0, 99, 199):
+        state = await stored_state(database_url, "", f"c{i}")
+        assert f"t{i}" in state["tokens"]
+
+
+async def test_edits_during_a_flush_in_flight_stay_dirty(tmp_path: Path) -> None:
+    async with serve(settings_for(tmp_path, flush_interval=3600)) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        await gm.request("token.add", token_payload("t1"))
+        manager = server.services.manager
+        session = manager.sessions["c1"]
+        store = server.services.store
+        original = store.save_many
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def held(rows: Any) -> int:
+            entered.set()
+            await release.wait()
+            return await original(rows)
+
+        store.save_many = held  # type: ignore[method-assign]
+        flush = asyncio.create_task(manager.flush())
+        async with asyncio.timeout(10):
+            await entered.wait()
+        await gm.request("token.move", {"token_id": "t1", "x": 9, "y": 9})
+        release.set()
+        async with asyncio.timeout(10):
+            assert await flush
+        store.save_many = original  # type: ignore[method-assign]
+        assert session.dirty, "the move landed after the snapshot, so it is not saved yet"
+        assert await manager.flush()
+        assert not session.dirty
+        await gm.close()
+
+
+async def test_an_idle_session_is_flushed_and_evicted_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, flush_interval=3600, evict_grace=0.2)
+    async with serve(settings) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        await gm.request("token.add", token_payload("t1", x=5))
+        await gm.close()
+        manager = server.services.manager
+        deadline = time.monotonic() + 10
+        while "c1" in manager.sessions:
+            assert time.monotonic() < deadline, "session was not evicted"
+            await asyncio.sleep(0.05)
+        back = await server.join("c1", "gm1", "gm")
+        assert back.sync["payload"]["tokens"]["t1"]["x"] == 5
+        await back.close()
+
+
+async def test_a_client_that_returns_within_the_grace_period_keeps_the_live_session(
+    server: RunningServer,
+) -> None:
+    gm = await server.join("c1", "gm1", "gm")
+    epoch = gm.sync["payload"]["epoch"]
+    await gm.close()
+    again = await server.join("c1", "gm1", "gm")
+    assert again.sync["payload"]["epoch"] == epoch
+    await again.close()
+
+
+async def test_ready_reports_the_database(tmp_path: Path) -> None:
+    async with serve(settings_for(tmp_path)) as server:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(f"{server.http}/ready")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ready"}
+
+
+async def test_a_memory_store_outage_keeps_sessions_dirty_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve(replace(settings_for(tmp_path), flush_interval=3600)) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        await gm.request("token.add", token_payload("t1"))
+        store = server.services.store
+        original = store.save_many
+
+        async def failing(rows: Any) -> int:
+            from app.store import StoreUnavailable
+
+            raise StoreUnavailable("link down")
+
+        store.save_many = failing  # type: ignore[method-assign]
+        manager = server.services.manager
+        with caplog.at_level("ERROR", logger="vtt.manager"):
+            for _ in range(5):
+                assert not await manager.flush()
+        assert manager.sessions["c1"].dirty
+        assert len([r for r in caplog.records if "flush failed" in r.getMessage()]) == 1
+        store.save_many = original  # type: ignore[method-assign]
+        assert await manager.flush()
+        await saved(gm, 1)
+        await gm.close()
