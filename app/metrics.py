@@ -110,9 +110,9 @@ class Metrics:
         )
         # Every known label value starts at zero, so rates and alerts work before
         # the first event of a kind.
-        for message_type in (*MESSAGE_TYPES, UNKNOWN):
-            self.messages_in.labels(message_type)
-            self.messages_out.labels(message_type)
+        # Children are looked up once here: counting is on every message's path.
+        self._in = {t: self.messages_in.labels(t) for t in (*MESSAGE_TYPES, UNKNOWN)}
+        self._out = {t: self.messages_out.labels(t) for t in (*MESSAGE_TYPES, UNKNOWN)}
         for code in (*ERROR_CODES, UNKNOWN):
             self.errors.labels(code)
         for close_code in CloseCode:
@@ -121,11 +121,11 @@ class Metrics:
 
     def message_in(self, message_type: str) -> None:
         """Count one received frame of `message_type` (anything unrecognised as unknown)."""
-        self.messages_in.labels(message_type_label(message_type)).inc()
+        self._in.get(message_type, self._in[UNKNOWN]).inc()
 
     def message_out(self, message_type: str, count: int = 1) -> None:
         """Count `count` frames of `message_type` queued to clients (one per recipient)."""
-        self.messages_out.labels(message_type_label(message_type)).inc(count)
+        self._out.get(message_type, self._out[UNKNOWN]).inc(count)
 
     def error(self, code: str) -> None:
         """Count one error reply with `code`."""
@@ -156,8 +156,3 @@ class Metrics:
         """Serve the registry in the format the scraper asked for (Prometheus text by default)."""
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(self.registry), media_type=content_type)
-
-
-def message_type_label(message_type: str) -> str:
-    """Return `message_type` when it is a protocol type, else "unknown"."""
-    return message_type if message_type in MESSAGE_TYPES else UNKNOWN

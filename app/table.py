@@ -175,6 +175,8 @@ def _addressable_token(state: CampaignState, token_id: str, actor: Actor, rules:
 
 
 def _token_event(kind: str, payload: Any, actor: Actor, token: Token, before: bool) -> Event:
+    # Only a reveal sends players the whole token, so only then is a copy kept.
+    revealed = token.visible and not before
     return Event(
         kind,
         payload,
@@ -182,7 +184,7 @@ def _token_event(kind: str, payload: Any, actor: Actor, token: Token, before: bo
         token.token_id,
         visible_before=before,
         visible_after=token.visible,
-        token=replace(token),
+        token=replace(token) if revealed else None,
     )
 
 
