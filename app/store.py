@@ -22,6 +22,9 @@ from sqlalchemy.sql.expression import Executable
 from app.tables import vtt_sessions
 
 BATCH_ROWS: Final = 500
+# Postgres parses every state into jsonb, one core per connection: a large flush goes
+# over this many connections at once (SQLite has one writer, so it gets one).
+WRITERS: Final = 4
 # A batch also stops growing at this many bytes of state, so a few huge campaigns
 # cannot build one statement of hundreds of megabytes.
 BATCH_BYTES: Final = 32 * 1024 * 1024
@@ -87,9 +90,12 @@ def _describe(error: Exception) -> str:
 class SqlStore:
     """A Store in the vtt_sessions table, through a shared SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, writers: int = WRITERS) -> None:
+        if writers < 1:
+            raise ValueError("a store needs at least one writer")
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._writers = writers if self._postgres else 1
         state = vtt_sessions.c.state
         # The JSON goes back to the caller as text, unparsed: state::text on Postgres, and
         # SQLite's JSON column is text already (the coercion skips SQLAlchemy's json.loads).
@@ -105,14 +111,26 @@ class SqlStore:
         return None if state is None else state.encode()
 
     async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
-        """Upsert rows in one transaction, one statement per batch; return the statements run."""
-        round_trips = 0
-        with _store_failures():
+        """Upsert rows, one statement per batch, over a few connections; return statements run.
+
+        Each connection writes its share of the batches in one transaction. On failure
+        some shares may be committed and others not: every row is to be saved again.
+        """
+        pending = list(batches(rows))
+        shared = iter(pending)
+
+        async def write() -> None:
             async with self._engine.begin() as connection:
-                for batch in batches(rows):
+                for batch in shared:
                     await connection.execute(self._upsert, self._parameters(batch))
-                    round_trips += 1
-        return round_trips
+
+        writers = min(self._writers, len(pending))
+        outcomes = await asyncio.gather(*(write() for _ in range(writers)), return_exceptions=True)
+        with _store_failures():
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return len(pending)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers a trivial query."""

@@ -290,15 +290,19 @@ def test_a_row_the_go_service_wrote_loads_as_its_json(postgres_url: str) -> None
 
 
 @pytest.mark.postgres
-def test_invalid_json_is_refused_as_a_store_failure_with_its_cause(postgres_url: str) -> None:
+def test_invalid_json_fails_the_save_without_echoing_the_state(postgres_url: str) -> None:
     async def scenario() -> StoreUnavailable:
         async with sql_store(postgres_url) as (store, _):
             with pytest.raises(StoreUnavailable) as caught:
-                await store.save_many([("c1", b"{not json")])
+                await store.save_many([("c1", b'{"secret": "Orc ambush", oops}')])
             return caught.value
 
     failure = run(scenario())
     assert failure.__cause__ is not None
+    assert "\n" not in str(failure)
+    # State is user content: it stays out of error text and so out of logs.
+    assert "Orc ambush" not in str(failure)
+    assert "Orc ambush" not in str(failure.__cause__)
 
 
 # Outages (Postgres through a proxy the test controls)
@@ -400,6 +404,32 @@ def test_a_store_created_during_an_outage_works_once_the_database_is_back(
     assert run(scenario()) is None
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("writers", [1, 3])
+def test_any_number_of_writers_saves_every_row_once(postgres_url: str, writers: int) -> None:
+    rows = [(f"c{i:04d}", state(f"c{i:04d}", seq=i)) for i in range(2 * BATCH_ROWS + 1)]
+
+    async def scenario() -> tuple[int, list[Any]]:
+        async with sql_store(postgres_url) as (_, engine):
+            store = SqlStore(engine, writers=writers)
+            trips = await store.save_many(rows)
+            async with engine.connect() as connection:
+                stored = await connection.execute(
+                    text("SELECT campaign_id, (state->>'seq')::int FROM vtt_sessions ORDER BY 1")
+                )
+                return trips, list(stored)
+
+    trips, stored = run(scenario())
+    assert trips == 3
+    assert stored == [(f"c{i:04d}", i) for i in range(2 * BATCH_ROWS + 1)]
+
+
+def test_a_store_without_writers_is_refused(tmp_path: Path) -> None:
+    engine = create_engine(None, str(tmp_path / "vtt.db"))
+    with pytest.raises(ValueError, match="writer"):
+        SqlStore(engine, writers=0)
+
+
 # MemoryStore
 
 
@@ -434,8 +464,8 @@ def test_the_memory_store_gate_holds_a_save_in_flight() -> None:
         store = MemoryStore()
         store.gate.clear()
         save = asyncio.create_task(store.save_many([("c1", b"{}")]))
-        await asyncio.sleep(0)
-        assert not save.done()
+        finished, _ = await asyncio.wait({save}, timeout=0.2)
+        assert not finished
         assert await store.load("c1") is None
         store.gate.set()
         assert await asyncio.wait_for(save, 5) == 1
@@ -450,7 +480,8 @@ def test_an_outage_that_starts_mid_save_fails_the_save() -> None:
         store = MemoryStore()
         store.gate.clear()
         save = asyncio.create_task(store.save_many([("c1", b"{}")]))
-        await asyncio.sleep(0)
+        finished, _ = await asyncio.wait({save}, timeout=0.2)
+        assert not finished
         store.outage = True
         store.gate.set()
         with pytest.raises(StoreUnavailable):
