@@ -26,12 +26,12 @@ def view(event: Event, state: CampaignState, role: Role, user_id: str) -> tuple[
         return "state.sync", state_view(state, role)
     if role == "gm" or event.type not in TOKEN_EVENTS:
         return event.type, event.payload
-    if event.visible_before and event.visible_after:
-        return event.type, event.payload
+    if event.visible_after:
+        if event.visible_before or event.type == "token.add":
+            return event.type, event.payload
+        return "token.add", event.token
     if event.visible_before:
         return "token.remove", TokenRef(token_id=event.token_id or "")
-    if event.visible_after:
-        return "token.add", event.token
     return None
 
 

@@ -12,6 +12,7 @@ from starlette.types import Receive, Send
 
 from app.auth import Identity
 from app.config import Settings
+from app.directsend import DirectSocket
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.protocol import AuthRefreshMsg, DecodeFailure, PingMsg, decode_client_message
@@ -59,6 +60,9 @@ class Client:
         self._moves: dict[str, _Entry] = {}
         self._bytes = 0
         self._wake = asyncio.Event()
+        # Set while the writer has a frame on its way: a direct write must not overtake it.
+        self._sending = False
+        self.direct: DirectSocket | None = None
         # Closing: set once; the writer sends the close frame after what it is sending now.
         # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: `tasks`
         # (the reader and the writer) are cancelled and the server drops it.
@@ -71,9 +75,28 @@ class Client:
         """Who this client is."""
         return self._actor
 
-    def deliver(self, text: str, token_id: str | None = None, is_move: bool = False) -> None:
-        """Queue a frame; a move replaces the same token's queued move (conflation)."""
+    def deliver(
+        self,
+        text: str,
+        token_id: str | None = None,
+        is_move: bool = False,
+        frame: bytes | None = None,
+    ) -> None:
+        """Send `text` now when the socket is idle, else queue it (conflating queued moves).
+
+        `frame` is `text` as a ready-made WebSocket frame, shared by every recipient.
+        """
         if self.closing is not None:
+            return
+        direct = self.direct
+        if (
+            frame is not None
+            and direct is not None
+            and not self._outbox
+            and not self._sending
+            and direct.writable()
+        ):
+            direct.write(frame)
             return
         if is_move and token_id is not None:
             queued = self._moves.get(token_id)
@@ -141,7 +164,11 @@ class Client:
             self._bytes -= len(entry.text)
             if entry.move_of is not None and self._moves.get(entry.move_of) is entry:
                 del self._moves[entry.move_of]
-            await send({"type": "websocket.send", "text": entry.text})
+            self._sending = True
+            try:
+                await send({"type": "websocket.send", "text": entry.text})
+            finally:
+                self._sending = False
 
 
 class Reader:

@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth import Identity
 from app.connection import Client, Reader
+from app.directsend import DirectSocket
 from app.errors import CloseCode, CloseConnection
 from app.services import Services
 from app.store import StoreUnavailable
@@ -78,6 +79,7 @@ class WebSocketEndpoint:
             identity, actor = await self._admit(scope, services, campaign_id)
             client = Client(send, actor, identity, campaign_id, services.settings, services.metrics)
             since, epoch = _resume_point(query)
+            client.direct = DirectSocket.of(scope)
             session, _ = await services.manager.join(campaign_id, client, since, epoch)
         except CloseConnection as refusal:
             services.metrics.handshake_refused(refusal.code)

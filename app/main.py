@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from app.auth import AuthMiddleware
 from app.config import Settings
+from app.directsend import RawSendMiddleware
 from app.endpoints import WebSocketEndpoint, health, metrics, ready
 from app.logs import install_redaction
 from app.services import Services
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/metrics", metrics),
             WebSocketRoute("/ws", WebSocketEndpoint()),
         ],
-        middleware=[Middleware(AuthMiddleware)],
+        middleware=[Middleware(RawSendMiddleware), Middleware(AuthMiddleware)],
         lifespan=lifespan,
     )
 

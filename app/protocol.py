@@ -426,9 +426,9 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-def encode_frame(frame: Frame) -> str:
-    """Encode one outbound frame as the text a WebSocket text frame carries."""
-    return _encoder.encode(frame).decode()
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one outbound frame: the UTF-8 JSON a WebSocket text frame carries."""
+    return _encoder.encode(frame)
 
 
 def decode_stored_state(data: bytes | str, campaign_id: str) -> CampaignState:

@@ -14,6 +14,7 @@ from msgspec.structs import replace
 from app import table
 from app.audience import state_view, view
 from app.config import Settings
+from app.directsend import text_frame
 from app.errors import CloseCode, CloseConnection, Refusal
 from app.metrics import Metrics
 from app.protocol import (
@@ -37,9 +38,26 @@ class Member(Protocol):
         """Who this member is."""
         ...
 
-    def deliver(self, text: str, token_id: str | None = None, is_move: bool = False) -> None:
-        """Queue one encoded frame without waiting; `token_id`/`is_move` allow conflation."""
+    def deliver(
+        self,
+        text: str,
+        token_id: str | None = None,
+        is_move: bool = False,
+        frame: bytes | None = None,
+    ) -> None:
+        """Hand over one encoded message without waiting; `token_id`/`is_move` allow conflation.
+
+        `frame` is the same message as a ready-made WebSocket frame, shared by all recipients.
+        """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One message encoded once for an audience: as text, and as a WebSocket frame."""
+
+    text: str
+    frame: bytes
 
 
 class SessionClosed(Exception):
@@ -51,8 +69,8 @@ class Recorded:
     """A broadcast event as each audience received it, kept for resume."""
 
     seq: int
-    gm: str | None
-    player: str | None
+    gm: Encoded | None
+    player: Encoded | None
     token_id: str | None
     gm_move: bool
     player_move: bool
@@ -141,9 +159,10 @@ class Session:
         member.deliver(self._frame("state.resume", actor.user_id, marker))
         gm = actor.role == "gm"
         for record in missed:
-            text = record.gm if gm else record.player
-            if text is not None:
-                member.deliver(text, record.token_id, record.gm_move if gm else record.player_move)
+            out = record.gm if gm else record.player
+            if out is not None:
+                is_move = record.gm_move if gm else record.player_move
+                member.deliver(out.text, record.token_id, is_move, out.frame)
         return True
 
     async def leave(self, member: Member) -> None:
@@ -203,31 +222,32 @@ class Session:
         for member in self.members:
             if member.actor.role == "gm":
                 if gm is not None:
-                    member.deliver(gm, record.token_id, record.gm_move)
+                    member.deliver(gm.text, record.token_id, record.gm_move, gm.frame)
                     gms += 1
             elif player is not None:
-                member.deliver(player, record.token_id, record.player_move)
+                member.deliver(player.text, record.token_id, record.player_move, player.frame)
                 players += 1
         if gm_seen is not None and gms:
             self.metrics.message_out(gm_seen[0], gms)
         if player_seen is not None and players:
             self.metrics.message_out(player_seen[0], players)
 
-    def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> str | None:
+    def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> Encoded | None:
         if seen is None:
             return None
         kind, payload = seen
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=event.user_id, seq=seq, payload=payload
         )
-        return encode_frame(frame)
+        data = encode_frame(frame)
+        return Encoded(data.decode(), text_frame(data))
 
     def _frame(self, kind: str, user_id: str, payload: Any) -> str:
         seq = self.state.seq if kind in {"state.sync", "state.resume"} else None
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=user_id, seq=seq, payload=payload
         )
-        return encode_frame(frame)
+        return encode_frame(frame).decode()
 
     # --- persistence ---------------------------------------------------------------------------
 

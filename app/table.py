@@ -68,7 +68,8 @@ class Event:
     """One applied change, as broadcast to a full-sight (GM) audience.
 
     For token events, `visible_before`/`visible_after` say whether players could see the token
-    before and after the change, and `token` is a copy of the whole token after it.
+    before and after the change, and `token` is the whole token after it (read when the event
+    is published, before anything else changes it).
     `type == "state.sync"` means every client needs a fresh view of the whole state.
     """
 
@@ -175,8 +176,7 @@ def _addressable_token(state: CampaignState, token_id: str, actor: Actor, rules:
 
 
 def _token_event(kind: str, payload: Any, actor: Actor, token: Token, before: bool) -> Event:
-    # Only a reveal sends players the whole token, so only then is a copy kept.
-    revealed = token.visible and not before
+    # Events are encoded the moment they are published, so the live token needs no copy.
     return Event(
         kind,
         payload,
@@ -184,7 +184,7 @@ def _token_event(kind: str, payload: Any, actor: Actor, token: Token, before: bo
         token.token_id,
         visible_before=before,
         visible_after=token.visible,
-        token=replace(token) if revealed else None,
+        token=token,
     )
 
 
@@ -203,7 +203,7 @@ def _token_add(state: CampaignState, token: Token, actor: Actor, rules: Rules) -
     token.owner_id = actor.user_id
     state.tokens[token.token_id] = token
     before = existing.visible if existing is not None else False
-    return _token_event("token.add", replace(token), actor, token, before)
+    return _token_event("token.add", token, actor, token, before)
 
 
 def _token_update(state: CampaignState, update: TokenUpdate, actor: Actor, rules: Rules) -> Event:

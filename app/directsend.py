@@ -1,0 +1,79 @@
+"""Pre-framed fan-out: one WebSocket frame per audience, written straight to each socket.
+
+A server's frames are unmasked, so the bytes of one text frame are the same for every
+recipient. uvicorn's ASGI path would frame each message again for each client and wake each
+client's writer task; when a socket is idle and writable this module writes the shared frame
+to its transport instead. Only this module knows uvicorn's websockets-sansio protocol object;
+any other WebSocket implementation, or per-message compression (whose frames differ per
+socket), keeps the plain ASGI path.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+RAW_SEND = "vtt.raw_send"
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked WebSocket text frame carrying `payload` (UTF-8 JSON)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+class DirectSocket:
+    """Writes ready-made frames to one uvicorn WebSocket connection's transport."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    def of(cls, scope: Scope) -> DirectSocket | None:
+        """The direct writer of an accepted connection, or None when only ASGI can send."""
+        send = scope.get("extensions", {}).get(RAW_SEND)
+        protocol = getattr(send, "__self__", None)
+        if not isinstance(protocol, WebSocketsSansIOProtocol):
+            return None
+        if protocol.conn.extensions:
+            return None
+        return cls(protocol)
+
+    def writable(self) -> bool:
+        """Whether a frame written now goes out at once, in order, on an open connection."""
+        protocol = self._protocol
+        return bool(
+            protocol.writable.is_set()
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and not protocol.transport.is_closing()
+        )
+
+    def write(self, frame: bytes) -> None:
+        """Hand one frame to the transport."""
+        self._protocol.transport.write(frame)
+
+
+class RawSendMiddleware:
+    """Records the server's own `send` of a WebSocket scope, before any wrapper hides it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Put `send` in the scope's extensions for WebSocket scopes."""
+        if scope["type"] == "websocket":
+            extensions = scope.get("extensions")
+            if extensions is None:
+                extensions = scope["extensions"] = {}
+            extensions[RAW_SEND] = send
+        await self.app(scope, receive, send)

@@ -1,0 +1,82 @@
+"""Pre-framed fan-out: frames are valid, used when possible, and never used when they can't be."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from app.connection import Client
+from app.directsend import DirectSocket, text_frame
+from tests.harness import serve, settings_for, token_payload
+
+
+def parse(data: bytes) -> Frame:
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
+    raise AssertionError("incomplete frame")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
+def test_a_text_frame_of_any_size_parses_back_to_its_payload(size: int) -> None:
+    payload = (b"x" * size)[:size]
+    frame = parse(text_frame(payload))
+    assert frame.opcode is Opcode.TEXT
+    assert frame.fin
+    assert frame.data == payload
+
+
+@pytest.mark.anyio
+async def test_broadcasts_to_idle_sockets_are_written_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    original = DirectSocket.write
+
+    def counting(self: DirectSocket, frame: bytes) -> None:
+        writes.append(frame)
+        original(self, frame)
+
+    monkeypatch.setattr(DirectSocket, "write", counting)
+    async with serve(settings_for(tmp_path)) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        player = await server.join("c1", "p1")
+        await gm.request("token.add", token_payload("t1"))
+        await player.expect("token.add")
+        assert len(writes) == 2
+        assert writes[0] is writes[1], "one frame object shared by both recipients"
+        assert writes[0].endswith(player.raw[-1].encode())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("impl", "deflate"), [("websockets-sansio", True), ("websockets", False)])
+async def test_without_a_shareable_frame_the_asgi_path_delivers_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, impl: str, deflate: bool
+) -> None:
+    directs: list[DirectSocket | None] = []
+    original = Client.deliver
+
+    def spy(self: Client, *args: object, **kwargs: object) -> None:
+        directs.append(self.direct)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Client, "deliver", spy)
+    settings = replace(settings_for(tmp_path), ws_impl=impl, ws_per_message_deflate=deflate)
+    async with serve(settings) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        player = await server.join("c1", "p1")
+        await gm.request("token.add", token_payload("t1"))
+        added = await player.expect("token.add")
+        assert added["payload"]["token_id"] == "t1"
+    assert directs
+    assert all(direct is None for direct in directs)
