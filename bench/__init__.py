@@ -1,0 +1,1 @@
+"""Benchmark harness: a baseline relay, a picows load generator and the orchestrator."""
