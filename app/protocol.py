@@ -9,9 +9,10 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 # --- constrained scalars: limits are types ---------------------------------------------------
 
-Id = Annotated[str, Meta(min_length=1, max_length=128)]
-CampaignId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
-Name = Annotated[str, Meta(max_length=200)]
+# Strings never carry NUL: Postgres jsonb refuses `\u0000`, which would fail every flush.
+NO_NUL = r"^[^\x00]*$"
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Name = Annotated[str, Meta(max_length=200, pattern=NO_NUL)]
 # http(s) URLs or relative paths; never another scheme, a protocol-relative `//host`, a
 # backslash (browsers read `/\host` as `//host`), whitespace or control characters.
 ImageUrl = Annotated[
@@ -27,7 +28,7 @@ ImageUrl = Annotated[
 ]
 Coord = Annotated[float, Meta(ge=-10_000_000, le=10_000_000)]
 Size = Annotated[float, Meta(gt=0, le=10_000_000)]
-Text = Annotated[str, Meta(max_length=200)]
+Short = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
 JwtText = Annotated[str, Meta(min_length=1, max_length=16_384)]
 
 # --- state (persisted, and the body of state.sync) --------------------------------------------
@@ -81,7 +82,7 @@ class Light(Struct, omit_defaults=True):
     position: Point | UnsetType = UNSET
     range: float | UnsetType = UNSET
     intensity: float | UnsetType = UNSET
-    color: Annotated[str, Meta(max_length=64)] | UnsetType = UNSET
+    color: Short | UnsetType = UNSET
     shadows: bool | UnsetType = UNSET
 
 
@@ -89,7 +90,7 @@ class Environment(Struct, omit_defaults=True):
     """dd2vtt scene lighting."""
 
     baked_lighting: bool | UnsetType = UNSET
-    ambient_light: Annotated[str, Meta(max_length=64)] | UnsetType = UNSET
+    ambient_light: Short | UnsetType = UNSET
 
 
 class MapMetadata(Struct, omit_defaults=True):
