@@ -8,11 +8,13 @@ works here exactly as it does in the server. app.migrate passes its URL in
 import asyncio
 import os
 from logging.config import fileConfig
+from pathlib import Path
 
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 
+from app.config import read_dotenv
 from app.database import async_url, create_engine
 from app.tables import include_name, metadata
 
@@ -25,18 +27,23 @@ if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
+def environment() -> dict[str, str]:
+    """The process environment over `.env`, as the server reads its settings."""
+    return {**read_dotenv(Path(".env")), **os.environ}
+
+
 def database_url() -> str | None:
     """The URL to migrate: the caller's, else DATABASE_URL."""
     if "database_url" in config.attributes:
         url: str | None = config.attributes["database_url"]
         return url
-    return os.environ.get("DATABASE_URL")
+    return environment().get("DATABASE_URL") or None
 
 
 def sqlite_path() -> str:
     """The SQLite file used when there is no database URL."""
     path: str = (
-        config.attributes.get("sqlite_path") or os.environ.get("VTT_SQLITE_PATH") or "vtt.db"
+        config.attributes.get("sqlite_path") or environment().get("VTT_SQLITE_PATH") or "vtt.db"
     )
     return path
 
