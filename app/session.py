@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from msgspec import UNSET
-from msgspec.structs import replace
 
 from app import table
 from app.audience import state_view, view
 from app.config import Settings
 from app.directsend import text_frame
 from app.errors import CloseCode, CloseConnection, Refusal
+from app.metacache import MetadataCache
 from app.metrics import Metrics
 from app.protocol import (
     CampaignState,
@@ -102,6 +102,7 @@ class Session:
         self.lock = asyncio.Lock()
         self.members: dict[Member, None] = {}
         self.history: deque[Recorded] = deque(maxlen=settings.resume_buffer)
+        self._metadata = MetadataCache()
         # Dirty tracking: `version` counts changes, `saved_version` the last one written.
         self.version = 0
         self.saved_version = 0
@@ -236,6 +237,8 @@ class Session:
         if seen is None:
             return None
         kind, payload = seen
+        if isinstance(payload, CampaignState):
+            payload = self._metadata.pack(payload)
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=event.user_id, seq=seq, payload=payload
         )
@@ -244,6 +247,8 @@ class Session:
 
     def _frame(self, kind: str, user_id: str, payload: Any) -> str:
         seq = self.state.seq if kind in {"state.sync", "state.resume"} else None
+        if isinstance(payload, CampaignState):
+            payload = self._metadata.pack(payload)
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=user_id, seq=seq, payload=payload
         )
@@ -256,7 +261,9 @@ class Session:
         async with self.lock:
             if not self.dirty:
                 return None
-            data = encode(replace(self.state, epoch=UNSET))
+            stored = self._metadata.pack(self.state)
+            stored.epoch = UNSET
+            data = encode(stored)
             return Snapshot(self.campaign_id, data, self.version, self.state.seq)
 
     def mark_saved(self, snapshot: Snapshot) -> None:
