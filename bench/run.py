@@ -128,6 +128,7 @@ class Setup:
     notes: list[str] = field(default_factory=list)
     ours_env: dict[str, str] = field(default_factory=dict)
     pg_url: str | None = None
+    ours_ready_path: str = "/ready"
 
 
 def free_port() -> int:
@@ -178,9 +179,8 @@ class Bench:
         log = RAW / f"{name}.log"
         if name == OURS:
             env = {**os.environ, **self.setup.ours_env, "PORT": str(port)}
-            return ServerProcess(
-                OURS, [sys.executable, "-m", "app.serve"], env, port, "/ready", log, REPO
-            )
+            argv = [sys.executable, "-m", "app.serve"]
+            return ServerProcess(OURS, argv, env, port, self.setup.ours_ready_path, log, REPO)
         argv = [sys.executable, "-m", "bench.baseline_relay", "--port", str(port)]
         return ServerProcess(BASELINE, argv, dict(os.environ), port, "/health", log, REPO)
 
@@ -469,7 +469,9 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def probe_ours(setup_env: dict[str, str], book: TokenBook, work: Path) -> str | None:
+def probe_ours(
+    setup_env: dict[str, str], book: TokenBook, work: Path, ready_path: str
+) -> str | None:
     """Start our server with `setup_env`; return None if a GM and a player both get state.sync."""
     port = free_port()
     server = ServerProcess(
@@ -477,7 +479,7 @@ def probe_ours(setup_env: dict[str, str], book: TokenBook, work: Path) -> str | 
         [sys.executable, "-m", "app.serve"],
         {**os.environ, **setup_env, "PORT": str(port)},
         port,
-        "/ready",
+        ready_path,
         RAW / "probe.log",
         REPO,
     )
@@ -537,7 +539,17 @@ def prepare(
                 "CLERK_ISSUER": jwks.issuer,
             }
             book = jwks_book(key, jwks.issuer)
-            problem = probe_ours(jwks_env, book, work)
+            problem = probe_ours(jwks_env, book, work, "/ready")
+            if problem is not None and "HTTP 503" in problem:
+                # /ready may wait for keys that are only fetched on first use: try without it.
+                lazy_problem = probe_ours(jwks_env, book, work, "/health")
+                if lazy_problem is None:
+                    setup.notes.append(
+                        f"/ready never answered 200 in production mode ({problem}); servers "
+                        "were started on /health, and the first connection loaded the JWKS."
+                    )
+                    setup.ours_ready_path = "/health"
+                    problem = None
             if problem is None:
                 setup.ours_env = jwks_env
                 books[OURS] = book
