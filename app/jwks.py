@@ -4,7 +4,7 @@ Keys are refreshed in the background on a TTL (the response's Cache-Control max-
 gives one). A token naming an unknown `kid` triggers at most one refetch per REFETCH_INTERVAL,
 shared by every connection that asks meanwhile, so garbage kids cannot make us hammer Clerk.
 When the endpoint is down the cached keys keep working; with no keys at all, or when the
-endpoint cannot tell whether a new kid exists, connections are told to come back later (1013).
+endpoint cannot be asked whether a new kid exists, connections are told to come back later (1013).
 """
 
 from __future__ import annotations
@@ -89,8 +89,11 @@ class JwksKeySource:
         self._inflight: asyncio.Task[float | None] | None = None
         self._last_ok = False
         self._last_kid_refetch: float | None = None
-        self._first_attempt = asyncio.Event()
+        # The background refresh: its task, whether its first fetch has ended, and a flag any
+        # failed fetch raises so it switches from the TTL to retrying.
         self._refresher: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
+        self._endpoint_failed = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -159,16 +162,28 @@ class JwksKeySource:
         retry = 1.0
         while True:
             try:
-                delay = await self._fetch_shared()
+                fresh_for = await self._fetch_shared()
             except Exception:
                 # A bug in one fetch must not end the refreshing for the life of the process.
                 log.exception("JWKS refresh failed unexpectedly")
-                delay = None
-            if delay is None:
-                delay, retry = retry, min(retry * 2, MAX_RETRY_DELAY, self.ttl)
-            else:
+                fresh_for = None
+            if fresh_for is not None:
                 retry = 1.0
-            await asyncio.sleep(delay)
+                if not await self._failed_within(fresh_for):
+                    continue
+            # The endpoint is down: retry with backoff, so keys come back soon after it does.
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, MAX_RETRY_DELAY, self.ttl)
+
+    async def _failed_within(self, seconds: float) -> bool:
+        """Wait `seconds`; True as soon as a fetch for an unknown kid finds the endpoint down."""
+        self._endpoint_failed.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._endpoint_failed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _fetch(self) -> float | None:
         """Fetch and install the key set; return how long it stays fresh, None on failure."""
@@ -178,6 +193,7 @@ class JwksKeySource:
             keys = self._parse(document)
         except (httpx.HTTPError, httpx.InvalidURL, JwksError, TimeoutError, ValueError) as exc:
             self._last_ok = False
+            self._endpoint_failed.set()
             log.warning(
                 "JWKS fetch failed; %d cached keys stay in use",
                 len(self._keys),
