@@ -108,7 +108,7 @@ class Direction:
 
 def _direction(envelopes: dict[str, type[Struct]], ref: str, *, sent_by_server: bool) -> Direction:
     structs = _struct_classes(envelopes.values())
-    union_type: Any = _union(envelopes.values())
+    union_type: Any = union_of(envelopes.values())
     (union,), components = msgspec.json.schema_components([union_type], ref_template=ref)
     if sent_by_server:
         for name, component in components.items():
@@ -116,7 +116,8 @@ def _direction(envelopes: dict[str, type[Struct]], ref: str, *, sent_by_server: 
     return Direction(envelopes, union, components)
 
 
-def _union(types: Iterable[type[Struct]]) -> Any:
+def union_of(types: Iterable[type[Struct]]) -> Any:
+    """The union type of `types`, for a msgspec decoder or schema."""
     members = tuple(types)
     union: Any = members[0]
     for member in members[1:]:

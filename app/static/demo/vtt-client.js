@@ -42,7 +42,7 @@ var TableMirror = class {
         if (frame.seq !== void 0 && !this.advance(frame.seq)) {
           return "ignored";
         }
-        this.view = { ...this.view, maps: frame.payload };
+        this.view = { ...this.view, maps: frame.payload, state: renameLibrary(this.view.state, frame.payload) };
         return "applied";
       default:
         return this.applyEvent(frame);
@@ -94,6 +94,19 @@ var TableMirror = class {
     return "applied";
   }
 };
+function renameLibrary(state, list) {
+  if (state === null || state.saved_maps === void 0) {
+    return state;
+  }
+  const library = {};
+  for (const { map_id, name } of list.maps) {
+    const entry = state.saved_maps[map_id];
+    if (entry !== void 0) {
+      library[map_id] = entry.name === name ? entry : { ...entry, name };
+    }
+  }
+  return { ...state, saved_maps: library };
+}
 function defined(changes) {
   return Object.fromEntries(Object.entries(changes).filter(([, value]) => value !== void 0));
 }
