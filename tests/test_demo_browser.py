@@ -298,6 +298,7 @@ async def test_in_production_mode_the_demo_and_its_token_endpoint_answer_404(
                 tmp_path,
                 env="production",
                 clerk_jwks_url="http://127.0.0.1:9/.well-known/jwks.json",
+                clerk_issuer="http://127.0.0.1:9",
             )
         ) as running,
         httpx.AsyncClient(base_url=running.http, timeout=TIMEOUT) as http,
