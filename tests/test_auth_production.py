@@ -420,9 +420,8 @@ def sqlite_app_db(tmp_path: Path) -> Path:
     return path
 
 
-LAUNCHERS = {
-    "python -m app.serve": lambda port: [sys.executable, "-m", "app.serve"],
-    "uvicorn app.main:app": lambda port: [
+def _plain_uvicorn(level: str) -> Any:
+    return lambda port: [
         sys.executable,
         "-m",
         "uvicorn",
@@ -432,8 +431,16 @@ LAUNCHERS = {
         "--port",
         str(port),
         "--log-level",
-        "debug",
-    ],
+        level,
+    ]
+
+
+# How the server gets started: our launcher, and uvicorn with its own logging config (at
+# trace level uvicorn also logs every ASGI scope, query string and headers included).
+LAUNCHERS = {
+    "python -m app.serve": lambda port: [sys.executable, "-m", "app.serve"],
+    "uvicorn app.main:app --log-level debug": _plain_uvicorn("debug"),
+    "uvicorn app.main:app --log-level trace": _plain_uvicorn("trace"),
 }
 
 
