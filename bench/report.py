@@ -106,6 +106,8 @@ def one_line(mode: str, result: dict[str, Any]) -> str:
         )
     if mode == "storm":
         return f"{result['synced']}/{result['clients']} synced, all by {result['all_synced_ms']} ms"
+    if mode == "flush":
+        return f"one tick of {result['sessions']} dirty campaigns: {result['tick_s']:.3f} s"
     return str(result)
 
 
@@ -159,6 +161,26 @@ FIXED_ROWS = [
     ("other processes on the generator's core (share)", "noise_generator_core", 2),
     ("runs where the generator was near its limit", "generator_limited_runs", 0),
 ]
+
+
+def _idle_rows(by_server: dict[str, Any], servers: list[str]) -> list[tuple[str, str, int]]:
+    counts = sorted(
+        {int(k.rsplit("_", 1)[1]) for s in servers for k in by_server.get(s, {})
+         if k.startswith("kb_per_connection_")}
+    )  # fmt: skip
+    rows = [("RSS with no connection (MB)", "empty_rss_mb", 1)]
+    for count in counts:
+        rows += [
+            (f"KB per idle connection at {count:,}", f"kb_per_connection_{count}", 2),
+            (f"connections open at {count:,}", f"connected_{count}", 0),
+        ]
+        if any(f"marginal_kb_per_connection_{count}" in by_server.get(s, {}) for s in servers):
+            rows.append(
+                (f"marginal KB per connection up to {count:,}",
+                 f"marginal_kb_per_connection_{count}", 2)
+            )  # fmt: skip
+    rows.append(("errors", "errors", 0))
+    return rows
 
 
 def targets(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -312,15 +334,7 @@ def markdown(results: dict[str, Any]) -> str:
                 for s in servers
             ]
         elif mode == "idle":
-            keys = sorted(
-                {
-                    k
-                    for s in servers
-                    for k in by_server.get(s, {})
-                    if k != "repeats" and k != "failures"
-                }
-            )
-            lines += _table([(k.replace("_", " "), k, 2) for k in keys], by_server, servers)
+            lines += _table(_idle_rows(by_server, servers), by_server, servers)
         elif mode == "storm":
             lines += _table(
                 [
@@ -334,12 +348,19 @@ def markdown(results: dict[str, Any]) -> str:
                 by_server,
                 servers,
             )
-        else:
-            for s in servers:
-                if s in by_server:
-                    lines.append(
-                        f"- {s}: `{ {k: v for k, v in by_server[s].items() if k != 'failures'} }`"
-                    )
+        elif mode == "flush":
+            flush = by_server.get(OURS, {})
+            lines += [
+                "| figure | ours |",
+                "|---|---|",
+                f"| dirty campaigns per tick | {_fmt(flush.get('sessions'), 0)} |",
+                f"| tokens per campaign | {_fmt(flush.get('tokens_per_session'), 0)} |",
+                f"| one tick, median (s) | {_fmt(flush.get('tick_s'), 3)} |",
+                f"| database round trips per tick | {_fmt(flush.get('round_trips_per_tick'), 0)} |",
+                f"| worst loop stall in a tick (ms) | {_fmt(flush.get('max_loop_lag_ms'), 1)} |",
+            ]
+            if flush.get("skipped"):
+                lines.append(f"- skipped: {flush['skipped']}")
         lines += ["", f"repeats: {reps}"]
         lines += [f"- failed run: {f}" for f in failures]
     return "\n".join(lines) + "\n"
