@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict
 
 from starlette.types import Receive, Send
 
@@ -28,7 +28,7 @@ CLOSE_DEADLINE = 5.0
 
 
 class _Entry:
-    """One queued frame; a queued move is rewritten in place when a newer one arrives."""
+    """One queued frame; a queued move is rewritten when a newer move of its token arrives."""
 
     __slots__ = ("move_of", "text")
 
@@ -55,9 +55,11 @@ class Client:
         self.identity = identity
         self.campaign_id = campaign_id
         self.settings = settings
-        # Outbox: frames in order, the queued move of each token, and the bytes held.
-        self._outbox: deque[_Entry] = deque()
-        self._moves: dict[str, _Entry] = {}
+        # Outbox: frames in seq order by a running key, the key of each token's queued move,
+        # and the bytes held.
+        self._outbox: OrderedDict[int, _Entry] = OrderedDict()
+        self._next_key = 0
+        self._moves: dict[str, int] = {}
         self._bytes = 0
         self._wake = asyncio.Event()
         # Set while the writer has a frame on its way: a direct write must not overtake it.
@@ -99,20 +101,26 @@ class Client:
             direct.write(frame)
             return
         if is_move and token_id is not None:
-            queued = self._moves.get(token_id)
-            if queued is not None:
+            key = self._moves.get(token_id)
+            if key is not None:
+                # Conflation: the newer move replaces the queued one and goes last, so seqs
+                # stay in order; nothing after the old one concerns this token (any other
+                # event about it, or any non-token event, ends the token's conflation).
+                queued = self._outbox[key]
                 self._bytes += len(text) - len(queued.text)
                 queued.text = text
+                self._outbox.move_to_end(key)
                 return
         elif token_id is None:
             if self._moves:
                 self._moves.clear()
         else:
             self._moves.pop(token_id, None)
-        entry = _Entry(text, token_id if is_move else None)
+        key = self._next_key
+        self._next_key += 1
+        self._outbox[key] = _Entry(text, token_id if is_move else None)
         if is_move and token_id is not None:
-            self._moves[token_id] = entry
-        self._outbox.append(entry)
+            self._moves[token_id] = key
         self._bytes += len(text)
         if (
             len(self._outbox) > self.settings.outbox_max_messages
@@ -160,9 +168,9 @@ class Client:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            entry = outbox.popleft()
+            key, entry = outbox.popitem(last=False)
             self._bytes -= len(entry.text)
-            if entry.move_of is not None and self._moves.get(entry.move_of) is entry:
+            if entry.move_of is not None and self._moves.get(entry.move_of) == key:
                 del self._moves[entry.move_of]
             self._sending = True
             try:
@@ -209,7 +217,15 @@ class Reader:
                 if verdict is not Verdict.ACCEPT:
                     self._limited(verdict)
                     continue
-                await self._handle(data)
+                try:
+                    await self._handle(data)
+                except Exception:
+                    # A bug must cost one message, never the session or the connection.
+                    log.exception(
+                        "message handling failed",
+                        extra={"campaign_id": client.campaign_id, "user_id": client.actor.user_id},
+                    )
+                    self.session.reply_error(client, "internal", "internal error; not applied")
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()

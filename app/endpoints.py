@@ -21,7 +21,7 @@ from app.table import Actor
 
 log = logging.getLogger("vtt.endpoints")
 
-CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def services_of(scope: Scope) -> Services:
@@ -116,7 +116,7 @@ class WebSocketEndpoint:
     async def _admit(
         self, scope: Scope, services: Services, campaign_id: str
     ) -> tuple[Identity, Actor]:
-        if not CAMPAIGN_ID.match(campaign_id):
+        if not CAMPAIGN_ID.fullmatch(campaign_id):
             raise CloseConnection(
                 CloseCode.BAD_REQUEST, "campaign must be 1-128 characters of [A-Za-z0-9_-]"
             )

@@ -10,7 +10,9 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 # --- constrained scalars: limits are types ---------------------------------------------------
 
 # Strings never carry NUL: Postgres jsonb refuses `\u0000`, which would fail every flush.
-NO_NUL = r"^[^\x00]*$"
+# Patterns are also JSON Schema patterns, so they keep to what JavaScript regexes share:
+# `(?![\s\S])` is the end of the string (`$` would allow a trailing newline).
+NO_NUL = r"^[^\x00]*(?![\s\S])"
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
 Name = Annotated[str, Meta(max_length=200, pattern=NO_NUL)]
 # http(s) URLs or relative paths; never another scheme, a protocol-relative `//host`, a
@@ -21,8 +23,8 @@ ImageUrl = Annotated[
         min_length=1,
         max_length=2048,
         pattern=(
-            r"^(?:(?i:https?)://[^\s\\/\x00-\x1f\x7f][^\s\\\x00-\x1f\x7f]*"
-            r"|(?![A-Za-z][A-Za-z0-9+.-]*:)(?!/[/\\])[^\s\\\x00-\x1f\x7f]+)$"
+            r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\s\\/\x00-\x1f\x7f][^\s\\\x00-\x1f\x7f]*"
+            r"|(?![A-Za-z][A-Za-z0-9+.-]*:)(?!/[/\\])[^\s\\\x00-\x1f\x7f]+)(?![\s\S])"
         ),
     ),
 ]
@@ -401,14 +403,19 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         return message
     except msgspec.ValidationError:
         pass
-    except msgspec.DecodeError as exc:
-        raise DecodeFailure("invalid_json", f"frame is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _not_json(exc) from None
+    # The typed decoder stopped at the first wrong value: classify the frame step by step.
+    # Decoding as Raw checks the JSON syntax of the whole frame without converting values.
     try:
+        msgspec.json.decode(data, type=Raw)
         envelope = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise DecodeFailure(
             "invalid_message", f"a message is a JSON object with a string `type`: {exc}"
         ) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _not_json(exc) from None
     decoder = _payload_decoders.get(envelope.type)
     if decoder is None:
         raise DecodeFailure("unknown_type", f"unknown message type {envelope.type[:64]!r}")
@@ -419,7 +426,13 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         raise DecodeFailure(
             "invalid_payload", f"invalid {envelope.type} payload: {detail}"
         ) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _not_json(exc) from None
     raise DecodeFailure("invalid_payload", f"invalid {envelope.type} message")
+
+
+def _not_json(exc: Exception) -> DecodeFailure:
+    return DecodeFailure("invalid_json", f"frame is not valid JSON (UTF-8 text): {exc}")
 
 
 def encode(value: Any) -> bytes:
