@@ -381,11 +381,6 @@ def build_auth(settings: Settings, engine: AsyncEngine) -> Auth:
         dev_keys = DevKeys(settings.dev_key_dir)
         policy = TokenPolicyConfig(issuer=DEV_ISSUER, leeway=settings.jwt_leeway)
         return Auth(dev_keys, TokenVerifier(dev_keys, policy), DevClaimRoles())
-    if settings.production and settings.clerk_issuer is None:
-        raise ConfigError(
-            "production requires CLERK_ISSUER when CLERK_JWKS_URL does not end in "
-            "/.well-known/jwks.json: token issuers must be checked"
-        )
     keys = JwksKeySource(settings.clerk_jwks_url, settings.jwks_ttl)
     policy = TokenPolicyConfig(
         issuer=settings.clerk_issuer,

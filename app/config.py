@@ -14,6 +14,7 @@ DEFAULT_ROLE_SQL = (
 )
 
 TokenPolicy = Literal["open", "owner"]
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(Exception):
@@ -180,6 +181,15 @@ def _parse(env: Mapping[str, str]) -> Settings:
                 + " and ".join(missing)
                 + ": dev auth and the embedded database are refused in production"
             )
+    issuer = _str(env, "CLERK_ISSUER") or default_issuer(jwks_url)
+    if mode == "production" and issuer is None:
+        raise ConfigError(
+            "production requires CLERK_ISSUER when CLERK_JWKS_URL does not end in "
+            "/.well-known/jwks.json: token issuers must be checked"
+        )
+    log_level = (_str(env, "LOG_LEVEL") or "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     policy = (_str(env, "VTT_TOKEN_POLICY") or "open").lower()
     if policy not in {"open", "owner"}:
         raise ConfigError(f"VTT_TOKEN_POLICY must be open or owner, got {policy!r}")
@@ -196,12 +206,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
     return Settings(
         port=_int(env, "PORT", 8080, minimum=0),
         env=mode,
-        log_level=(_str(env, "LOG_LEVEL") or "info").lower(),
+        log_level=log_level,
         database_url=database_url,
         sqlite_path=_str(env, "VTT_SQLITE_PATH") or "vtt.db",
         auto_migrate=_bool(env, "VTT_AUTO_MIGRATE", True),
         clerk_jwks_url=jwks_url,
-        clerk_issuer=_str(env, "CLERK_ISSUER") or default_issuer(jwks_url),
+        clerk_issuer=issuer,
         clerk_authorized_parties=_list(env, "CLERK_AUTHORIZED_PARTIES"),
         jwt_leeway=_num(env, "VTT_JWT_LEEWAY", 5.0),
         jwks_ttl=_num(env, "VTT_JWKS_TTL", 300.0, minimum=1.0),

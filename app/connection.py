@@ -271,7 +271,15 @@ class Reader:
             if role != client.actor.role:
                 raise CloseConnection(CloseCode.UNAUTHORIZED, "campaign role changed; reconnect")
         except CloseConnection as exc:
-            client.close(exc)
+            context = {"campaign_id": client.campaign_id, "user_id": client.actor.user_id}
+            log.info(
+                "token refresh refused",
+                extra={**context, "code": int(exc.code), "reason": exc.reason},
+            )
+            if exc.code != CloseCode.TRY_AGAIN_LATER:
+                client.close(exc)
+            # A store or key-set outage says nothing about this user: keep the connection on
+            # its current token (the grace timer still applies) and let the next refresh retry.
             return
         client.identity = identity
         self._arm_expiry()

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from uvicorn.logging import TRACE_LOG_LEVEL
+
 # Extra fields a log call may attach (`extra={...}`); anything else is dropped so a
 # stray object can never smuggle a payload, a header dict or a token into the output.
 EXTRA_FIELDS: tuple[str, ...] = (
@@ -177,6 +179,8 @@ class AccessJsonFormatter(JsonFormatter):
 
 def log_config(level: str) -> dict[str, Any]:
     """Return a `logging.config.dictConfig` dict for our loggers and uvicorn's, at `level`."""
+    # uvicorn's TRACE level must have its name before dictConfig can parse "TRACE".
+    logging.addLevelName(TRACE_LOG_LEVEL, "TRACE")
     upper = level.upper()
     return {
         "version": 1,
@@ -224,7 +228,12 @@ def install_redaction() -> None:
     `uvicorn.error` at INFO and query strings on `uvicorn.access`; a filter on those loggers
     rewrites every record before any handler sees it.
     """
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
+    last_resort = logging.lastResort
+    if last_resort is not None and not any(
+        isinstance(f, RedactingFilter) for f in last_resort.filters
+    ):
+        last_resort.addFilter(RedactingFilter())

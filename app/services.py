@@ -62,6 +62,7 @@ class Services:
         engine = create_engine(settings.database_url, settings.sqlite_path)
         store = SqlStore(engine)
         auth = build_auth(settings, engine)
+        await auth.start()
         metrics = Metrics()
         manager = SessionManager(settings, store, metrics)
         manager.start()

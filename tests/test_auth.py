@@ -629,20 +629,15 @@ async def test_dev_auth_is_refused_in_production_even_with_hand_built_settings(
         await engine.dispose()
 
 
-async def test_production_refuses_to_leave_token_issuers_unchecked(tmp_path: Path) -> None:
-    settings = Settings.from_env(
-        {
-            "VTT_ENV": "production",
-            "CLERK_JWKS_URL": "https://keys.example/jwks",
-            "DATABASE_URL": "sqlite:///" + str(tmp_path / "vtt.db"),
-        }
-    )
-    engine = create_engine(settings.database_url)
-    try:
-        with pytest.raises(ConfigError, match="CLERK_ISSUER"):
-            build_auth(settings, engine)
-    finally:
-        await engine.dispose()
+def test_production_refuses_to_leave_token_issuers_unchecked(tmp_path: Path) -> None:
+    environ = {
+        "VTT_ENV": "production",
+        "CLERK_JWKS_URL": "https://keys.example/jwks",
+        "DATABASE_URL": "sqlite:///" + str(tmp_path / "vtt.db"),
+    }
+    with pytest.raises(ConfigError, match="CLERK_ISSUER"):
+        Settings.from_env(environ)
+    assert Settings.from_env({**environ, "CLERK_ISSUER": "https://keys.example"}).production
 
 
 # --- production mode refuses to start without its configuration ----------------------------
