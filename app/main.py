@@ -8,10 +8,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.auth import AuthMiddleware
 from app.config import Settings
+from app.demo import demo_routes
 from app.directsend import RawSendMiddleware
 from app.endpoints import WebSocketEndpoint, health, metrics, ready
 from app.logs import install_redaction
@@ -30,13 +31,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await services.close()
 
+    routes: list[BaseRoute] = [
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/metrics", metrics),
+        WebSocketRoute("/ws", WebSocketEndpoint()),
+    ]
+    # The demo table is for development; its routes also answer 404 by themselves in
+    # production, since settings may only be read at startup.
+    if settings is None or not settings.production:
+        routes += demo_routes()
     return Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/ready", ready),
-            Route("/metrics", metrics),
-            WebSocketRoute("/ws", WebSocketEndpoint()),
-        ],
+        routes=routes,
         middleware=[Middleware(RawSendMiddleware), Middleware(AuthMiddleware)],
         lifespan=lifespan,
     )

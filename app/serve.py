@@ -27,6 +27,8 @@ def banner(settings: Settings) -> str:
             "             or  .venv/bin/python -m app.devtoken --user bob --campaign demo",
             f"  connect:       {base}?campaign=demo&token=<token>",
             f"  health:        http://127.0.0.1:{settings.port}/health",
+            f"  demo table:    http://127.0.0.1:{settings.port}/demo/?campaign=demo&user=alice&role=gm",
+            f"                 http://127.0.0.1:{settings.port}/demo/?campaign=demo&user=bob&role=player",
         ]
     )
 

@@ -13,12 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
-from starlette.applications import Starlette
 
-from app.config import Settings
-from app.demo import demo_routes
-from app.main import create_app
-from tests import harness
 from tests.harness import TIMEOUT, Peer, RunningServer, serve, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -38,17 +33,9 @@ WAIT_MS = TIMEOUT * 1000
 GRID = 64
 
 
-def _with_demo(settings: Settings | None = None) -> Starlette:
-    """The app with /demo mounted, until app.main mounts it in development itself."""
-    app = create_app(settings)
-    app.router.routes[:0] = demo_routes()
-    return app
-
-
 @pytest.fixture
-async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningServer]:
-    """A development server with the demo mounted."""
-    monkeypatch.setattr(harness, "create_app", _with_demo)
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A development server (the demo is mounted in development)."""
     async with serve(settings_for(tmp_path, env="development")) as running:
         yield running
 
@@ -289,9 +276,8 @@ async def test_the_demo_token_endpoint_mints_tokens_the_websocket_accepts(
 
 
 async def test_in_production_mode_the_demo_and_its_token_endpoint_answer_404(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(harness, "create_app", _with_demo)
     async with (
         serve(
             settings_for(
