@@ -94,6 +94,7 @@ class Client:
         if (
             frame is not None
             and direct is not None
+            and direct.shares_frames
             and not self._outbox
             and not self._sending
             and direct.writable()
@@ -148,6 +149,8 @@ class Client:
             self.abandoned = True
             for task in pending:
                 task.cancel()
+            if self.direct is not None:
+                self.direct.abort()
 
     async def write_loop(self) -> None:
         """Drain the outbox onto the socket until the client closes or the socket goes away."""
@@ -216,6 +219,9 @@ class Reader:
                 verdict = self.bucket.take(time.monotonic())
                 if verdict is not Verdict.ACCEPT:
                     self._limited(verdict)
+                    # Reading no faster than the rate lets TCP push back on a flooder, instead
+                    # of this loop parsing and dropping its frames ahead of everyone else.
+                    await asyncio.sleep(1.0 / self.settings.rate_per_second)
                     continue
                 try:
                     await self._handle(data)

@@ -30,23 +30,24 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class DirectSocket:
-    """Writes ready-made frames to one uvicorn WebSocket connection's transport."""
+    """One uvicorn WebSocket connection's transport: write ready-made frames, or drop it."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "shares_frames")
 
-    def __init__(self, protocol: Any) -> None:
+    def __init__(self, protocol: Any, shares_frames: bool = True) -> None:
         self._protocol = protocol
+        # False under per-message compression: then each socket's frames differ.
+        self.shares_frames = shares_frames
 
     @classmethod
     def of(cls, scope: Scope) -> DirectSocket | None:
-        """The direct writer of an accepted connection, or None when only ASGI can send."""
+        """The socket of an accepted connection, or None when it is not uvicorn's sansio one."""
         send = scope.get("extensions", {}).get(RAW_SEND)
         protocol = getattr(send, "__self__", None)
         if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
-        if protocol.conn.extensions:
-            return None
-        return cls(protocol)
+        _drop_on_keepalive_timeout(protocol)
+        return cls(protocol, shares_frames=not protocol.conn.extensions)
 
     def writable(self) -> bool:
         """Whether a frame written now goes out at once, in order, on an open connection."""
@@ -61,6 +62,26 @@ class DirectSocket:
     def write(self, frame: bytes) -> None:
         """Hand one frame to the transport."""
         self._protocol.transport.write(frame)
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever its send buffer still holds."""
+        self._protocol.transport.abort()
+
+
+def _drop_on_keepalive_timeout(protocol: WebSocketsSansIOProtocol) -> None:
+    """Make an unanswered keepalive ping drop the peer even when its send buffer is full.
+
+    uvicorn answers a ping timeout with `transport.close()`, which waits for the buffer to
+    drain: a peer that stopped reading never lets it, so the app would never hear of the
+    disconnect. Aborting after uvicorn's own handling ends the connection at once.
+    """
+    handle_timeout = protocol.keepalive_timeout
+
+    def keepalive_timeout() -> None:
+        handle_timeout()
+        protocol.transport.abort()
+
+    protocol.keepalive_timeout = keepalive_timeout  # type: ignore[method-assign]
 
 
 class RawSendMiddleware:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from app.config import ConfigError, Settings
 from app.logs import configure_logging, log_config
+
+log = logging.getLogger("vtt.serve")
 
 # Forwarded headers are trusted from these peers only; fly.toml names Fly's proxy network.
 DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
@@ -31,6 +36,35 @@ def banner(settings: Settings) -> str:
             f"                 http://127.0.0.1:{settings.port}/demo/?campaign=demo&user=bob&role=player",
         ]
     )
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, whose shutdown goes on when one connection fails to shut down.
+
+    uvicorn shuts connections down one by one and only then runs the lifespan shutdown,
+    where the final flush lives. One connection raising there (a WebSocket handshake whose
+    request line was too long makes uvicorn's sansio protocol fail an assertion) would end
+    the shutdown before the flush: such a connection is dropped instead, and logged.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Shut down as uvicorn does, each connection's own shutdown guarded."""
+        for connection in list(self.server_state.connections):
+            connection.shutdown = _guarded(connection)  # type: ignore[method-assign]
+        await super().shutdown(sockets)
+
+
+def _guarded(connection: Any) -> Callable[[], None]:
+    shutdown: Callable[[], None] = connection.shutdown
+
+    def guarded() -> None:
+        try:
+            shutdown()
+        except Exception:
+            log.exception("a connection failed to shut down; dropping it")
+            connection.transport.abort()
+
+    return guarded
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -62,8 +96,13 @@ def main() -> int:
     if settings.dev_auth and settings.database_url is None:
         print(banner(settings), flush=True)
     host = os.environ.get("HOST", "0.0.0.0")
-    uvicorn.run("app.main:app", host=host, port=settings.port, **uvicorn_options(settings))
-    return 0
+    config = uvicorn.Config(
+        "app.main:app", host=host, port=settings.port, **uvicorn_options(settings)
+    )
+    server = Server(config)
+    server.run()
+    # Like `uvicorn.run`: a server that never started (its startup failed) exits non-zero.
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":

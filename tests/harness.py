@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from app.auth import DevKeys
 from app.config import Settings
 from app.main import create_app
-from app.serve import uvicorn_options
+from app.serve import Server, uvicorn_options
 from app.services import Services
 from app.table import Role
 
@@ -77,14 +77,15 @@ class RunningServer:
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
     """Run the app under uvicorn in this event loop on an ephemeral port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, so that the loop turns Nagle off on accepted sockets as uvloop does.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     options = uvicorn_options(settings)
     options.update(loop="asyncio", log_config=None, timeout_graceful_shutdown=5)
     config = uvicorn.Config(create_app(settings), **options)
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

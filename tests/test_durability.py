@@ -317,3 +317,28 @@ async def test_a_memory_store_outage_keeps_sessions_dirty_and_logs_once(
         assert await manager.flush()
         await saved(gm, 1)
         await gm.close()
+
+
+async def test_a_handshake_uvicorn_cannot_parse_does_not_cost_the_final_flush(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, flush_interval=3600)
+    async with serve(settings) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        await gm.request("token.add", token_payload("t1", x=11))
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", server.port), timeout=10
+        )
+        request = (
+            f"GET /ws?campaign=c1&pad={'x' * 9000} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        writer.write(request.encode())
+        await writer.drain()
+        await gm.close()
+    writer.close()
+    async with serve(settings) as server:
+        again = await server.join("c1", "gm1", "gm")
+        assert again.sync["payload"]["tokens"]["t1"]["x"] == 11
+        await again.close()
