@@ -38,7 +38,11 @@ class _Entry:
 
 
 class Client:
-    """A session member backed by one socket; delivering never waits on the socket."""
+    """A session member backed by one socket; delivering never waits on the socket.
+
+    Frames go straight to an idle socket. Otherwise they queue in the outbox, drained by a
+    writer task that exists only while there is something to send, in order.
+    """
 
     def __init__(
         self,
@@ -56,26 +60,29 @@ class Client:
         self.campaign_id = campaign_id
         self.settings = settings
         # Outbox: frames in seq order by a running key, the key of each token's queued move,
-        # and the bytes held.
+        # and the bytes held; the writer drains it.
         self._outbox: OrderedDict[int, _Entry] = OrderedDict()
         self._next_key = 0
         self._moves: dict[str, int] = {}
         self._bytes = 0
-        self._wake = asyncio.Event()
-        # Set while the writer has a frame on its way: a direct write must not overtake it.
-        self._sending = False
+        self.writer: asyncio.Task[None] | None = None
         self.direct: DirectSocket | None = None
         # Closing: set once; the writer sends the close frame after what it is sending now.
-        # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: `tasks`
-        # (the reader and the writer) are cancelled and the server drops it.
+        # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: the reader
+        # and the writer are cancelled and the socket dropped.
         self.closing: CloseConnection | None = None
         self.abandoned = False
-        self.tasks: list[asyncio.Task[None]] = []
+        self.reader: asyncio.Task[None] | None = None
 
     @property
     def actor(self) -> Actor:
         """Who this client is."""
         return self._actor
+
+    @property
+    def queued(self) -> int:
+        """How many frames wait in the outbox."""
+        return len(self._outbox)
 
     def deliver(
         self,
@@ -93,10 +100,9 @@ class Client:
         direct = self.direct
         if (
             frame is not None
+            and self.writer is None
             and direct is not None
             and direct.shares_frames
-            and not self._outbox
-            and not self._sending
             and direct.writable()
         ):
             direct.write(frame)
@@ -130,7 +136,7 @@ class Client:
             self.metrics.slow_client_closes.inc()
             self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
             return
-        self._wake.set()
+        self._start_writer()
 
     def close(self, reason: CloseConnection) -> None:
         """Close soon with `reason`: queued frames are dropped, the writer sends the close."""
@@ -140,11 +146,23 @@ class Client:
         self._outbox.clear()
         self._moves.clear()
         self._bytes = 0
-        self._wake.set()
+        self._start_writer()
         asyncio.get_running_loop().call_later(CLOSE_DEADLINE, self._abandon)
 
+    async def stop(self) -> None:
+        """Stop writing (the reader has ended): cancel the writer unless it is closing."""
+        writer = self.writer
+        if writer is not None and self.closing is None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    def _start_writer(self) -> None:
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write())
+
     def _abandon(self) -> None:
-        pending = [task for task in self.tasks if not task.done()]
+        pending = [t for t in (self.reader, self.writer) if t is not None and not t.done()]
         if pending:
             self.abandoned = True
             for task in pending:
@@ -152,34 +170,28 @@ class Client:
             if self.direct is not None:
                 self.direct.abort()
 
-    async def write_loop(self) -> None:
-        """Drain the outbox onto the socket until the client closes or the socket goes away."""
-        with contextlib.suppress(OSError):
-            await self._drain()
-
-    async def _drain(self) -> None:
+    async def _write(self) -> None:
+        """Drain the outbox onto the socket, then end; send the close frame when closing."""
         outbox = self._outbox
         send = self._send
-        while True:
-            if self.closing is not None:
-                code = self.closing.code
-                await send(
-                    {"type": "websocket.close", "code": int(code), "reason": self.closing.reason}
-                )
-                return
-            if not outbox:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            key, entry = outbox.popitem(last=False)
-            self._bytes -= len(entry.text)
-            if entry.move_of is not None and self._moves.get(entry.move_of) == key:
-                del self._moves[entry.move_of]
-            self._sending = True
-            try:
+        try:
+            while True:
+                if self.closing is not None:
+                    code = self.closing.code
+                    message = {"type": "websocket.close", "code": int(code)}
+                    await send({**message, "reason": self.closing.reason})
+                    return
+                if not outbox:
+                    return
+                key, entry = outbox.popitem(last=False)
+                self._bytes -= len(entry.text)
+                if entry.move_of is not None and self._moves.get(entry.move_of) == key:
+                    del self._moves[entry.move_of]
                 await send({"type": "websocket.send", "text": entry.text})
-            finally:
-                self._sending = False
+        except OSError:
+            return
+        finally:
+            self.writer = None
 
 
 class Reader:

@@ -96,8 +96,7 @@ class WebSocketEndpoint:
             )
             return
         reader = Reader(client, session, services)
-        writer = asyncio.create_task(client.write_loop())
-        client.tasks = [writer, asyncio.current_task()]  # type: ignore[list-item]
+        client.reader = asyncio.current_task()
         try:
             await reader.run(receive)
         except asyncio.CancelledError:
@@ -107,11 +106,10 @@ class WebSocketEndpoint:
             if current is not None:
                 current.uncancel()
         finally:
-            client.tasks = []
-            if client.closing is None:
-                writer.cancel()
+            client.reader = None
             await session.leave(client)
             services.manager.released(session)
+            await client.stop()
 
     async def _admit(
         self, scope: Scope, services: Services, campaign_id: str

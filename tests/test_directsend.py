@@ -79,4 +79,4 @@ async def test_without_a_shareable_frame_the_asgi_path_delivers_everything(
         added = await player.expect("token.add")
         assert added["payload"]["token_id"] == "t1"
     assert directs
-    assert all(direct is None for direct in directs)
+    assert all(direct is None or not direct.shares_frames for direct in directs)

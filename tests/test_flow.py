@@ -433,7 +433,7 @@ async def fill_pipe(gm: Peer, readers: list[Peer], slow: Client, limit: int = 60
     # queue has anything to conflate or bound.
     for sent in range(1, limit + 1):
         await send_fog(gm, readers)
-        if slow._outbox or slow.closing is not None:
+        if slow.queued or slow.closing is not None:
             return sent
     raise AssertionError(f"{limit} fog updates did not back up the slow client's queue")
 
@@ -481,7 +481,7 @@ async def test_a_client_that_stops_reading_during_a_20_s_drag_is_conflated_and_s
             filled_with = await fill_pipe(gm, [other], slow)
             await gm.request("token.add", token_payload("dragged"))
             await other.until(lambda f: f["type"] == "token.add")
-            assert slow._outbox, "the slow client's socket should be backed up before the drag"
+            assert slow.queued, "the slow client's socket should be backed up before the drag"
             rss_before = rss()
             run = Drag(steps=20 * 60)
             queue_lengths: list[int] = []
@@ -489,7 +489,7 @@ async def test_a_client_that_stops_reading_during_a_20_s_drag_is_conflated_and_s
 
             async def sample() -> None:
                 while True:
-                    queue_lengths.append(len(slow._outbox))
+                    queue_lengths.append(slow.queued)
                     peaks.append(rss() - rss_before)
                     await asyncio.sleep(0.25)
 
@@ -586,7 +586,7 @@ async def test_a_slow_client_receiving_big_frames_outgrows_the_byte_bound_and_ge
 
             assert slow.closing is not None
             assert slow.closing.code == 1013
-            assert not slow._outbox
+            assert not slow.queued
             transcript = await slow_peer.read_until_closed(timeout=30)
             received = [f for f in transcript.frames if f["type"] == "fog.update"]
             print(f"\nslow client closed after {sent} fog updates; it got {len(received)}")

@@ -911,7 +911,7 @@ async def test_a_slow_client_still_receives_broadcasts_in_seq_order(tmp_path: Pa
         # Large frames fill the slow socket until the server must queue for it; whether it
         # does is visible only inside the server, hence the look at the client's outbox.
         async with asyncio.timeout(TIMEOUT * 3):
-            while not client._outbox:
+            while not client.queued:
                 await act(gm, "fog.update", fog)
         for index, token_id in enumerate(["t1", "t2", "t1", "t2", "t1"]):
             await gm.send("token.move", {"token_id": token_id, "x": index, "y": 0})

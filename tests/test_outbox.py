@@ -105,16 +105,14 @@ def new_client(socket: StallingSocket, **overrides: Any) -> Client:
 
 @asynccontextmanager
 async def outbox(**overrides: Any) -> AsyncIterator[tuple[Client, StallingSocket]]:
-    """A client with its writer running on a stalling socket; the writer is stopped afterwards."""
+    """A client on a stalling socket; its writer, if any, is stopped afterwards."""
     socket = StallingSocket()
     client = new_client(socket, **overrides)
-    writer = asyncio.create_task(client.write_loop())
     try:
         yield client, socket
     finally:
-        writer.cancel()
         async with asyncio.timeout(TIMEOUT):
-            await asyncio.gather(writer, return_exceptions=True)
+            await client.stop()
 
 
 async def stalled(client: Client, socket: StallingSocket) -> None:
@@ -146,7 +144,7 @@ async def drained(client: Client, socket: StallingSocket, count: int) -> None:
     """Open the socket and wait until `count` text frames went out."""
     socket.gate.set()
     await eventually(lambda: len(socket.texts) >= count)
-    await eventually(lambda: not client._outbox)
+    await eventually(lambda: not client.queued)
 
 
 # --- conflation -------------------------------------------------------------------------------
@@ -168,7 +166,7 @@ async def test_a_queued_move_is_replaced_by_the_newer_move_of_the_same_token() -
         for seq in range(1, 101):
             client.deliver(move(seq, "t1", seq), "t1", is_move=True)
 
-        assert len(client._outbox) == 1, "the newer move takes the queued one's place"
+        assert client.queued == 1, "the newer move takes the queued one's place"
         await drained(client, socket, 2)
         assert socket.frames[1]["seq"] == 100
         assert socket.frames[1]["payload"]["x"] == 100
@@ -262,7 +260,7 @@ async def test_a_client_over_the_message_bound_is_closed_with_1013_and_its_queue
 
         assert client.closing is not None
         assert client.closing.code == CloseCode.TRY_AGAIN_LATER
-        assert not client._outbox
+        assert not client.queued
         socket.gate.set()
         await eventually(lambda: bool(socket.closes))
         assert socket.closes == [
@@ -329,14 +327,16 @@ async def test_the_writer_sends_the_close_frame_and_stops() -> None:
     socket = StallingSocket()
     identity = Identity(user_id="u1", claims={}, expires_at=0.0)
     client = Client(socket, Actor("u1", "gm"), identity, "c1", Settings(env="test"), Metrics())
-    writer = asyncio.create_task(client.write_loop())
     client.deliver(frame("token.add", 1, "t1"), "t1")
     await eventually(lambda: len(socket.texts) == 1)
 
     client.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
+    writer = client.writer
+    assert writer is not None
 
     async with asyncio.timeout(TIMEOUT):
         await writer
+    assert client.writer is None
     assert socket.closes == [
         {"type": "websocket.close", "code": 1008, "reason": "sustained flooding"}
     ]
@@ -361,11 +361,13 @@ async def test_a_writer_whose_socket_went_away_ends_quietly() -> None:
 
     identity = Identity(user_id="u1", claims={}, expires_at=0.0)
     client = Client(gone, Actor("u1", "gm"), identity, "c1", Settings(env="test"), Metrics())
-    writer = asyncio.create_task(client.write_loop())
     client.deliver(frame("token.add", 1, "t1"), "t1")
+    writer = client.writer
+    assert writer is not None
 
     async with asyncio.timeout(TIMEOUT):
         await writer
+    assert client.writer is None
 
 
 # --- frames written straight to an idle socket ------------------------------------------------
@@ -384,7 +386,7 @@ async def test_a_frame_for_an_idle_writable_socket_is_written_at_once() -> None:
         client.deliver(text, "t1", is_move=True, frame=framed(text))
 
         assert direct.written == [framed(text)]
-        assert not client._outbox
+        assert not client.queued
         assert socket.sent == []
 
 
@@ -413,14 +415,13 @@ async def test_a_frame_never_overtakes_what_was_queued_before_the_writer_started
     client.deliver(event, "t1", is_move=True, frame=framed(event))
 
     assert direct.written == []
-    writer = asyncio.create_task(client.write_loop())
     try:
         await eventually(lambda: len(socket.texts) == 3)
         assert [f["type"] for f in socket.frames] == ["state.sync", "map.list", "token.move"]
+        await eventually(lambda: client.writer is None)
     finally:
-        writer.cancel()
         async with asyncio.timeout(TIMEOUT):
-            await asyncio.gather(writer, return_exceptions=True)
+            await client.stop()
 
 
 async def test_a_frame_for_a_socket_that_cannot_take_it_is_queued_for_the_writer() -> None:
@@ -443,7 +444,7 @@ async def test_frames_go_straight_to_the_socket_again_once_the_writer_has_caught
         queued = frame("token.add", 1, "t1")
         client.deliver(queued, "t1", frame=framed(queued))
         await drained(client, socket, 2)
-        await eventually(lambda: not client._sending)
+        await eventually(lambda: client.writer is None)
         later = move(2, "t1", 5)
 
         client.deliver(later, "t1", is_move=True, frame=framed(later))
