@@ -530,7 +530,7 @@ def prepare(
         return setup, books
     campaigns_needed = max(profile.ramp.max, -(-max(profile.idle_counts) // 6), 300)
     pg_problem = reachable(args.pg_url)
-    env: dict[str, str] = {"LOG_LEVEL": args.log_level}
+    env: dict[str, str] = {"LOG_LEVEL": args.log_level, "HOST": "127.0.0.1"}
     if pg_problem is None:
         setup.pg_url = args.pg_url
         db = stack.enter_context(ScratchDatabase(args.pg_url, campaigns_needed))
