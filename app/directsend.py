@@ -47,6 +47,9 @@ class DirectSocket:
         if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         _drop_on_keepalive_timeout(protocol)
+        # The handshake's request and response (their headers alone are kilobytes) are only
+        # read while accepting; a connection that lasts hours need not keep them.
+        protocol.request = protocol.response = None  # type: ignore[assignment]
         return cls(protocol, shares_frames=not protocol.conn.extensions)
 
     def writable(self) -> bool:

@@ -16,6 +16,7 @@ from app.connection import Client, Reader
 from app.directsend import DirectSocket
 from app.errors import CloseCode, CloseConnection
 from app.services import Services
+from app.session import Session
 from app.store import StoreUnavailable
 from app.table import Actor
 
@@ -73,11 +74,40 @@ class WebSocketEndpoint:
             services.metrics.open_connections.dec()
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, services: Services) -> None:
+        joined = await self._join(scope, send, services)
+        if joined is None:
+            return
+        client, session = joined
+        reader = Reader(client, session, services)
+        client.reader = asyncio.current_task()
+        try:
+            await reader.run(receive)
+        except asyncio.CancelledError:
+            if not client.abandoned:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        finally:
+            client.reader = None
+            await session.leave(client)
+            services.manager.released(session)
+            await client.stop()
+
+    async def _join(
+        self, scope: Scope, send: Send, services: Services
+    ) -> tuple[Client, Session] | None:
+        """Admit and join the connection, or close it with the refusal's code (then None).
+
+        What only the handshake needs (query, claims) stays in this frame, which ends here:
+        the connection then keeps the essentials for as long as it lasts.
+        """
         query = QueryParams(scope["query_string"])
         campaign_id = query.get("campaign", "")
         try:
             identity, actor = await self._admit(scope, services, campaign_id)
-            client = Client(send, actor, identity, campaign_id, services.settings, services.metrics)
+            kept = Identity(identity.user_id, {}, identity.expires_at)
+            client = Client(send, actor, kept, campaign_id, services.settings, services.metrics)
             since, epoch = _resume_point(query)
             client.direct = DirectSocket.of(scope)
             session, _ = await services.manager.join(campaign_id, client, since, epoch)
@@ -94,22 +124,10 @@ class WebSocketEndpoint:
             await send(
                 {"type": "websocket.close", "code": int(refusal.code), "reason": refusal.reason}
             )
-            return
-        reader = Reader(client, session, services)
-        client.reader = asyncio.current_task()
-        try:
-            await reader.run(receive)
-        except asyncio.CancelledError:
-            if not client.abandoned:
-                raise
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            return None
         finally:
-            client.reader = None
-            await session.leave(client)
-            services.manager.released(session)
-            await client.stop()
+            scope.pop("auth", None)
+        return client, session
 
     async def _admit(
         self, scope: Scope, services: Services, campaign_id: str
