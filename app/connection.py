@@ -55,7 +55,7 @@ class Client:
     ) -> None:
         self._send = send
         self.metrics = metrics
-        self._actor = actor
+        self.actor = actor
         self.identity = identity
         self.campaign_id = campaign_id
         self.settings = settings
@@ -73,11 +73,6 @@ class Client:
         self.closing: CloseConnection | None = None
         self.abandoned = False
         self.reader: asyncio.Task[None] | None = None
-
-    @property
-    def actor(self) -> Actor:
-        """Who this client is."""
-        return self._actor
 
     @property
     def queued(self) -> int:
@@ -277,7 +272,7 @@ class Reader:
                 await self._refresh(refresh.token)
             case _:
                 await self.session.submit(self.client, message)
-                self.metrics.broadcast_latency.observe(time.perf_counter() - started)
+                self.metrics.counts.observe_broadcast(time.perf_counter() - started)
 
     async def _refresh(self, token: str) -> None:
         client = self.client

@@ -54,13 +54,10 @@ class DirectSocket:
 
     def writable(self) -> bool:
         """Whether a frame written now goes out at once, in order, on an open connection."""
+        # uvicorn closes the transport on every way a connection ends (a close from the peer,
+        # a ping timeout, a lost connection, shutdown); our own close stops delivery first.
         protocol = self._protocol
-        return bool(
-            protocol.writable.is_set()
-            and not protocol.close_sent
-            and not protocol.disconnected
-            and not protocol.transport.is_closing()
-        )
+        return bool(protocol.writable.is_set() and not protocol.transport.is_closing())
 
     def write(self, frame: bytes) -> None:
         """Hand one frame to the transport."""

@@ -7,8 +7,13 @@ a campaign or a user.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -52,6 +57,51 @@ FLUSH_BUCKETS: tuple[float, ...] = (
 )
 
 
+class PerMessageCounts(Collector):
+    """The per-message series, kept as plain numbers and turned into metrics on scrape.
+
+    prometheus_client's own counters take a lock on every increment; these run once per
+    message received and once per audience of every broadcast, which is the server's hot
+    path, so they are plain integers the single event loop updates, read when scraped.
+    """
+
+    def __init__(self) -> None:
+        types = (*sorted(MESSAGE_TYPES), UNKNOWN)
+        self.received = dict.fromkeys(types, 0)
+        self.sent = dict.fromkeys(types, 0)
+        self.errors = dict.fromkeys((*ERROR_CODES, UNKNOWN), 0)
+        self.latency_buckets = [0] * (len(BROADCAST_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe_broadcast(self, seconds: float) -> None:
+        """Record one broadcast's latency."""
+        self.latency_buckets[bisect_left(BROADCAST_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """The current values, as Prometheus metric families."""
+        for name, doc, label, values in (
+            ("vtt_messages_in", "Frames received, by type.", "type", self.received),
+            ("vtt_messages_out", "Frames queued to clients, by type.", "type", self.sent),
+            ("vtt_errors", "Error replies sent, by code.", "code", self.errors),
+        ):
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key, value in values.items():
+                family.add_metric([key], value)
+            yield family
+        cumulative, running = [], 0
+        bounds = (*BROADCAST_BUCKETS, float("inf"))
+        for bound, count in zip(bounds, self.latency_buckets, strict=True):
+            running += count
+            cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+        yield HistogramMetricFamily(
+            "vtt_broadcast_latency_seconds",
+            "Time from a frame's arrival to its last recipient's queue.",
+            buckets=cumulative,
+            sum_value=self.latency_sum,
+        )
+
+
 class Metrics:
     """Every metric the server exports, registered on a registry created for this instance."""
 
@@ -69,15 +119,8 @@ class Metrics:
             "vtt_dirty_sessions", "Sessions with changes not yet written.", registry=registry
         )
         # traffic
-        self.messages_in = Counter(
-            "vtt_messages_in", "Frames received, by type.", ["type"], registry=registry
-        )
-        self.messages_out = Counter(
-            "vtt_messages_out", "Frames queued to clients, by type.", ["type"], registry=registry
-        )
-        self.errors = Counter(
-            "vtt_errors", "Error replies sent, by code.", ["code"], registry=registry
-        )
+        self.counts = PerMessageCounts()
+        registry.register(self.counts)
         self.handshake_refusals = Counter(
             "vtt_handshake_refusals",
             "Connections closed during the handshake, by close code name.",
@@ -87,12 +130,6 @@ class Metrics:
         self.slow_client_closes = Counter(
             "vtt_slow_client_closes",
             "Connections closed because their outbound queue overflowed.",
-            registry=registry,
-        )
-        self.broadcast_latency = Histogram(
-            "vtt_broadcast_latency_seconds",
-            "Time from a frame's arrival to its last recipient's queue.",
-            buckets=BROADCAST_BUCKETS,
             registry=registry,
         )
         # persistence
@@ -110,26 +147,26 @@ class Metrics:
         )
         # Every known label value starts at zero, so rates and alerts work before
         # the first event of a kind.
-        # Children are looked up once here: counting is on every message's path.
-        self._in = {t: self.messages_in.labels(t) for t in (*MESSAGE_TYPES, UNKNOWN)}
-        self._out = {t: self.messages_out.labels(t) for t in (*MESSAGE_TYPES, UNKNOWN)}
-        for code in (*ERROR_CODES, UNKNOWN):
-            self.errors.labels(code)
         for close_code in CloseCode:
             self.handshake_refusals.labels(close_code.name.lower())
         self.handshake_refusals.labels(UNKNOWN)
 
     def message_in(self, message_type: str) -> None:
         """Count one received frame of `message_type` (anything unrecognised as unknown)."""
-        self._in.get(message_type, self._in[UNKNOWN]).inc()
+        received = self.counts.received
+        key = message_type if message_type in received else UNKNOWN
+        received[key] += 1
 
     def message_out(self, message_type: str, count: int = 1) -> None:
         """Count `count` frames of `message_type` queued to clients (one per recipient)."""
-        self._out.get(message_type, self._out[UNKNOWN]).inc(count)
+        sent = self.counts.sent
+        key = message_type if message_type in sent else UNKNOWN
+        sent[key] += count
 
     def error(self, code: str) -> None:
         """Count one error reply with `code`."""
-        self.errors.labels(code if code in ERROR_CODES else UNKNOWN).inc()
+        errors = self.counts.errors
+        errors[code if code in errors else UNKNOWN] += 1
 
     def handshake_refused(self, close_code: int) -> None:
         """Count one handshake closed with `close_code`, labelled by the code's name."""

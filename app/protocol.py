@@ -347,7 +347,7 @@ class ErrorPayload(Struct):
     message: str
 
 
-class Frame(Struct, kw_only=True, omit_defaults=True):
+class Frame(Struct, kw_only=True, omit_defaults=True, gc=False):
     """The envelope of everything the server sends."""
 
     type: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -15,6 +16,8 @@ from app.config import ConfigError, Settings
 from app.logs import configure_logging, log_config
 
 log = logging.getLogger("vtt.serve")
+
+GC_THRESHOLD = 7000
 
 # Forwarded headers are trusted from these peers only; fly.toml names Fly's proxy network.
 DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
@@ -95,6 +98,10 @@ def main() -> int:
     configure_logging(settings.log_level)
     if settings.dev_auth and settings.database_url is None:
         print(banner(settings), flush=True)
+    # Every message allocates short-lived objects; the default young-generation threshold
+    # (700) ran a collection every few messages. None of these objects form cycles, so
+    # collecting ten times less often costs little memory (measured in bench/).
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
     host = os.environ.get("HOST", "0.0.0.0")
     config = uvicorn.Config(
         "app.main:app", host=host, port=settings.port, **uvicorn_options(settings)

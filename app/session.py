@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from msgspec import UNSET
+from msgspec import UNSET, Struct
 
 from app import table
 from app.audience import state_view, view
@@ -27,7 +27,7 @@ from app.protocol import (
     encode,
     encode_frame,
 )
-from app.table import Actor, Event, Rules, StateChange
+from app.table import Actor, Event, Role, Rules, StateChange
 
 
 class Member(Protocol):
@@ -52,8 +52,7 @@ class Member(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
+class Encoded(Struct, frozen=True, gc=False):
     """One message encoded once for an audience: as text, and as a WebSocket frame."""
 
     text: str
@@ -64,8 +63,7 @@ class SessionClosed(Exception):
     """The session was evicted while a join waited for it; the joiner should look it up again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
+class Recorded(Struct, frozen=True, gc=False):
     """A broadcast event as each audience received it, kept for resume."""
 
     seq: int
@@ -101,6 +99,8 @@ class Session:
         self.metrics = metrics
         self.lock = asyncio.Lock()
         self.members: dict[Member, None] = {}
+        # The same members by audience, so a broadcast never asks each member its role.
+        self._audiences: dict[Role, dict[Member, None]] = {"gm": {}, "player": {}}
         self.history: deque[Recorded] = deque(maxlen=settings.resume_buffer)
         self._metadata = MetadataCache()
         # Dirty tracking: `version` counts changes, `saved_version` the last one written.
@@ -129,6 +129,7 @@ class Session:
                 raise SessionClosed(self.campaign_id)
             self._check_caps(member.actor.user_id)
             self.members[member] = None
+            self._audiences[member.actor.role][member] = None
             actor = member.actor
             if since is not None and epoch == self.epoch and self._replay(member, since):
                 return True
@@ -170,6 +171,7 @@ class Session:
         """Remove `member`."""
         async with self.lock:
             self.members.pop(member, None)
+            self._audiences[member.actor.role].pop(member, None)
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -219,19 +221,21 @@ class Session:
             full_sync=event.type == "state.sync",
         )
         self.history.append(record)
-        gms = players = 0
-        for member in self.members:
-            if member.actor.role == "gm":
-                if gm is not None:
-                    member.deliver(gm.text, record.token_id, record.gm_move, gm.frame)
-                    gms += 1
-            elif player is not None:
-                member.deliver(player.text, record.token_id, record.player_move, player.frame)
-                players += 1
+        token_id = record.token_id
+        gms = self._audiences["gm"]
+        if gm is not None and gms:
+            text, frame, is_move = gm.text, gm.frame, record.gm_move
+            for member in gms:
+                member.deliver(text, token_id, is_move, frame)
+        players = self._audiences["player"]
+        if player is not None and players:
+            text, frame, is_move = player.text, player.frame, record.player_move
+            for member in players:
+                member.deliver(text, token_id, is_move, frame)
         if gm_seen is not None and gms:
-            self.metrics.message_out(gm_seen[0], gms)
+            self.metrics.message_out(gm_seen[0], len(gms))
         if player_seen is not None and players:
-            self.metrics.message_out(player_seen[0], players)
+            self.metrics.message_out(player_seen[0], len(players))
 
     def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> Encoded | None:
         if seen is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from msgspec import UNSET
+from msgspec import UNSET, Struct
 from msgspec.structs import replace
 
 from app import errors
@@ -63,8 +63,7 @@ class Rules:
     token_policy: TokenPolicy = "open"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Struct, frozen=True, gc=False):
     """One applied change, as broadcast to a full-sight (GM) audience.
 
     For token events, `visible_before`/`visible_after` say whether players could see the token

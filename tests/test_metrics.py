@@ -130,7 +130,7 @@ def test_handshake_refusals_are_labelled_by_the_close_code_name(
 def test_no_metric_has_a_campaign_or_user_label() -> None:
     metrics = Metrics()
     metrics.message_in("token.move")
-    metrics.broadcast_latency.observe(0.0004)
+    metrics.counts.observe_broadcast(0.0004)
 
     label_names = {name for _, labels in _samples(metrics) for name, _ in labels}
 
@@ -139,8 +139,8 @@ def test_no_metric_has_a_campaign_or_user_label() -> None:
 
 def test_broadcast_latency_buckets_resolve_sub_millisecond_to_100_ms() -> None:
     metrics = Metrics()
-    metrics.broadcast_latency.observe(0.0003)
-    metrics.broadcast_latency.observe(0.08)
+    metrics.counts.observe_broadcast(0.0003)
+    metrics.counts.observe_broadcast(0.08)
 
     samples = _samples(metrics)
     buckets = {
