@@ -301,7 +301,8 @@ class SqlRoles:
                 f"(found {', '.join(sorted(names)) or 'none'}; write CAST(:campaign_id AS uuid), "
                 "not :campaign_id::uuid)"
             )
-        self.engine = engine
+        # One SELECT needs no transaction: autocommit saves the BEGIN and ROLLBACK round trips.
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.statement = statement
 
     async def role(self, campaign_id: str, identity: Identity) -> Role:
