@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import ServerProcess
-from bench.run import BASELINE, OURS, QUICK, RAW, Bench, FixedLoad, prepare
+from bench.run import BASELINE, OURS, QUICK, RAW, Bench, FixedLoad, exclusive, prepare
 
 RATE = 200
 # Stacks through these are threads or the loop waiting, not working.
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     RAW.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(exclusive())
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vtt-profile-")))
         setup, books = prepare(args, stack, QUICK, work)
         if args.server not in books:

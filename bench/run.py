@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import fcntl
 import functools
 import itertools
 import json
@@ -465,6 +466,27 @@ class Bench:
                 self.record("flush", OURS, self.flush)
 
 
+@contextlib.contextmanager
+def exclusive(limit: float = 1800.0) -> Iterator[None]:
+    """Hold the bench lock: two benches at once would share the pinned cores and both lie."""
+    RAW.mkdir(parents=True, exist_ok=True)
+    with (RAW / "bench.lock").open("w") as handle:
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("another bench run held the lock for too long") from None
+                log("another bench run is in progress; waiting for it")
+                time.sleep(10)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def wait_for_quiet(limit: float, threshold: float = 20.0) -> None:
     """On a shared machine, wait (at most `limit` s) until other processes leave the CPUs idle."""
     deadline = time.monotonic() + limit
@@ -610,7 +632,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--log-level", default="warning", help="LOG_LEVEL for our server")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="directory for latest.json and latest.md (default bench/results; partial runs "
+        "with --modes or --repeats default to bench/results/raw, so they never replace "
+        "the latest complete run)",
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -627,11 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = tuple(args.modes.split(",")) if args.modes else profile.modes
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    RAW.mkdir(parents=True, exist_ok=True)
-    wait_for_quiet(args.quiet_wait)
-    info = machine_info()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(exclusive())
+        wait_for_quiet(args.quiet_wait)
+        info = machine_info()
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vtt-bench-")))
         setup, books = prepare(args, stack, profile, work)
         for note in setup.notes:
@@ -649,10 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         "summary": medians(bench.runs),
         "runs": bench.runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    out: Path = args.out or (RAW if args.modes or args.repeats else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = report.markdown(results)
-    (args.out / "latest.md").write_text(markdown)
+    (out / "latest.md").write_text(markdown)
+    log(f"results written to {out}/latest.json and latest.md")
     sys.stdout.write(markdown)
     crashed = [r for by in bench.runs.values() for rs in by.values() for r in rs if "failed" in r]
     return 1 if crashed else 0
