@@ -407,6 +407,25 @@ async def test_a_player_removed_from_the_campaign_is_closed_with_4403_at_the_nex
         assert await refusal(server, jwks.mint(PLAYER)) == (4403, "not a member of this campaign")
 
 
+@postgres
+async def test_a_refresh_during_a_database_outage_keeps_the_connection_on_its_current_token(
+    tmp_path: Path, jwks: JwksServer, database: str
+) -> None:
+    url = make_url(database)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        async with production(tmp_path, jwks, proxied) as server:
+            player = await join(server, jwks.mint(PLAYER))
+            proxy.cut()
+            await player.send("auth.refresh", {"token": jwks.mint(PLAYER)})
+            await player.roundtrip()
+            proxy.restore()
+            await player.send("auth.refresh", {"token": jwks.mint(PLAYER)})
+            await player.roundtrip()
+            assert await role_of(player, PLAYER) == "player"
+            await player.close()
+
+
 # --- no token in any log -----------------------------------------------------------------------
 
 
