@@ -126,7 +126,10 @@ class WebSocketEndpoint:
             )
             return None
         finally:
+            # Nothing reads these after the handshake; a connection that lasts hours need not
+            # hold its claims or its request headers (kilobytes each).
             scope.pop("auth", None)
+            scope["headers"] = []
         return client, session
 
     async def _admit(
