@@ -44,6 +44,24 @@ class Client:
     writer task that exists only while there is something to send, in order.
     """
 
+    __slots__ = (
+        "_bytes",
+        "_moves",
+        "_next_key",
+        "_outbox",
+        "_send",
+        "abandoned",
+        "actor",
+        "campaign_id",
+        "closing",
+        "direct",
+        "identity",
+        "metrics",
+        "reader",
+        "settings",
+        "writer",
+    )
+
     def __init__(
         self,
         send: Send,
@@ -191,6 +209,17 @@ class Client:
 
 class Reader:
     """The read loop of one client: limits, decoding, dispatch to the session."""
+
+    __slots__ = (
+        "_expiry",
+        "bucket",
+        "client",
+        "metrics",
+        "roles",
+        "session",
+        "settings",
+        "verifier",
+    )
 
     def __init__(self, client: Client, session: Session, services: Services) -> None:
         self.client = client
