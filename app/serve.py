@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from app.config import ConfigError, Settings
+from app.directsend import ReadAheadProtocol
 from app.logs import configure_logging, log_config
 
 log = logging.getLogger("vtt.serve")
@@ -75,7 +76,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "loop": "uvloop",
         "http": "httptools",
-        "ws": settings.ws_impl,
+        "ws": ReadAheadProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
         "ws_max_size": settings.limits.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,
