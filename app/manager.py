@@ -20,8 +20,9 @@ from app.table import new_state
 log = logging.getLogger("vtt.manager")
 
 MAX_FLUSH_BACKOFF = 60.0
-# Snapshots are taken in slices so that thousands of dirty sessions never hold the loop long.
-SNAPSHOT_SLICE = 200
+# Snapshots are taken, and state.saved sent, in slices so that thousands of dirty sessions
+# never hold the loop long.
+SNAPSHOT_SLICE = 50
 
 
 class SessionManager:
@@ -161,8 +162,10 @@ class SessionManager:
                     extra={"outage_seconds": round(time.monotonic() - self._outage_since, 3)},
                 )
                 self._outage_since = None
-            for session, snapshot in snapshots:
+            for index, (session, snapshot) in enumerate(snapshots, start=1):
                 session.mark_saved(snapshot)
+                if index % SNAPSHOT_SLICE == 0:
+                    await asyncio.sleep(0)
             self._observe()
             return True
 

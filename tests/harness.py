@@ -116,7 +116,8 @@ class Peer:
     async def open(cls, url: str, **kwargs: Any) -> Peer:
         """Connect to `url`."""
         async with asyncio.timeout(TIMEOUT):
-            ws = await connect(url, max_size=None, open_timeout=TIMEOUT, **kwargs)
+            # An unbounded queue: a peer that reads little must still see the close frame.
+            ws = await connect(url, max_size=None, max_queue=None, open_timeout=TIMEOUT, **kwargs)
         return cls(ws)
 
     async def send(self, kind: str, payload: Any = None, **envelope: Any) -> None:
