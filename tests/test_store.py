@@ -370,6 +370,30 @@ def test_a_cut_link_fails_every_call_quickly_and_restore_brings_it_back(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(("idle_after", "survives"), [(0.0, True), (3600.0, False)])
+def test_a_pooled_connection_idle_past_the_threshold_is_pinged_and_replaced_when_dead(
+    postgres_url: str, idle_after: float, survives: bool
+) -> None:
+    async def scenario() -> None:
+        direct = make_url(postgres_url)
+        async with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
+            url = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+            async with sql_store(url, idle_ping_after=idle_after) as (store, _):
+                await store.save_many([("c1", state("c1", seq=1))])
+                proxy.cut()
+                proxy.restore()
+                # Every pooled connection is dead now, unknown to the pool.
+                if survives:
+                    assert await store.load("c1") is not None
+                else:
+                    with pytest.raises(StoreUnavailable):
+                        await store.load("c1")
+                    assert await store.load("c1") is not None
+
+    run(scenario())
+
+
+@pytest.mark.postgres
 def test_a_silent_link_fails_every_call_within_the_timeouts(postgres_url: str) -> None:
     # A black hole, not a reset: only the connect and command timeouts can end the wait.
     async def scenario() -> bytes | None:
