@@ -116,8 +116,9 @@ class Peer:
     async def open(cls, url: str, **kwargs: Any) -> Peer:
         """Connect to `url`."""
         async with asyncio.timeout(TIMEOUT):
-            # An unbounded queue: a peer that reads little must still see the close frame.
-            ws = await connect(url, max_size=None, max_queue=None, open_timeout=TIMEOUT, **kwargs)
+            # By default an unbounded queue: a peer that reads little must still see the close.
+            options = {"max_size": None, "max_queue": None, "open_timeout": TIMEOUT, **kwargs}
+            ws = await connect(url, **options)
         return cls(ws)
 
     async def send(self, kind: str, payload: Any = None, **envelope: Any) -> None:
