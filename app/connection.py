@@ -189,10 +189,10 @@ class Client:
         send = self._send
         try:
             while True:
-                if self.closing is not None:
-                    code = self.closing.code
-                    message = {"type": "websocket.close", "code": int(code)}
-                    await send({**message, "reason": self.closing.reason})
+                closing = self.closing
+                if closing is not None:
+                    code, reason = int(closing.code), closing.reason
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
                     return
                 if not outbox:
                     return
