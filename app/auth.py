@@ -63,11 +63,6 @@ def unauthorized(reason: str) -> CloseConnection:
     return CloseConnection(CloseCode.UNAUTHORIZED, reason)
 
 
-def keys_unavailable(reason: str) -> CloseConnection:
-    """No signing key can be had right now: the client should retry later."""
-    return CloseConnection(CloseCode.TRY_AGAIN_LATER, reason)
-
-
 class KeySource(Protocol):
     """Where verification keys come from (the dev key pair, or Clerk's JWKS)."""
 
