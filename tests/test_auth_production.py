@@ -408,6 +408,35 @@ async def test_a_player_removed_from_the_campaign_is_closed_with_4403_at_the_nex
 
 
 @postgres
+async def test_a_member_whose_role_changed_is_closed_with_4401_at_the_next_refresh(
+    tmp_path: Path, jwks: JwksServer, database: str
+) -> None:
+    async with production(tmp_path, jwks, database) as server:
+        gm = await join(server, jwks.mint(GM))
+        player = await join(server, jwks.mint(PLAYER))
+        for peer, user in ((gm, GM), (player, PLAYER)):
+            await peer.send("auth.refresh", {"token": jwks.mint(user)})
+            await peer.roundtrip()
+
+        # The player is promoted to GM and the GM stays on as a player.
+        await _sql(
+            database,
+            f"UPDATE campaigns SET gm_id = '{PLAYER}' WHERE id = '{CAMPAIGN}'",
+            f"INSERT INTO campaign_members VALUES ('{CAMPAIGN}', '{GM}', 'player')",
+        )
+        for peer, user in ((gm, GM), (player, PLAYER)):
+            await peer.send("auth.refresh", {"token": jwks.mint(user)})
+            assert await peer.closed() == (4401, "campaign role changed; reconnect"), user
+
+        demoted = await join(server, jwks.mint(GM))
+        promoted = await join(server, jwks.mint(PLAYER))
+        assert await role_of(demoted, GM) == "player"
+        assert await role_of(promoted, PLAYER) == "gm"
+        for peer in (demoted, promoted):
+            await peer.close()
+
+
+@postgres
 async def test_a_refresh_during_a_database_outage_keeps_the_connection_on_its_current_token(
     tmp_path: Path, jwks: JwksServer, database: str
 ) -> None:
