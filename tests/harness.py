@@ -75,7 +75,7 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
+async def serve(settings: Settings, *, freeze_gc: bool = False) -> AsyncIterator[RunningServer]:
     """Run the app under uvicorn in this event loop on an ephemeral port."""
     # IPPROTO_TCP, so that the loop turns Nagle off on accepted sockets as uvloop does.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
     options = uvicorn_options(settings)
     options.update(loop="asyncio", log_config=None, timeout_graceful_shutdown=5)
     config = uvicorn.Config(create_app(settings), **options)
-    server = Server(config)
+    server = Server(config, freeze_gc=freeze_gc)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
