@@ -39,6 +39,10 @@ class SessionManager:
         self._flusher: asyncio.Task[None] | None = None
         self._outage_since: float | None = None
         self.closing = False
+        metrics.watch_sessions(
+            live=lambda: len(self.sessions),
+            dirty=lambda: sum(1 for s in self.sessions.values() if s.dirty),
+        )
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -90,7 +94,6 @@ class SessionManager:
             raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
         session = Session(state, self.settings, self.metrics)
         self.sessions[campaign_id] = session
-        self._observe()
         return session
 
     def released(self, session: Session) -> None:
@@ -108,9 +111,10 @@ class SessionManager:
                 session.closed = True
                 if self.sessions.get(session.campaign_id) is session:
                     del self.sessions[session.campaign_id]
-                    self._observe()
                 return
-            if not await self.flush():
+            # During an outage the flush loop's backoff decides when the store is tried
+            # again; this only waits for it to have written the session.
+            if self._outage_since is not None or not await self.flush():
                 await asyncio.sleep(self.settings.flush_interval)
 
     # --- flushing -------------------------------------------------------------------------------
@@ -153,7 +157,6 @@ class SessionManager:
                         "flush failed; state stays dirty and is retried with backoff",
                         extra={"reason": str(exc), "rows": len(snapshots)},
                     )
-                self._observe()
                 return False
             self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=True)
             if self._outage_since is not None:
@@ -166,12 +169,7 @@ class SessionManager:
                 session.mark_saved(snapshot)
                 if index % SNAPSHOT_SLICE == 0:
                     await asyncio.sleep(0)
-            self._observe()
             return True
-
-    def _observe(self) -> None:
-        dirty = sum(1 for s in self.sessions.values() if s.dirty)
-        self.metrics.sessions_changed(len(self.sessions), dirty)
 
     # --- shutdown -------------------------------------------------------------------------------
 

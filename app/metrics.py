@@ -8,7 +8,7 @@ a campaign or a user.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -184,10 +184,10 @@ class Metrics:
         else:
             self.flush_failures.inc()
 
-    def sessions_changed(self, live: int, dirty: int) -> None:
-        """Record how many sessions are in memory and how many have unwritten changes."""
-        self.live_sessions.set(live)
-        self.dirty_sessions.set(dirty)
+    def watch_sessions(self, live: Callable[[], int], dirty: Callable[[], int]) -> None:
+        """Count live and dirty sessions when scraped (an edit dirties a session silently)."""
+        self.live_sessions.set_function(live)
+        self.dirty_sessions.set_function(dirty)
 
     async def endpoint(self, request: Request) -> Response:
         """Serve the registry in the format the scraper asked for (Prometheus text by default)."""

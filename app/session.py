@@ -55,6 +55,7 @@ class Member(Protocol):
 class Encoded(Struct, frozen=True, gc=False):
     """One message encoded once for an audience: as text, and as a WebSocket frame."""
 
+    kind: str
     text: str
     frame: bytes
 
@@ -137,6 +138,8 @@ class Session:
                 self._frame("state.sync", actor.user_id, state_view(self.state, actor.role))
             )
             member.deliver(self._frame("map.list", actor.user_id, table.map_list(self.state)))
+            self.metrics.message_out("state.sync")
+            self.metrics.message_out("map.list")
             return False
 
     def _check_caps(self, user_id: str) -> None:
@@ -159,12 +162,14 @@ class Session:
         actor = member.actor
         marker = StateResume(from_seq=since + 1, to_seq=seq, epoch=self.epoch)
         member.deliver(self._frame("state.resume", actor.user_id, marker))
+        self.metrics.message_out("state.resume")
         gm = actor.role == "gm"
         for record in missed:
             out = record.gm if gm else record.player
             if out is not None:
                 is_move = record.gm_move if gm else record.player_move
                 member.deliver(out.text, record.token_id, is_move, out.frame)
+                self.metrics.message_out(out.kind)
         return True
 
     async def leave(self, member: Member) -> None:
@@ -247,7 +252,7 @@ class Session:
             type=kind, campaign_id=self.campaign_id, user_id=event.user_id, seq=seq, payload=payload
         )
         data = encode_frame(frame)
-        return Encoded(data.decode(), text_frame(data))
+        return Encoded(kind, data.decode(), text_frame(data))
 
     def _frame(self, kind: str, user_id: str, payload: Any) -> str:
         seq = self.state.seq if kind in {"state.sync", "state.resume"} else None
@@ -276,3 +281,4 @@ class Session:
         for member in self.members:
             user_id = member.actor.user_id
             member.deliver(self._frame("state.saved", user_id, StateSaved(seq=snapshot.seq)))
+        self.metrics.message_out("state.saved", len(self.members))

@@ -46,7 +46,7 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers."""
+        """Raise StoreUnavailable unless the database answers and holds the sessions table."""
         ...
 
     async def close(self) -> None:
@@ -133,10 +133,11 @@ class SqlStore:
         return len(pending)
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers a trivial query."""
+        """Raise StoreUnavailable unless the database answers and vtt_sessions exists."""
         with _store_failures():
             async with self._engine.connect() as connection:
-                await connection.scalar(select(1))
+                # No rows are read: the query fails only without a database or the table.
+                await connection.scalar(select(vtt_sessions.c.campaign_id).limit(0))
 
     async def close(self) -> None:
         """Close the engine's pooled connections (the engine stays usable, reconnecting)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import selectors
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,14 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from app.config import Settings
 from app.database import create_engine
+from app.manager import MAX_FLUSH_BACKOFF, SessionManager
+from app.metrics import Metrics
 from app.migrate import upgrade_to_head
-from app.store import SqlStore
+from app.protocol import TokenAddMsg, decode_client_message
+from app.store import MemoryStore, SqlStore
+from app.table import Actor
 from tests.harness import Peer, RunningServer, serve, settings_for, token_payload
 from tests.process import ServerProcess
 from tests.tcpproxy import TcpProxy
@@ -342,3 +349,181 @@ async def test_a_handshake_uvicorn_cannot_parse_does_not_cost_the_final_flush(
         again = await server.join("c1", "gm1", "gm")
         assert again.sync["payload"]["tokens"]["t1"]["x"] == 11
         await again.close()
+
+
+class JumpingSelector(selectors.DefaultSelector):
+    """A selector that never waits: when no I/O is ready it moves its loop's clock instead."""
+
+    def __init__(self, loop: VirtualClockLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """The I/O ready now; with none, jump the clock to the next timer."""
+        ready = super().select(0)
+        if not ready and timeout:
+            self.loop.now += timeout
+        return ready
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock: minutes of backoff pass at once, each delay exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(JumpingSelector(self))
+
+    def time(self) -> float:
+        """The virtual time."""
+        return self.now
+
+
+class AttemptRecordingStore(MemoryStore):
+    """A MemoryStore that reports when, on the loop's clock, each write was attempted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: asyncio.Queue[float] = asyncio.Queue()
+
+    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
+        """Report the attempt, then write (or fail, during an outage)."""
+        self.attempts.put_nowait(asyncio.get_running_loop().time())
+        return await super().save_many(rows)
+
+
+class Listener:
+    """A session member that keeps what it is sent."""
+
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
+        self.frames: list[dict[str, Any]] = []
+
+    def deliver(
+        self,
+        text: str,
+        token_id: str | None = None,
+        is_move: bool = False,
+        frame: bytes | None = None,
+    ) -> None:
+        """Keep the message."""
+        self.frames.append(json.loads(text))
+
+
+def test_a_failing_flush_loop_backs_off_to_the_cap_and_logs_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        settings = Settings(env="test")
+        interval = settings.flush_interval
+        store = AttemptRecordingStore()
+        metrics = Metrics()
+        manager = SessionManager(settings, store, metrics)
+        gm = Listener(Actor(user_id="gm1", role="gm"))
+        session, _ = await manager.join("c1", gm)
+        clock = asyncio.get_running_loop().time
+
+        async def edit(x: int) -> None:
+            message = {"type": "token.add", "payload": token_payload(f"t{x}", x=x)}
+            decoded = decode_client_message(json.dumps(message))
+            assert isinstance(decoded, TokenAddMsg)
+            await session.submit(gm, decoded)
+
+        async def gaps(count: int) -> list[float]:
+            """The delays before each of the next `count` write attempts."""
+            found, last = [], clock()
+            for _ in range(count):
+                async with asyncio.timeout(MAX_FLUSH_BACKOFF * 2):
+                    attempt = await store.attempts.get()
+                found.append(attempt - last)
+                last = attempt
+            return found
+
+        def logged(message: str) -> int:
+            return sum(1 for r in caplog.records if r.getMessage().startswith(message))
+
+        await edit(1)
+        store.outage = True
+        manager.start()
+        backoff = [min(interval * 2**n, MAX_FLUSH_BACKOFF) for n in range(8)]
+        assert await gaps(8) == pytest.approx(backoff)
+        assert session.dirty
+        assert metrics.registry.get_sample_value("vtt_flush_failures_total") == 8
+        assert logged("flush failed") == 1
+        assert logged("flush recovered") == 0
+
+        store.outage = False
+        assert await gaps(1) == pytest.approx([MAX_FLUSH_BACKOFF])
+        assert not session.dirty
+        assert store.rows.keys() == {"c1"}
+        assert gm.frames[-1]["type"] == "state.saved"
+        assert logged("flush recovered") == 1
+
+        await edit(2)
+        assert await gaps(1) == pytest.approx([interval]), "a success resets the backoff"
+        store.outage = True
+        await edit(3)
+        assert await gaps(3) == pytest.approx([interval, interval * 2, interval * 4])
+        assert logged("flush failed") == 2, "a second outage is logged once more"
+
+        store.outage = False
+        assert await manager.close(clock() + MAX_FLUSH_BACKOFF, clock=clock)
+        assert not session.dirty
+        assert logged("flush failed") == 2
+        assert logged("flush recovered") == 2
+
+    loop = VirtualClockLoop()
+    try:
+        with caplog.at_level("INFO", logger="vtt.manager"):
+            loop.run_until_complete(asyncio.wait_for(scenario(), timeout=3600))
+    finally:
+        loop.close()
+
+
+def test_a_session_waiting_for_eviction_during_an_outage_adds_no_writes_to_the_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        settings = Settings(env="test", evict_grace=0.0)
+        interval = settings.flush_interval
+        store = AttemptRecordingStore()
+        manager = SessionManager(settings, store, Metrics())
+        gm = Listener(Actor(user_id="gm1", role="gm"))
+        session, _ = await manager.join("c1", gm)
+        clock = asyncio.get_running_loop().time
+        message = {"type": "token.add", "payload": token_payload("t1")}
+        decoded = decode_client_message(json.dumps(message))
+        assert isinstance(decoded, TokenAddMsg)
+        await session.submit(gm, decoded)
+
+        store.outage = True
+        manager.start()
+        async with asyncio.timeout(interval * 2):
+            first = await store.attempts.get()
+        assert first == pytest.approx(interval)
+        await session.leave(gm)
+        manager.released(session)
+
+        attempts = []
+        for _ in range(5):
+            async with asyncio.timeout(MAX_FLUSH_BACKOFF * 2):
+                attempts.append(await store.attempts.get())
+        gaps = [b - a for a, b in zip([first, *attempts], attempts, strict=False)]
+        assert gaps == pytest.approx([interval * 2, interval * 4, interval * 8, 60.0, 60.0])
+        assert manager.sessions.keys() == {"c1"}, "unsaved: kept in memory"
+
+        evictor = manager._evicting["c1"]
+        store.outage = False
+        async with asyncio.timeout(MAX_FLUSH_BACKOFF * 2):
+            await store.attempts.get()
+            await evictor
+        assert "c1" not in manager.sessions
+        assert store.rows.keys() == {"c1"}
+        assert session.closed
+        assert await manager.close(clock() + 1.0, clock=clock)
+
+    loop = VirtualClockLoop()
+    try:
+        with caplog.at_level("INFO", logger="vtt.manager"):
+            loop.run_until_complete(asyncio.wait_for(scenario(), timeout=3600))
+    finally:
+        loop.close()

@@ -1,8 +1,9 @@
-"""The metrics registry: names, label sets, rendering and the /metrics response."""
+"""The metrics registry: names, label sets, rendering, the /metrics response, real traffic."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,10 +13,22 @@ from starlette.routing import Route
 
 from app.errors import ERROR_CODES, CloseCode
 from app.metrics import MESSAGE_TYPES, UNKNOWN, Metrics
+from tests.harness import TIMEOUT, Peer, RunningServer, serve, settings_for, token_payload
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# Identifiers no metric may carry; distinctive, so a leak cannot hide behind a common word.
+CAMPAIGN = "camp-5d1f9e"
+GM = "user-gm-83a2c7"
+PLAYER = "user-player-b40e16"
+# The frames every join starts with.
 
 
-def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = _render(metrics)
+def _samples(metrics: Metrics) -> Samples:
+    return _parse(_render(metrics))
+
+
+def _parse(text: str) -> Samples:
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -157,10 +170,11 @@ def test_broadcast_latency_buckets_resolve_sub_millisecond_to_100_ms() -> None:
 
 def test_the_flush_observer_hooks_record_duration_rows_failures_and_session_counts() -> None:
     metrics = Metrics()
+    sessions = {"live": 4, "dirty": 3}
 
     metrics.flushed(0.012, 7, ok=True)
     metrics.flushed(2.0, 5, ok=False)
-    metrics.sessions_changed(live=4, dirty=3)
+    metrics.watch_sessions(live=lambda: sessions["live"], dirty=lambda: sessions["dirty"])
 
     samples = _samples(metrics)
     assert samples[("vtt_flush_duration_seconds_count", ())] == 2
@@ -169,6 +183,8 @@ def test_the_flush_observer_hooks_record_duration_rows_failures_and_session_coun
     assert samples[("vtt_flush_failures_total", ())] == 1
     assert samples[("vtt_live_sessions", ())] == 4
     assert samples[("vtt_dirty_sessions", ())] == 3
+    sessions["dirty"] = 0
+    assert _samples(metrics)[("vtt_dirty_sessions", ())] == 0, "read at each scrape"
 
 
 def test_gauges_and_counters_without_labels_render_their_values() -> None:
@@ -203,3 +219,80 @@ def test_the_endpoint_serves_openmetrics_when_the_scraper_asks_for_it() -> None:
 
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
+
+
+async def _scrape(server: RunningServer) -> str:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        response = await http.get(f"{server.http}/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+def _increase(before: Samples, after: Samples, name: str) -> dict[str, float]:
+    """How much each series of a one-label counter grew, keyed by its label value."""
+    return {
+        labels[0][1]: value - before[(sample, labels)]
+        for (sample, labels), value in after.items()
+        if sample == name and value != before[(sample, labels)]
+    }
+
+
+@pytest.mark.anyio
+async def test_real_traffic_moves_exactly_the_counters_it_should(tmp_path: Path) -> None:
+    async with serve(settings_for(tmp_path, flush_interval=3600)) as server:
+        before = _parse(await _scrape(server))
+        gm = await server.join(CAMPAIGN, GM, "gm")
+        player = await server.join(CAMPAIGN, PLAYER)
+        await gm.request("token.add", token_payload("t1"))
+        await player.expect("token.add")
+        await gm.request("token.move", {"token_id": "t1", "x": 3, "y": 4})
+        await player.expect("token.move")
+        # Invalid: a type nobody knows, spelled as the campaign id, which must not become a label.
+        await player.send(CAMPAIGN)
+        await player.error("unknown_type")
+        await player.roundtrip()
+        refused = await Peer.open(server.ws_url(CAMPAIGN, "not-a-jwt"))
+        assert await refused.closed() == (CloseCode.UNAUTHORIZED, "unreadable token")
+        text = await _scrape(server)
+        after = _parse(text)
+        await gm.close()
+        await player.close()
+
+    assert before[("vtt_open_connections", ())] == 0
+    assert before[("vtt_live_sessions", ())] == 0
+    assert after[("vtt_open_connections", ())] == 2
+    assert after[("vtt_live_sessions", ())] == 1
+    assert after[("vtt_dirty_sessions", ())] == 1, "the edits are not written yet"
+    assert _increase(before, after, "vtt_messages_in_total") == {
+        "token.add": 1,
+        "token.move": 1,
+        "ping": 1,
+        UNKNOWN: 1,
+    }
+    assert _increase(before, after, "vtt_messages_out_total") == {
+        "state.sync": 2,
+        "map.list": 2,
+        "token.add": 2,
+        "token.move": 2,
+        "pong": 1,
+        "error": 1,
+    }
+    assert _increase(before, after, "vtt_errors_total") == {"unknown_type": 1}
+    assert _increase(before, after, "vtt_handshake_refusals_total") == {"unauthorized": 1}
+    latency = "vtt_broadcast_latency_seconds_count"
+    assert after[(latency, ())] - before[(latency, ())] == 2
+    for identifier in (CAMPAIGN, GM, PLAYER):
+        assert identifier not in text, f"{identifier} appears in the scrape"
+
+
+@pytest.mark.anyio
+async def test_the_greeting_of_every_join_is_counted_as_messages_out(tmp_path: Path) -> None:
+    async with serve(settings_for(tmp_path, flush_interval=3600)) as server:
+        before = _parse(await _scrape(server))
+        gm = await server.join(CAMPAIGN, GM, "gm")
+        player = await server.join(CAMPAIGN, PLAYER)
+        after = _parse(await _scrape(server))
+        await gm.close()
+        await player.close()
+
+    assert _increase(before, after, "vtt_messages_out_total") == {"state.sync": 2, "map.list": 2}

@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -18,8 +19,10 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from app.database import create_engine
+from app.errors import CloseCode
 from app.migrate import upgrade_to_head
 from app.tables import include_name, metadata
+from tests.harness import TIMEOUT, Peer, serve, settings_for
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,6 +221,49 @@ def test_two_servers_migrating_at_once_both_succeed(postgres_url: str, tmp_path:
     outcomes = [(process.wait(timeout=60), process.communicate()[1]) for process in processes]
     assert [code for code, _ in outcomes] == [0, 0], outcomes
     assert run(inspect_database(postgres_url))["versions"] == ["0001"]
+
+
+def test_a_server_with_auto_migrate_on_creates_the_tables_at_startup(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with serve(settings_for(tmp_path, database_url=database_url)) as server:
+            found = await inspect_database(database_url)
+            gm = await server.join("c1", "gm1", "gm")
+            await gm.close()
+        return found
+
+    found = run(scenario())
+    assert found["tables"] == {"vtt_sessions", "vtt_alembic_version"}
+    assert found["versions"] == ["0001"]
+
+
+def test_a_server_with_auto_migrate_off_creates_no_tables_and_refuses_joins_until_migrated(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> tuple[tuple[int | None, str], set[str], list[int]]:
+        settings = settings_for(tmp_path, database_url=database_url, auto_migrate=False)
+        async with serve(settings) as server, httpx.AsyncClient(timeout=TIMEOUT) as http:
+            readiness = [(await http.get(f"{server.http}/ready")).status_code]
+            refused = await Peer.open(server.ws_url("c1", server.token("gm1", "gm")))
+            closed = await refused.closed()
+            tables: set[str] = (await inspect_database(database_url))["tables"]
+            # The release command migrates; the running server then serves without a restart.
+            await asyncio.to_thread(upgrade_to_head, database_url)
+            readiness.append((await http.get(f"{server.http}/ready")).status_code)
+            gm = await server.join("c1", "gm1", "gm")
+            await gm.close()
+        return closed, tables, readiness
+
+    with caplog.at_level("WARNING", logger="vtt.manager"):
+        closed, tables, readiness = run(scenario())
+
+    assert closed == (CloseCode.TRY_AGAIN_LATER, "state could not be loaded")
+    assert tables == set()
+    assert readiness == [503, 200], "not ready until the sessions table exists"
+    failures = [r for r in caplog.records if r.getMessage() == "state load failed"]
+    assert len(failures) == 1
+    assert "vtt_sessions" in failures[0].__dict__["reason"]
 
 
 def test_offline_mode_prints_the_adopting_create_table(tmp_path: Path) -> None:
