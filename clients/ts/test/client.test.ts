@@ -2,7 +2,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket as NodeWebSocket } from "ws";
 import { backoffDelay, connect, socketUrl, type ConnectOptions, type Failure, type Status, type VTTClient } from "../src/client.ts";
 import type { CampaignState, ServerMessage, Token } from "../src/protocol.ts";
+import { JwksServer } from "./jwks.ts";
 import { TcpProxy, TestServer, waitFor, WebSocketImpl } from "./server.ts";
+
+// Roles from SQL, as with Clerk; the test's SQLite has no campaigns table, so everyone plays.
+const EVERYONE_PLAYS = "SELECT 'player' WHERE :campaign_id IS NOT NULL AND :user_id IS NOT NULL";
 
 let server: TestServer;
 const clients: VTTClient[] = [];
@@ -297,6 +301,42 @@ describe("reconnecting", () => {
       expect(tokensOf(observed).kept).toMatchObject({ x: 5 });
     } finally {
       await own.dispose();
+    }
+  });
+
+  it("retries with backoff and a fresh token after 1013 (signing keys unavailable) and joins once keys load", async () => {
+    const jwks = await JwksServer.start();
+    const own = await TestServer.start({ CLERK_JWKS_URL: jwks.url, CLERK_ISSUER: jwks.issuer, VTT_JWKS_TTL: "1", VTT_ROLE_SQL: EVERYONE_PLAYS });
+    try {
+      const attempts: number[] = [];
+      const observed = open({
+        campaignId: campaign(),
+        url: own.url,
+        random: () => 1,
+        getToken: () => {
+          attempts.push(performance.now());
+          return jwks.token("kim");
+        },
+      });
+      // Three refusals while the key set is down: enough to see the delay double each time.
+      await waitFor(() => observed.failures.length >= 3, 10_000, "three 1013 closes");
+      jwks.serving = true;
+      await waitFor(() => observed.client.view().status === "open", 15_000, "the join once the keys are loaded");
+      for (const failure of observed.failures) {
+        expect(failure).toEqual({ code: 1013, reason: "signing keys unavailable" });
+      }
+      expect(observed.statuses).not.toContain("stopped");
+      expect(observed.tokenCalls()).toBe(observed.failures.length + 1);
+      observed.failures.forEach((_failure, retry) => {
+        const waited = (attempts[retry + 1] ?? 0) - (attempts[retry] ?? 0);
+        expect(waited).toBeGreaterThanOrEqual(backoffDelay(retry, 50, 400, () => 1));
+      });
+      expect(observed.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list"]);
+      expect(observed.client.view().state).toMatchObject({ tokens: {}, fog_zones: [] });
+      expect(observed.client.view().failure).toBeNull();
+    } finally {
+      await own.dispose();
+      await jwks.close();
     }
   });
 
