@@ -53,7 +53,9 @@ async def ready(request: Request) -> Response:
     try:
         await asyncio.wait_for(services.store.ping(), timeout=5.0)
     except (StoreUnavailable, TimeoutError):
-        return JSONResponse({"status": "not ready", "reason": "database unavailable"}, 503)
+        return JSONResponse(
+            {"status": "not ready", "reason": "database unavailable or not migrated"}, 503
+        )
     return JSONResponse({"status": "ready"})
 
 
