@@ -20,12 +20,13 @@ log = logging.getLogger("vtt.serve")
 
 # Collector thresholds (young, middle, old). Every message allocates short-lived objects; the
 # default young threshold (700) ran a collection every few messages, and none of them form
-# cycles, so collecting ten times less often costs little memory. The middle generation is
-# collected after every second young collection: its pause grows with what survived since
-# it last ran, and after a burst of joins (each connection keeps about a hundred container
-# objects) uvicorn's default of ten, or twenty, made that one pause tens of milliseconds
-# long for every table. Each object is scanned there once either way.
-GC_THRESHOLDS = (7000, 2, 20)
+# cycles, so collecting ten times less often costs little memory. The middle generation's
+# pause grows with what survived since it last ran: after a burst of joins (each connection
+# keeps about a hundred container objects) collecting it every tenth or twentieth young
+# collection made one pause of 30-80 ms for every table, so it runs every second one (each
+# object is scanned there once either way). A full collection still comes only after 400
+# young ones, as with (7000, 20, 20): it walks every live connection.
+GC_THRESHOLDS = (7000, 2, 200)
 
 # Forwarded headers are trusted from these peers only; fly.toml names Fly's proxy network.
 DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
