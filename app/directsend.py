@@ -49,8 +49,14 @@ class DirectSocket:
         if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         _drop_on_keepalive_timeout(protocol)
-        # The handshake's request and response (their headers alone are kilobytes) are only
-        # read while accepting; a connection that lasts hours need not keep them.
+        # The handshake's request and response (their headers alone are kilobytes, and the
+        # request's path holds the token) are only read while accepting; a connection that
+        # lasts hours need not keep them. websockets' parser keeps the request object itself
+        # for the life of the connection, so it is emptied as well as dropped.
+        request = protocol.request
+        if request is not None:
+            request.path = ""
+            request.headers.clear()
         protocol.request = protocol.response = None  # type: ignore[assignment]
         return cls(protocol, shares_frames=not protocol.conn.extensions)
 

@@ -129,9 +129,10 @@ class WebSocketEndpoint:
             return None
         finally:
             # Nothing reads these after the handshake; a connection that lasts hours need not
-            # hold its claims or its request headers (kilobytes each).
+            # hold its claims, its request headers (kilobytes each) or its token.
             scope.pop("auth", None)
             scope["headers"] = []
+            scope["query_string"] = b""
         return client, session
 
     async def _admit(

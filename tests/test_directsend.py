@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.streams import StreamReader
 
 from app.connection import Client
 from app.directsend import DirectSocket, text_frame
-from tests.harness import serve, settings_for, token_payload
+from tests.harness import Peer, serve, settings_for, token_payload
 
 
 def parse(data: bytes) -> Frame:
@@ -80,3 +83,28 @@ async def test_without_a_shareable_frame_the_asgi_path_delivers_everything(
         assert added["payload"]["token_id"] == "t1"
     assert directs
     assert all(direct is None or not direct.shares_frames for direct in directs)
+
+
+@pytest.mark.anyio
+async def test_once_joined_no_object_in_the_server_holds_the_token_or_the_headers(
+    tmp_path: Path,
+) -> None:
+    async with serve(settings_for(tmp_path)) as server:
+        token = server.token("gm1", "gm")
+        agent = "vtt-test-agent-7c41e2"
+        gm = await Peer.open(server.ws_url("c1", token), user_agent_header=agent)
+        await gm.expect("state.sync")
+        await gm.expect("map.list")
+        gc.collect()
+        # The client's own request holds both strings too; any other holder is the server's.
+        mine = gm.ws.request
+        own = {id(mine), id(mine.headers), id(mine.headers._dict)}
+        held = [
+            repr(o)[:200]
+            for o in gc.get_objects()
+            if isinstance(o, Request | Headers | dict)
+            and id(o) not in own
+            and (token in repr(o) or agent in repr(o))
+        ]
+        await gm.close()
+    assert held == []
