@@ -321,7 +321,12 @@ describe("reconnecting", () => {
       // Three refusals while the key set is down: enough to see the delay double each time.
       await waitFor(() => observed.failures.length >= 3, 10_000, "three 1013 closes");
       jwks.serving = true;
-      await waitFor(() => observed.client.view().status === "open", 15_000, "the join once the keys are loaded");
+      // state.sync opens the client; map.list is the next frame, which may not be read yet.
+      await waitFor(
+        () => observed.client.view().status === "open" && observed.frames.some((frame) => frame.type === "map.list"),
+        15_000,
+        "the join (state.sync and map.list) once the keys are loaded",
+      );
       for (const failure of observed.failures) {
         expect(failure).toEqual({ code: 1013, reason: "signing keys unavailable" });
       }
