@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,8 @@ from websockets.http11 import Request
 from websockets.streams import StreamReader
 
 from app.connection import Client
-from app.directsend import DirectSocket, text_frame
-from tests.harness import Peer, serve, settings_for, token_payload
+from app.directsend import DirectSocket, Inbox, text_frame
+from tests.harness import TIMEOUT, Peer, serve, settings_for, token_payload
 
 
 def parse(data: bytes) -> Frame:
@@ -108,3 +109,45 @@ async def test_once_joined_no_object_in_the_server_holds_the_token_or_the_header
         ]
         await gm.close()
     assert held == []
+
+
+@pytest.mark.anyio
+async def test_the_inbox_hands_messages_over_in_order_and_wakes_a_waiting_reader() -> None:
+    inbox = Inbox()
+    assert inbox.empty()
+    inbox.put_nowait({"type": "websocket.connect"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "1"})
+    assert inbox.qsize() == 2
+    assert await inbox.get() == {"type": "websocket.connect"}
+    assert await inbox.get() == {"type": "websocket.receive", "text": "1"}
+    assert inbox.empty()
+
+    reader = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    assert not reader.done(), "nothing to read yet"
+    inbox.put_nowait({"type": "websocket.receive", "text": "2"})
+    async with asyncio.timeout(TIMEOUT):
+        assert await reader == {"type": "websocket.receive", "text": "2"}
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_read_leaves_the_inbox_usable() -> None:
+    inbox = Inbox()
+    reader = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    async with asyncio.timeout(TIMEOUT):
+        assert await inbox.get() == {"type": "websocket.disconnect", "code": 1000}
+
+
+@pytest.mark.anyio
+async def test_the_server_protocol_queues_messages_in_an_inbox(tmp_path: Path) -> None:
+    async with serve(settings_for(tmp_path)) as server:
+        gm = await server.join("c1", "gm1", "gm")
+        protocols = [c for c in server.server.server_state.connections if hasattr(c, "queue")]
+        assert protocols
+        assert all(isinstance(p.queue, Inbox) for p in protocols)
+        await gm.close()
