@@ -68,10 +68,7 @@ class RunningServer:
 
     async def join(self, campaign: str, user: str, role: Role = "player", **query: Any) -> Peer:
         """Connect `user` to `campaign` and read the greeting (state.sync + map.list)."""
-        peer = await Peer.open(self.ws_url(campaign, self.token(user, role), **query))
-        peer.sync = await peer.expect("state.sync")
-        await peer.expect("map.list")
-        return peer
+        return await Peer.greeted(self.ws_url(campaign, self.token(user, role), **query))
 
 
 @asynccontextmanager
@@ -120,6 +117,14 @@ class Peer:
             options = {"max_size": None, "max_queue": None, "open_timeout": TIMEOUT, **kwargs}
             ws = await connect(url, **options)
         return cls(ws)
+
+    @classmethod
+    async def greeted(cls, url: str) -> Peer:
+        """Connect to `url` and read the greeting (state.sync, kept in `sync`, + map.list)."""
+        peer = await cls.open(url)
+        peer.sync = await peer.expect("state.sync")
+        await peer.expect("map.list")
+        return peer
 
     async def send(self, kind: str, payload: Any = None, **envelope: Any) -> None:
         """Send one message."""
@@ -224,3 +229,17 @@ def map_payload(map_id: str, **fields: Any) -> dict[str, Any]:
 def without(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     """A copy of `mapping` without `keys`."""
     return {key: value for key, value in mapping.items() if key not in keys}
+
+
+async def role_of(peer: Peer, user: str) -> str:
+    """'gm' when the server lets `user` (on `peer`) do a GM-only thing, else 'player'."""
+    await peer.send("scene.darkness", {"darkness_level": 0.5})
+    reply = await peer.until(
+        lambda f: (
+            f["type"] == "error" or (f["type"] == "scene.darkness" and f.get("user_id") == user)
+        )
+    )
+    if reply["type"] == "error":
+        assert reply["payload"]["code"] == "forbidden", reply
+        return "player"
+    return "gm"

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
-from tests.harness import TIMEOUT, Peer, RunningServer, serve, settings_for
+from tests.harness import TIMEOUT, Peer, RunningServer, role_of, serve, settings_for
 from tests.jwks_server import AZP, BAD_TOKENS, JwksServer, signing_key
 from tests.process import free_port
 from tests.tcpproxy import TcpProxy
@@ -120,20 +120,6 @@ async def stays_open(peer: Peer, until: float) -> None:
     while time.time() < until:
         await peer.roundtrip()
         await asyncio.sleep(0.1)
-
-
-async def role_of(peer: Peer, user: str) -> str:
-    """'gm' when the server lets `user` (on `peer`) do a GM-only thing, else 'player'."""
-    await peer.send("scene.darkness", {"darkness_level": 0.5})
-    reply = await peer.until(
-        lambda f: (
-            f["type"] == "error" or (f["type"] == "scene.darkness" and f.get("user_id") == user)
-        )
-    )
-    if reply["type"] == "error":
-        assert reply["payload"]["code"] == "forbidden", reply
-        return "player"
-    return "gm"
 
 
 @postgres

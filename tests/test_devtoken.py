@@ -14,7 +14,7 @@ import pytest
 from app.auth import DEV_ISSUER, DevKeys, TokenPolicyConfig, TokenVerifier
 from app.config import Settings
 from app.devtoken import main
-from tests.harness import TIMEOUT, Peer, RunningServer, serve, settings_for
+from tests.harness import TIMEOUT, Peer, RunningServer, role_of, serve, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -55,24 +55,8 @@ def mint(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 async def greeting(server: RunningServer, campaign: str, token: str) -> tuple[Peer, dict[str, Any]]:
     """Connect with `token`; the state.sync the server greets with."""
-    peer = await Peer.open(server.ws_url(campaign, token))
-    sync = await peer.expect("state.sync")
-    await peer.expect("map.list")
-    return peer, sync
-
-
-async def role_of(peer: Peer, user: str) -> str:
-    """'gm' when the server lets `user` (on `peer`) do a GM-only thing, else 'player'."""
-    await peer.send("scene.darkness", {"darkness_level": 0.5})
-    reply = await peer.until(
-        lambda f: (
-            f["type"] == "error" or (f["type"] == "scene.darkness" and f.get("user_id") == user)
-        )
-    )
-    if reply["type"] == "error":
-        assert reply["payload"]["code"] == "forbidden", reply
-        return "player"
-    return "gm"
+    peer = await Peer.greeted(server.ws_url(campaign, token))
+    return peer, peer.sync
 
 
 @pytest.mark.parametrize(("flags", "role"), [(["--gm"], "gm"), ([], "player")])

@@ -29,14 +29,6 @@ def kill_timeout() -> float:
     return float(value.removesuffix("s"))
 
 
-async def join(url: str) -> Peer:
-    """Connect to `url` and read the greeting (state.sync + map.list)."""
-    peer = await Peer.open(url)
-    await peer.expect("state.sync")
-    await peer.expect("map.list")
-    return peer
-
-
 async def stored_rows(
     database_url: str, sqlite_path: Path, campaigns: list[str]
 ) -> dict[str, bytes | None]:
@@ -69,7 +61,8 @@ async def test_a_drain_signal_flushes_every_campaign_and_closes_every_client_wit
         peers: list[Peer] = []
         for c in range(campaigns):
             tokens = [gm_token, *player_tokens]
-            peers += await asyncio.gather(*(join(server.ws_url(f"c{c}", t)) for t in tokens))
+            urls = [server.ws_url(f"c{c}", t) for t in tokens]
+            peers += await asyncio.gather(*(Peer.greeted(url) for url in urls))
         assert len(peers) == campaigns * CLIENTS_PER_CAMPAIGN
         gms = peers[::CLIENTS_PER_CAMPAIGN]
         for c, gm in enumerate(gms):
@@ -116,7 +109,7 @@ async def test_a_join_during_the_drain_cannot_connect_and_the_drain_still_flushe
         await server.start()
         try:
             assert server.proc is not None
-            gm = await join(server.ws_url("c1", server.token("gm", "gm")))
+            gm = await Peer.greeted(server.ws_url("c1", server.token("gm", "gm")))
             await gm.request("token.add", token_payload("t1", x=7))
             proxy.stall()
             server.proc.send_signal(signal.SIGTERM)

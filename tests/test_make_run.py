@@ -179,14 +179,6 @@ def mapped_uvloop(pid: int) -> list[str]:
     return sorted(set(re.findall(r"\S+/uvloop/loop\.\S*\.so$", maps, re.M)))
 
 
-async def join(url: str) -> Peer:
-    """Connect to the printed URL and read the greeting (state.sync + map.list)."""
-    peer = await Peer.open(url)
-    peer.sync = await peer.expect("state.sync")
-    await peer.expect("map.list")
-    return peer
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the server's /proc/<pid>/maps")
 @pytest.mark.timeout(STARTUP_TIMEOUT + 120)
 async def test_make_run_in_a_fresh_clone_serves_the_printed_url_to_two_clients_and_saves_on_exit(
@@ -225,8 +217,8 @@ async def test_make_run_in_a_fresh_clone_serves_the_printed_url_to_two_clients_a
 
         gm_token = await mint(gm_command[1], clone, env)
         player_token = await mint(player_command[1], clone, env)
-        gm = await join(connect[1].replace("<token>", gm_token))
-        player = await join(connect[1].replace("<token>", player_token))
+        gm = await Peer.greeted(connect[1].replace("<token>", gm_token))
+        player = await Peer.greeted(connect[1].replace("<token>", player_token))
 
         await gm.send("token.add", token_payload("t1", x=1, y=2))
         added = await player.until(lambda f: f["type"] == "token.add")
