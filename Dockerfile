@@ -43,6 +43,6 @@ COPY app/ app/
 # Files stay root-owned: the server needs to read them, never to change them.
 USER 10001:10001
 
-# app.serve reads PORT (fly.toml sets it to match internal_port).
+# python -m app reads PORT (fly.toml sets it to match internal_port).
 EXPOSE 8080
-CMD ["python", "-m", "app.serve"]
+CMD ["python", "-m", "app"]

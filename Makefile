@@ -8,40 +8,65 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install run test test-ts lint fmt migrate schema bench bench-full token clean
+.PHONY: help install install-run install-bench run token test test-ts lint fmt migrate schema \
+	bench bench-full clean
 
 help:
-	@echo "make run     start the server on the embedded defaults (SQLite + dev auth)"
-	@echo "make test    lint, then run the whole test suite"
-	@echo "make lint    ruff + mypy (strict on app/)"
-	@echo "make migrate alembic upgrade head against DATABASE_URL (or ./vtt.db)"
-	@echo "make bench   quick benchmark; make bench-full for everything"
+	@echo "make run         start the server on the embedded defaults (SQLite + dev auth)"
+	@echo "make token       mint a dev token: make token ARGS='--user alice --gm --campaign demo'"
+	@echo "make test        lint, then the whole test suite (Python, then the TypeScript client)"
+	@echo "make test-ts     the TypeScript client's tests alone (needs Node.js)"
+	@echo "make lint        ruff, ruff format --check, mypy (strict on app/), hadolint"
+	@echo "make fmt         format and autofix with ruff"
+	@echo "make migrate     alembic upgrade head against DATABASE_URL (or ./vtt.db)"
+	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
+	@echo "make bench       quick benchmark; make bench-full for everything"
+	@echo "make install     the development environment (server, tests, linters)"
+	@echo "make install-run the server's own dependencies only (what make run needs)"
+	@echo "make install-bench  the benchmark's extra packages"
+	@echo "make clean       remove the environments and caches"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml
-	$(UV) sync --frozen --python $(PYTHON) --quiet
+# One environment, filled by what each target needs: --inexact keeps what another target
+# installed, so switching between them never reinstalls.
+SYNC := $(UV) sync --frozen --python $(PYTHON) --quiet --inexact --no-default-groups
+
+$(VENV)/.synced-run: $(UV) uv.lock pyproject.toml
+	$(SYNC)
 	@touch $@
 
-install: $(VENV)/.synced
+$(VENV)/.synced-dev: $(UV) uv.lock pyproject.toml
+	$(SYNC) --group dev
+	@touch $@
 
-run: install
-	$(PY) -m app.serve
+$(VENV)/.synced-bench: $(UV) uv.lock pyproject.toml
+	$(SYNC) --group dev --group bench
+	@touch $@
 
-token: install
-	$(PY) -m app.devtoken $(ARGS)
+install-run: $(VENV)/.synced-run
+
+install: $(VENV)/.synced-dev
+
+install-bench: $(VENV)/.synced-bench
+
+run: install-run
+	$(PY) -m app
+
+token: install-run
+	$(PY) -m app.dev.devtoken $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check app tests migrations bench
-	$(VENV)/bin/ruff format --check app tests migrations bench
+	$(VENV)/bin/ruff check app tests migrations bench tools
+	$(VENV)/bin/ruff format --check app tests migrations bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
 fmt: install
-	$(VENV)/bin/ruff format app tests migrations bench
-	$(VENV)/bin/ruff check --fix app tests migrations bench
+	$(VENV)/bin/ruff format app tests migrations bench tools
+	$(VENV)/bin/ruff check --fix app tests migrations bench tools
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -60,15 +85,15 @@ test-ts: install
 	fi
 
 schema: install
-	$(PY) -m app.schema
+	$(PY) -m tools.schema
 
-bench: install
+bench: install-bench
 	$(PY) -m bench.run --quick
 
-bench-full: install
+bench-full: install-bench
 	$(PY) -m bench.run --full
 
-migrate: install
+migrate: install-run
 	$(VENV)/bin/alembic upgrade head
 
 clean:

@@ -7,8 +7,8 @@ from typing import Any
 from msgspec import UNSET
 from msgspec.structs import replace
 
+from app.model import Event, Role
 from app.protocol import CampaignState, TokenRef
-from app.table import Event, Role
 
 TOKEN_EVENTS = frozenset({"token.add", "token.move", "token.update", "token.remove"})
 

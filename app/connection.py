@@ -12,14 +12,14 @@ from starlette.types import Receive, Send
 
 from app.auth import Identity
 from app.config import Settings
-from app.directsend import DirectSocket
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
+from app.model import Actor
 from app.protocol import AuthRefreshMsg, DecodeFailure, PingMsg, decode_client_message
 from app.ratelimit import TokenBucket, Verdict
 from app.services import Services
 from app.session import Session
-from app.table import Actor
+from app.transport.adapter import DirectSocket
 
 log = logging.getLogger("vtt.connection")
 
@@ -212,20 +212,18 @@ class Reader:
 
     __slots__ = (
         "_expiry",
+        "auth",
         "bucket",
         "client",
         "metrics",
-        "roles",
         "session",
         "settings",
-        "verifier",
     )
 
     def __init__(self, client: Client, session: Session, services: Services) -> None:
         self.client = client
         self.session = session
-        self.verifier = services.verifier
-        self.roles = services.roles
+        self.auth = services.auth
         self.settings = settings = services.settings
         self.metrics = services.metrics
         now = time.monotonic()
@@ -306,12 +304,7 @@ class Reader:
     async def _refresh(self, token: str) -> None:
         client = self.client
         try:
-            identity = await self.verifier.verify(token)
-            if identity.user_id != client.identity.user_id:
-                raise CloseConnection(CloseCode.UNAUTHORIZED, "token is for another user")
-            role = await self.roles.role(client.campaign_id, identity)
-            if role != client.actor.role:
-                raise CloseConnection(CloseCode.UNAUTHORIZED, "campaign role changed; reconnect")
+            identity = await self.auth.refresh(token, client.actor, client.campaign_id)
         except CloseConnection as exc:
             context = {"campaign_id": client.campaign_id, "user_id": client.actor.user_id}
             log.info(

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.auth import Identity
+from app.auth.middleware import HANDSHAKE_KEY
 from app.connection import Client, Reader
-from app.directsend import DirectSocket
-from app.errors import CloseCode, CloseConnection
+from app.errors import CloseConnection
+from app.persistence.store import StoreUnavailable
 from app.services import Services
 from app.session import Session
-from app.store import StoreUnavailable
-from app.table import Actor
+from app.transport.adapter import DirectSocket
 
 log = logging.getLogger("vtt.endpoints")
-
-CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def services_of(scope: Scope) -> Services:
@@ -107,7 +104,7 @@ class WebSocketEndpoint:
         query = QueryParams(scope["query_string"])
         campaign_id = query.get("campaign", "")
         try:
-            identity, actor = await self._admit(scope, services, campaign_id)
+            identity, actor = await services.auth.admit(scope, campaign_id)
             kept = Identity(identity.user_id, {}, identity.expires_at)
             client = Client(send, actor, kept, campaign_id, services.settings, services.metrics)
             since, epoch = _resume_point(query)
@@ -130,29 +127,10 @@ class WebSocketEndpoint:
         finally:
             # Nothing reads these after the handshake; a connection that lasts hours need not
             # hold its claims, its request headers (kilobytes each) or its token.
-            scope.pop("auth", None)
+            scope.pop(HANDSHAKE_KEY, None)
             scope["headers"] = []
             scope["query_string"] = b""
         return client, session
-
-    async def _admit(
-        self, scope: Scope, services: Services, campaign_id: str
-    ) -> tuple[Identity, Actor]:
-        if not CAMPAIGN_ID.fullmatch(campaign_id):
-            raise CloseConnection(
-                CloseCode.BAD_REQUEST, "campaign must be 1-128 characters of [A-Za-z0-9_-]"
-            )
-        identity = scope.get("auth")
-        if isinstance(identity, CloseConnection):
-            raise identity
-        if not isinstance(identity, Identity):
-            raise CloseConnection(CloseCode.UNAUTHORIZED, "missing token")
-        origin = Headers(scope=scope).get("origin")
-        allowed = services.settings.allowed_origins
-        if allowed and origin is not None and origin not in allowed:
-            raise CloseConnection(CloseCode.FORBIDDEN, "origin not allowed")
-        role = await services.roles.role(campaign_id, identity)
-        return identity, Actor(user_id=identity.user_id, role=role)
 
 
 def _resume_point(query: QueryParams) -> tuple[int | None, str | None]:

@@ -12,11 +12,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.auth import AuthMiddleware
 from app.config import Settings
-from app.demo import demo_routes
-from app.directsend import RawSendMiddleware
 from app.endpoints import WebSocketEndpoint, health, metrics, ready
 from app.logs import install_redaction
 from app.services import Services
+from app.transport.adapter import RawSendMiddleware
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -37,15 +36,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics),
         WebSocketRoute("/ws", WebSocketEndpoint()),
     ]
-    # The demo table is for development; its routes also answer 404 by themselves in
-    # production, since settings may only be read at startup.
+    # The demo table is for development: the production image does not ship app.dev, and
+    # its routes also answer 404 by themselves in production, since settings may only be
+    # read at startup.
     if settings is None or not settings.production:
-        routes += demo_routes()
+        routes += _dev_routes()
     return Starlette(
         routes=routes,
         middleware=[Middleware(RawSendMiddleware), Middleware(AuthMiddleware)],
         lifespan=lifespan,
     )
+
+
+def _dev_routes() -> list[BaseRoute]:
+    try:
+        from app.dev.demo import demo_routes
+    except ModuleNotFoundError:
+        return []
+    return demo_routes()
 
 
 app = create_app()

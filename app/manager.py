@@ -12,10 +12,10 @@ import msgspec
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
+from app.persistence.store import Store, StoreUnavailable
 from app.protocol import decode_stored_state
+from app.rules import new_state
 from app.session import Member, Session, SessionClosed, Snapshot
-from app.store import Store, StoreUnavailable
-from app.table import new_state
 
 log = logging.getLogger("vtt.manager")
 

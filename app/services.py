@@ -17,11 +17,11 @@ from app.auth import (
     check_cryptography_backend,
 )
 from app.config import Settings
-from app.database import create_engine
 from app.manager import SessionManager
 from app.metrics import Metrics
-from app.migrate import upgrade_to_head
-from app.store import SqlStore, Store
+from app.persistence.database import create_engine
+from app.persistence.migrate import upgrade_to_head
+from app.persistence.store import SqlStore, Store
 
 # The final flush may take this long before shutdown gives up on a failing database.
 SHUTDOWN_FLUSH_SECONDS = 20.0

@@ -10,13 +10,12 @@ from typing import Any, Protocol
 
 from msgspec import UNSET, Struct
 
-from app import table
 from app.audience import state_view, view
 from app.config import Settings
-from app.directsend import text_frame
 from app.errors import CloseCode, CloseConnection, Refusal
 from app.metacache import MetadataCache
 from app.metrics import Metrics
+from app.model import Actor, Event, Role, Rules, StateChange
 from app.protocol import (
     CampaignState,
     Empty,
@@ -27,7 +26,8 @@ from app.protocol import (
     encode,
     encode_frame,
 )
-from app.table import Actor, Event, Role, Rules, StateChange
+from app.rules import apply, map_list
+from app.transport.adapter import text_frame
 
 
 class Member(Protocol):
@@ -137,7 +137,7 @@ class Session:
             member.deliver(
                 self._frame("state.sync", actor.user_id, state_view(self.state, actor.role))
             )
-            member.deliver(self._frame("map.list", actor.user_id, table.map_list(self.state)))
+            member.deliver(self._frame("map.list", actor.user_id, map_list(self.state)))
             self.metrics.message_out("state.sync")
             self.metrics.message_out("map.list")
             return False
@@ -184,7 +184,7 @@ class Session:
         """Apply one client message and broadcast the result, or reply with an error."""
         async with self.lock:
             try:
-                events = table.apply(self.state, message, member.actor, self.rules)
+                events = apply(self.state, message, member.actor, self.rules)
             except Refusal as refusal:
                 self.reply_error(member, refusal.code, refusal.message)
                 return

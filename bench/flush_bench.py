@@ -32,9 +32,9 @@ import msgspec
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 
-from app.database import create_engine
-from app.migrate import upgrade_to_head
-from app.store import WRITERS, SqlStore
+from app.persistence.database import create_engine
+from app.persistence.migrate import upgrade_to_head
+from app.persistence.store import WRITERS, SqlStore
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_OUT = Path(__file__).parent / "results" / "raw" / "flush.json"

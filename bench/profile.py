@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vtt-profile-")))
         setup, books = prepare(args, stack, QUICK, work)
         if args.server not in books:
-            sys.stderr.write("our server (app/serve.py) is not there to profile\n")
+            sys.stderr.write("our server (app/transport/serve.py) is not there to profile\n")
             return 2
         bench = Bench(QUICK, setup, books, work)
         outcome = profile_window(bench, args, args.py_spy)

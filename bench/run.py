@@ -182,7 +182,7 @@ class Bench:
         log = RAW / f"{name}.log"
         if name == OURS:
             env = {**os.environ, **self.setup.ours_env, "PORT": str(port)}
-            argv = [sys.executable, "-m", "app.serve"]
+            argv = [sys.executable, "-m", "app"]
             return ServerProcess(OURS, argv, env, port, self.setup.ours_ready_path, log, REPO)
         argv = [sys.executable, "-m", "bench.baseline_relay", "--port", str(port)]
         return ServerProcess(BASELINE, argv, dict(os.environ), port, "/health", log, REPO)
@@ -512,7 +512,7 @@ def probe_ours(
     port = free_port()
     server = ServerProcess(
         OURS,
-        [sys.executable, "-m", "app.serve"],
+        [sys.executable, "-m", "app"],
         {**os.environ, **setup_env, "PORT": str(port)},
         port,
         ready_path,
@@ -548,7 +548,9 @@ def prepare(
     books = {BASELINE: jwks_book(key, jwks.issuer)}
     setup = Setup(auth=args.auth, database="none")
     if not (REPO / "app" / "serve.py").exists():
-        setup.notes.append("app/serve.py does not exist yet: only the baseline relay was measured.")
+        setup.notes.append(
+            "app/transport/serve.py does not exist yet: only the baseline relay was measured."
+        )
         return setup, books
     campaigns_needed = max(profile.ramp.max, -(-max(profile.idle_counts) // 6), 300)
     pg_problem = reachable(args.pg_url)

@@ -152,7 +152,7 @@ def dev_book(key_dir: Path) -> TokenBook:
     signed here: DevKeys.mint goes through python-jose at tens of ms per token, too slow
     for thousands of clients.
     """
-    from app.auth import DEV_CAMPAIGN_CLAIM, DEV_ISSUER, DEV_ROLE_CLAIM, DevKeys
+    from app.auth.keys import DEV_CAMPAIGN_CLAIM, DEV_ISSUER, DEV_ROLE_CLAIM, DevKeys
 
     dev = DevKeys(key_dir)
     private = serialization.load_pem_private_key((key_dir / "private.pem").read_bytes(), None)

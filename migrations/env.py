@@ -15,8 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 
 from app.config import read_dotenv
-from app.database import async_url, create_engine
-from app.tables import include_name, metadata
+from app.persistence.database import async_url, create_engine
+from app.persistence.tables import include_name, metadata
 
 VERSION_TABLE = "vtt_alembic_version"
 # Two machines starting at once take turns on this Postgres advisory lock ("vtt").

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import RunningServer, serve, settings_for
+from tests.support.harness import RunningServer, serve, settings_for
 
-pytest_plugins = ["tests.plugins.database"]
+pytest_plugins = ["tests.support.database"]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-// A real vtt-realtime server for the tests: `python -m app.serve` on a free port, dev tokens
+// A real vtt-realtime server for the tests: `python -m app` on a free port, dev tokens
 // minted with the server's own dev keys, and a TCP proxy that can cut every connection at once.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -14,7 +14,7 @@ const run = promisify(execFile);
 const REPO = resolve(import.meta.dirname, "../../..");
 const PYTHON = join(REPO, ".venv/bin/python");
 
-// The dev token minting of `python -m app.devtoken` (same keys, same claims), many at a time.
+// The dev token minting of `python -m app.dev.devtoken` (same keys, same claims), many at a time.
 const MINT = `
 import json, sys
 from app.auth import DevKeys
@@ -89,7 +89,7 @@ export class TestServer {
   }
 
   private async boot(): Promise<void> {
-    const child = spawn(PYTHON, ["-m", "app.serve"], { cwd: REPO, env: this.processEnv, stdio: ["ignore", "ignore", "inherit"] });
+    const child = spawn(PYTHON, ["-m", "app"], { cwd: REPO, env: this.processEnv, stdio: ["ignore", "ignore", "inherit"] });
     this.process = child;
     await waitFor(
       async () => {

@@ -1,0 +1,123 @@
+"""Who is connecting, behind one facade: `Auth.admit` at the handshake, `Auth.refresh` later.
+
+tokens.py       Identity, TokenVerifier (RS256, claims checked by hand), Rejected
+keys.py         the KeySource seam and dev auth's local key pair (DevKeys)
+jwks.py         Clerk's key set, fetched with httpx and kept fresh
+roles.py        the RoleResolver seam: SqlRoles (VTT_ROLE_SQL) and DevClaimRoles
+middleware.py   verifies each /ws handshake's token before the endpoint runs
+
+Only this package sees python-jose; the role query's database errors are translated in
+`app.persistence.roles`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
+from starlette.types import Scope
+
+from app.auth.jwks import JwksKeySource
+from app.auth.keys import DEV_ISSUER, DevKeys, KeySource
+from app.auth.middleware import AuthMiddleware, handshake_outcome
+from app.auth.roles import DevClaimRoles, RoleResolver, SqlRoles
+from app.auth.tokens import (
+    Identity,
+    Rejected,
+    TokenPolicyConfig,
+    TokenVerifier,
+    check_cryptography_backend,
+)
+from app.config import ConfigError, Settings
+from app.errors import CloseCode, CloseConnection
+from app.model import Actor, Role
+from app.persistence.roles import RoleQuery
+
+__all__ = [
+    "Auth",
+    "AuthMiddleware",
+    "DevKeys",
+    "Identity",
+    "KeySource",
+    "RoleResolver",
+    "TokenVerifier",
+    "build_auth",
+    "check_cryptography_backend",
+]
+
+CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+@dataclass(slots=True)
+class Auth:
+    """The key source, verifier and role resolver one app uses, chosen by the settings."""
+
+    keys: KeySource
+    verifier: TokenVerifier
+    roles: RoleResolver
+    allowed_origins: tuple[str, ...] = ()
+
+    async def start(self) -> None:
+        """Start loading signing keys; returns promptly even when the key set is unreachable."""
+        await self.keys.start()
+
+    async def close(self) -> None:
+        """Stop the key refresh and release its HTTP client."""
+        await self.keys.close()
+
+    async def admit(self, scope: Scope, campaign_id: str) -> tuple[Identity, Actor]:
+        """Who may join `campaign_id` on this handshake, or CloseConnection with the refusal.
+
+        The checks run in the order of their close codes' precedence: the campaign id (4400),
+        the token the middleware verified (4401, 1013), the Origin (4403), the role (4403).
+        """
+        if not CAMPAIGN_ID.fullmatch(campaign_id):
+            raise CloseConnection(
+                CloseCode.BAD_REQUEST, "campaign must be 1-128 characters of [A-Za-z0-9_-]"
+            )
+        outcome = handshake_outcome(scope)
+        if isinstance(outcome, Rejected):
+            raise CloseConnection(outcome.code, outcome.reason)
+        if outcome is None:
+            raise CloseConnection(CloseCode.UNAUTHORIZED, "missing token")
+        origin = Headers(scope=scope).get("origin")
+        allowed = self.allowed_origins
+        if allowed and origin is not None and origin not in allowed:
+            raise CloseConnection(CloseCode.FORBIDDEN, "origin not allowed")
+        role = await self.roles.role(campaign_id, outcome)
+        return outcome, Actor(user_id=outcome.user_id, role=role)
+
+    async def refresh(self, token: str, current: Actor, campaign_id: str) -> Identity:
+        """A fresh token's identity for the same user and role, or CloseConnection.
+
+        Another user's token, or a role that changed since the handshake, is 4401; a user who
+        is no longer a member is 4403; key-set or database outages are 1013.
+        """
+        identity = await self.verifier.verify(token)
+        if identity.user_id != current.user_id:
+            raise CloseConnection(CloseCode.UNAUTHORIZED, "token is for another user")
+        role: Role = await self.roles.role(campaign_id, identity)
+        if role != current.role:
+            raise CloseConnection(CloseCode.UNAUTHORIZED, "campaign role changed; reconnect")
+        return identity
+
+
+def build_auth(settings: Settings, engine: AsyncEngine) -> Auth:
+    """Dev auth (local key pair, roles from the token) or Clerk's JWKS with roles from SQL."""
+    origins = settings.allowed_origins
+    if settings.clerk_jwks_url is None:
+        if settings.production:
+            raise ConfigError("dev auth is never used in production: set CLERK_JWKS_URL")
+        dev_keys = DevKeys(settings.dev_key_dir)
+        policy = TokenPolicyConfig(issuer=DEV_ISSUER, leeway=settings.jwt_leeway)
+        return Auth(dev_keys, TokenVerifier(dev_keys, policy), DevClaimRoles(), origins)
+    keys = JwksKeySource(settings.clerk_jwks_url, settings.jwks_ttl)
+    policy = TokenPolicyConfig(
+        issuer=settings.clerk_issuer,
+        authorized_parties=settings.clerk_authorized_parties,
+        leeway=settings.jwt_leeway,
+    )
+    roles = SqlRoles(RoleQuery(engine, settings.role_sql))
+    return Auth(keys, TokenVerifier(keys, policy), roles, origins)

@@ -1,0 +1,226 @@
+"""Where campaign state lives between sessions: load one campaign, save many in batches.
+
+Store (Protocol)        what the session manager calls
+  SqlStore              SQLAlchemy Core over asyncpg (Postgres) or aiosqlite (SQLite)
+  MemoryStore           an in-process dict for unit tests, with a switchable outage
+StoreUnavailable        any failure to load, save or ping; the original error is chained
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final, Protocol
+
+from sqlalchemy import ARRAY, Text, bindparam, cast, func, select, type_coerce
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
+
+from app.persistence.tables import vtt_sessions
+
+BATCH_ROWS: Final = 500
+# Postgres parses every state into jsonb, one core per connection: a large flush goes
+# over this many connections at once (SQLite has one writer, so it gets one).
+WRITERS: Final = 4
+# A batch also stops growing at this many bytes of state, so a few huge campaigns
+# cannot build one statement of hundreds of megabytes.
+BATCH_BYTES: Final = 32 * 1024 * 1024
+
+
+class StoreUnavailable(Exception):
+    """The database did not load, save or answer; the caller refuses the join (1013) or retries."""
+
+
+class Store(Protocol):
+    """Durable campaign state: raw JSON bytes per campaign id."""
+
+    async def load(self, campaign_id: str) -> bytes | None:
+        """Return the stored state's JSON text, or None when the campaign has no row."""
+        ...
+
+    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
+        """Upsert (campaign_id, state JSON) rows in batches and return the round trips used."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers and holds the sessions table."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store's connections."""
+        ...
+
+
+def batches(rows: Sequence[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    """Split rows into upsert batches: one row per campaign (the last wins), in id order."""
+    latest = dict(rows)
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    # A fixed order means two writers lock rows in the same order and cannot deadlock.
+    for campaign_id in sorted(latest):
+        state = latest[campaign_id]
+        if batch and (len(batch) == BATCH_ROWS or size + len(state) > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((campaign_id, state))
+        size += len(state)
+    if batch:
+        yield batch
+
+
+@contextmanager
+def _store_failures() -> Iterator[None]:
+    """Translate database and network errors into StoreUnavailable, keeping the cause."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as error:
+        raise StoreUnavailable(_describe(error)) from error
+
+
+def _describe(error: Exception) -> str:
+    """Name a failure on one short line: the driver's error, not SQLAlchemy's statement dump."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
+
+
+class SqlStore:
+    """A Store in the vtt_sessions table, through a shared SQLAlchemy async engine."""
+
+    def __init__(self, engine: AsyncEngine, *, writers: int = WRITERS) -> None:
+        if writers < 1:
+            raise ValueError("a store needs at least one writer")
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._writers = writers if self._postgres else 1
+        state = vtt_sessions.c.state
+        # The JSON goes back to the caller as text, unparsed: state::text on Postgres, and
+        # SQLite's JSON column is text already (the coercion skips SQLAlchemy's json.loads).
+        state_text = cast(state, Text) if self._postgres else type_coerce(state, Text)
+        self._load = select(state_text).where(vtt_sessions.c.campaign_id == bindparam("id"))
+        self._upsert = _postgres_upsert() if self._postgres else _sqlite_upsert()
+
+    async def load(self, campaign_id: str) -> bytes | None:
+        """Return the stored state's JSON text, or None when the campaign has no row."""
+        with _store_failures():
+            async with self._engine.connect() as connection:
+                state: str | None = await connection.scalar(self._load, {"id": campaign_id})
+        return None if state is None else state.encode()
+
+    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
+        """Upsert rows, one statement per batch, over a few connections; return statements run.
+
+        Each connection writes its share of the batches in one transaction. On failure
+        some shares may be committed and others not: every row is to be saved again.
+        """
+        pending = list(batches(rows))
+        shared = iter(pending)
+
+        async def write() -> None:
+            async with self._engine.begin() as connection:
+                for batch in shared:
+                    await connection.execute(self._upsert, self._parameters(batch))
+
+        writers = min(self._writers, len(pending))
+        outcomes = await asyncio.gather(*(write() for _ in range(writers)), return_exceptions=True)
+        with _store_failures():
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return len(pending)
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers and vtt_sessions exists."""
+        with _store_failures():
+            async with self._engine.connect() as connection:
+                # No rows are read: the query fails only without a database or the table.
+                await connection.scalar(select(vtt_sessions.c.campaign_id).limit(0))
+
+    async def close(self) -> None:
+        """Close the engine's pooled connections (the engine stays usable, reconnecting)."""
+        await self._engine.dispose()
+
+    def _parameters(
+        self, batch: list[tuple[str, bytes]]
+    ) -> dict[str, list[str]] | list[dict[str, str]]:
+        """Bind a batch: two arrays for Postgres's unnest, or one row each for SQLite."""
+        if self._postgres:
+            return {
+                "ids": [campaign_id for campaign_id, _ in batch],
+                "states": [state.decode() for _, state in batch],
+            }
+        return [{"id": campaign_id, "state": state.decode()} for campaign_id, state in batch]
+
+
+def _postgres_upsert() -> Executable:
+    """One INSERT ... SELECT FROM unnest(ids, states) ON CONFLICT DO UPDATE for a whole batch."""
+    batch = (
+        func.unnest(
+            bindparam("ids", type_=ARRAY(Text)),
+            bindparam("states", type_=ARRAY(Text)),
+        )
+        .table_valued("campaign_id", "state")
+        .render_derived(name="batch")
+    )
+    # The JSON text becomes jsonb in the server: nothing is parsed or re-encoded here.
+    rows = select(batch.c.campaign_id, cast(batch.c.state, postgresql.JSONB), func.now())
+    insert = postgresql.insert(vtt_sessions).from_select(
+        ["campaign_id", "state", "updated_at"], rows
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[vtt_sessions.c.campaign_id],
+        set_={"state": insert.excluded.state, "updated_at": func.now()},
+    )
+
+
+def _sqlite_upsert() -> Executable:
+    """An INSERT ... ON CONFLICT DO UPDATE run once per batch with executemany."""
+    insert = sqlite.insert(vtt_sessions).values(
+        campaign_id=bindparam("id"),
+        state=bindparam("state", type_=Text),
+        updated_at=func.now(),
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[vtt_sessions.c.campaign_id],
+        set_={"state": insert.excluded.state, "updated_at": func.now()},
+    )
+
+
+class MemoryStore:
+    """A Store in a dict, for unit tests; set `outage` to make every call fail."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, bytes] = {}
+        self.outage = False
+        self.saves = 0
+        # Cleared by a test to hold save_many mid-write; set again to let it finish.
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def load(self, campaign_id: str) -> bytes | None:
+        """Return the stored bytes, or None when the campaign has none."""
+        self._check()
+        return self.rows.get(campaign_id)
+
+    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
+        """Store every row once the gate is open; count round trips as SqlStore would."""
+        self._check()
+        await self.gate.wait()
+        self._check()
+        self.rows.update(rows)
+        self.saves += 1
+        return sum(1 for _ in batches(rows))
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable during a simulated outage."""
+        self._check()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _check(self) -> None:
+        if self.outage:
+            raise StoreUnavailable("simulated outage")

@@ -1,0 +1,263 @@
+"""The rules of the table: apply one client message to a campaign state, producing events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import UNSET
+from msgspec.structs import replace
+
+from app import errors
+from app.model import Actor, Event, Rules, StateChange
+from app.protocol import (
+    CampaignState,
+    FogUpdate,
+    FogUpdateMsg,
+    MapDeleteMsg,
+    MapEntry,
+    MapList,
+    MapRenameMsg,
+    MapSet,
+    MapSetMsg,
+    MapSwitchMsg,
+    SavedMap,
+    SceneDarkness,
+    SceneDarknessMsg,
+    Token,
+    TokenAddMsg,
+    TokenMoveMsg,
+    TokenRemoveMsg,
+    TokenUpdate,
+    TokenUpdateMsg,
+)
+
+
+def new_state(campaign_id: str) -> CampaignState:
+    """The state of a campaign nobody has used yet."""
+    return CampaignState(campaign_id=campaign_id, saved_maps={})
+
+
+def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules) -> list[Event]:
+    """Apply `message` to `state` in place and return the events to broadcast.
+
+    Raises Refusal (and leaves `state` untouched) when the message may not apply.
+    """
+    match message:
+        case TokenAddMsg(payload=token):
+            return [_token_add(state, token, actor, rules)]
+        case TokenMoveMsg(payload=move):
+            current = _addressable_token(state, move.token_id, actor, rules)
+            current.x, current.y = move.x, move.y
+            return [_token_event("token.move", move, actor, current, current.visible)]
+        case TokenRemoveMsg(payload=ref):
+            current = _addressable_token(state, ref.token_id, actor, rules)
+            del state.tokens[ref.token_id]
+            event = Event(
+                "token.remove", ref, actor.user_id, ref.token_id, visible_before=current.visible
+            )
+            return [event]
+        case TokenUpdateMsg(payload=update):
+            return [_token_update(state, update, actor, rules)]
+        case FogUpdateMsg(payload=fog):
+            _require_gm(actor, "fog.update")
+            if len(fog.zones) > rules.limits.max_fog_zones:
+                raise errors.limit_exceeded(
+                    f"at most {rules.limits.max_fog_zones} fog zones, got {len(fog.zones)}"
+                )
+            state.fog_zones = fog.zones
+            return [Event("fog.update", FogUpdate(zones=fog.zones), actor.user_id)]
+        case MapSetMsg(payload=map_set):
+            return _map_set(state, map_set, actor, rules)
+        case MapSwitchMsg(payload=ref):
+            _require_gm(actor, "map.switch")
+            library = _library(state)
+            if ref.map_id not in library:
+                raise errors.not_found(f"no map {ref.map_id!r} in the library")
+            _store_active_map(state, library)
+            _activate(state, library, ref.map_id)
+            return [Event("state.sync", None, actor.user_id), _map_list_event(state, actor)]
+        case MapRenameMsg(payload=rename):
+            _require_gm(actor, "map.rename")
+            library = _library(state)
+            entry = library.get(rename.map_id)
+            if entry is None:
+                raise errors.not_found(f"no map {rename.map_id!r} in the library")
+            entry.name = rename.new_name
+            return [_map_list_event(state, actor)]
+        case MapDeleteMsg(payload=ref):
+            _require_gm(actor, "map.delete")
+            library = _library(state)
+            if ref.map_id == state.map_id:
+                raise errors.invalid_request("the active map cannot be deleted; switch first")
+            if ref.map_id not in library:
+                raise errors.not_found(f"no map {ref.map_id!r} in the library")
+            del library[ref.map_id]
+            return [_map_list_event(state, actor)]
+        case SceneDarknessMsg(payload=darkness):
+            _require_gm(actor, "scene.darkness")
+            level = min(1.0, max(0.0, darkness.darkness_level))
+            state.darkness_level = level
+            return [Event("scene.darkness", SceneDarkness(darkness_level=level), actor.user_id)]
+
+
+def map_list(state: CampaignState) -> MapList:
+    """The map library as map.list shows it."""
+    library = state.saved_maps if state.saved_maps is not UNSET else {}
+    maps = [MapEntry(map_id, m.name, m.image_url) for map_id, m in library.items()]
+    return MapList(maps=maps, active_map_id=state.map_id)
+
+
+def _require_gm(actor: Actor, what: str) -> None:
+    if actor.role != "gm":
+        raise errors.forbidden(f"only the GM may send {what}")
+
+
+def _may_touch(token: Token, actor: Actor, rules: Rules) -> bool:
+    return actor.role == "gm" or rules.token_policy == "open" or token.owner_id == actor.user_id
+
+
+def _addressable_token(state: CampaignState, token_id: str, actor: Actor, rules: Rules) -> Token:
+    token = state.tokens.get(token_id)
+    if token is None or (actor.role != "gm" and not token.visible):
+        raise errors.not_found(f"no token {token_id!r}")
+    if not _may_touch(token, actor, rules):
+        raise errors.forbidden(f"token {token_id!r} belongs to another user")
+    return token
+
+
+def _token_event(kind: str, payload: Any, actor: Actor, token: Token, before: bool) -> Event:
+    # Events are encoded the moment they are published, so the live token needs no copy.
+    return Event(
+        kind,
+        payload,
+        actor.user_id,
+        token.token_id,
+        visible_before=before,
+        visible_after=token.visible,
+        token=token,
+    )
+
+
+def _token_add(state: CampaignState, token: Token, actor: Actor, rules: Rules) -> Event:
+    existing = state.tokens.get(token.token_id)
+    if actor.role != "gm":
+        if not token.visible:
+            raise errors.forbidden("only the GM may add hidden tokens")
+        if existing is not None and not existing.visible:
+            raise errors.forbidden(f"token id {token.token_id!r} is taken")
+        if existing is not None and not _may_touch(existing, actor, rules):
+            raise errors.forbidden(f"token {token.token_id!r} belongs to another user")
+    if existing is None and len(state.tokens) >= rules.limits.max_tokens:
+        raise errors.limit_exceeded(f"at most {rules.limits.max_tokens} tokens per map")
+    _check_image(token.image_url, rules)
+    token.owner_id = actor.user_id
+    state.tokens[token.token_id] = token
+    before = existing.visible if existing is not None else False
+    return _token_event("token.add", token, actor, token, before)
+
+
+def _token_update(state: CampaignState, update: TokenUpdate, actor: Actor, rules: Rules) -> Event:
+    current = _addressable_token(state, update.token_id, actor, rules)
+    if actor.role != "gm":
+        if update.visible is not UNSET:
+            raise errors.forbidden("only the GM may change a token's visibility")
+        if update.owner_id is not UNSET:
+            raise errors.forbidden("only the GM may change a token's owner")
+    _check_image(update.image_url, rules)
+    before = current.visible
+    for field in ("name", "image_url", "width", "height", "visible", "owner_id"):
+        value = getattr(update, field)
+        if value is not UNSET:
+            setattr(current, field, value)
+    return _token_event("token.update", update, actor, current, before)
+
+
+def _check_image(url: str | Any, rules: Rules) -> None:
+    prefixes = rules.limits.image_url_prefixes
+    if prefixes and isinstance(url, str) and not url.startswith(prefixes):
+        raise errors.invalid_payload("image_url is outside the allowed image URL prefixes")
+
+
+def _library(state: CampaignState) -> dict[str, SavedMap]:
+    if state.saved_maps is UNSET:
+        state.saved_maps = {}
+    return state.saved_maps
+
+
+def _map_list_event(state: CampaignState, actor: Actor) -> Event:
+    return Event("map.list", map_list(state), actor.user_id)
+
+
+def _store_active_map(state: CampaignState, library: dict[str, SavedMap]) -> None:
+    """Put the active map, with its tokens and fog, into the library."""
+    if state.map_id is UNSET or state.map_url is UNSET:
+        return
+    entry = library.get(state.map_id)
+    name = entry.name if entry is not None else f"Map {len(library) + 1}"
+    library[state.map_id] = SavedMap(
+        name=name,
+        image_url=state.map_url,
+        grid_size=state.grid_size,
+        width=state.map_width or 1,
+        height=state.map_height or 1,
+        tokens=state.tokens,
+        fog_zones=state.fog_zones,
+        map_metadata=state.map_metadata,
+    )
+
+
+def _activate(state: CampaignState, library: dict[str, SavedMap], map_id: str) -> None:
+    """Make a library map the active one; its library entry keeps only the map itself."""
+    entry = library[map_id]
+    state.map_id = map_id
+    state.map_url = entry.image_url
+    state.grid_size = entry.grid_size
+    state.map_width = entry.width
+    state.map_height = entry.height
+    state.map_metadata = entry.map_metadata
+    state.tokens = entry.tokens
+    state.fog_zones = entry.fog_zones
+    entry.tokens = {}
+    entry.fog_zones = []
+
+
+def _map_set(state: CampaignState, map_set: MapSet, actor: Actor, rules: Rules) -> list[Event]:
+    _require_gm(actor, "map.set")
+    _check_image(map_set.image_url, rules)
+    metadata = map_set.map_metadata
+    if metadata is not UNSET and metadata.point_count() > rules.limits.max_map_points:
+        raise errors.limit_exceeded(f"at most {rules.limits.max_map_points} dd2vtt points per map")
+    library = _library(state)
+    map_id = map_set.map_id
+    is_new = map_id not in library and map_id != state.map_id
+    if is_new:
+        stores_active = state.map_id is not UNSET and state.map_id not in library
+        if len(library) + stores_active >= rules.limits.max_maps:
+            raise errors.limit_exceeded(f"at most {rules.limits.max_maps} maps in the library")
+    if map_id != state.map_id:
+        _store_active_map(state, library)
+    entry = library.get(map_id)
+    if entry is None:
+        name = map_set.name if map_set.name is not UNSET else f"Map {len(library) + 1}"
+        entry = SavedMap(name, map_set.image_url, map_set.grid_size, map_set.width, map_set.height)
+        library[map_id] = entry
+    if map_set.name is not UNSET:
+        entry.name = map_set.name
+    entry.image_url = map_set.image_url
+    entry.grid_size = map_set.grid_size
+    entry.width = map_set.width
+    entry.height = map_set.height
+    if metadata is not UNSET:
+        entry.map_metadata = metadata
+    if map_id == state.map_id:
+        state.map_url = entry.image_url
+        state.grid_size = entry.grid_size
+        state.map_width = entry.width
+        state.map_height = entry.height
+        state.map_metadata = entry.map_metadata
+    else:
+        _activate(state, library, map_id)
+    if not is_new:
+        return [Event("state.sync", None, actor.user_id), _map_list_event(state, actor)]
+    stored = replace(map_set, name=entry.name)
+    return [Event("map.set", stored, actor.user_id), _map_list_event(state, actor)]

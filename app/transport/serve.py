@@ -1,0 +1,153 @@
+"""Run the server as `make run` and the container do: uvicorn with uvloop, on PORT."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from app.config import ConfigError, Settings
+from app.logs import configure_logging, log_config
+from app.transport.adapter import ReadAheadProtocol
+
+log = logging.getLogger("vtt.serve")
+
+# Collector thresholds (young, middle, old). Every message allocates short-lived objects; the
+# default young threshold (700) ran a collection every few messages, and none of them form
+# cycles, so collecting ten times less often costs little memory. The middle generation's
+# pause grows with what survived since it last ran: after a burst of joins (each connection
+# keeps about a hundred container objects) collecting it every tenth or twentieth young
+# collection made one pause of 30-80 ms for every table, so it runs every second one (each
+# object is scanned there once either way). A full collection still comes only after 400
+# young ones, as with (7000, 20, 20): it walks every live connection.
+GC_THRESHOLDS = (7000, 2, 200)
+
+# Forwarded headers are trusted from these peers only; fly.toml names Fly's proxy network.
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
+
+
+def banner(settings: Settings, *, dev_tools: bool | None = None) -> str:
+    """How to use a development server, printed at startup.
+
+    The token command and the demo table are named only where `app.dev` is installed (a
+    checkout, not the production image).
+    """
+    if dev_tools is None:
+        dev_tools = importlib.util.find_spec("app.dev") is not None
+    base = f"ws://127.0.0.1:{settings.port}/ws"
+    lines = [
+        f"vtt-realtime (development) on http://127.0.0.1:{settings.port}",
+        f"  state: SQLite file {settings.sqlite_path}",
+        f"  auth:  dev keys in {settings.dev_key_dir}/ (RS256, same checks as production)",
+    ]
+    if dev_tools:
+        lines += [
+            "  mint a token:  make token ARGS='--user alice --gm --campaign demo'",
+            "             or  .venv/bin/python -m app.dev.devtoken --user bob --campaign demo",
+        ]
+    lines += [
+        f"  connect:       {base}?campaign=demo&token=<token>",
+        f"  health:        http://127.0.0.1:{settings.port}/health",
+    ]
+    if dev_tools:
+        demo = f"http://127.0.0.1:{settings.port}/demo/?campaign=demo"
+        lines += [
+            f"  demo table:    {demo}&user=alice&role=gm",
+            f"                 {demo}&user=bob&role=player",
+        ]
+    return "\n".join(lines)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, whose shutdown goes on when one connection fails to shut down.
+
+    uvicorn shuts connections down one by one and only then runs the lifespan shutdown,
+    where the final flush lives. One connection raising there (a WebSocket handshake whose
+    request line was too long makes uvicorn's sansio protocol fail an assertion) would end
+    the shutdown before the flush: such a connection is dropped instead, and logged.
+
+    With `freeze_gc`, the objects that exist once startup is done (modules, the engine, the
+    app: about 90,000 of them) are moved out of the collector's reach, so that a full
+    collection walks only what the connections and sessions hold. They live as long as the
+    process does, so nothing collectable is lost.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, freeze_gc: bool = False) -> None:
+        super().__init__(config)
+        self.freeze_gc = freeze_gc
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does; then, with `freeze_gc`, freeze what startup left behind."""
+        await super().startup(sockets)
+        if self.freeze_gc and not self.should_exit:
+            gc.collect()
+            gc.freeze()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Shut down as uvicorn does, each connection's own shutdown guarded."""
+        for connection in list(self.server_state.connections):
+            connection.shutdown = _guarded(connection)  # type: ignore[method-assign]
+        await super().shutdown(sockets)
+
+
+def _guarded(connection: Any) -> Callable[[], None]:
+    shutdown: Callable[[], None] = connection.shutdown
+
+    def guarded() -> None:
+        try:
+            shutdown()
+        except Exception:
+            log.exception("a connection failed to shut down; dropping it")
+            connection.transport.abort()
+
+    return guarded
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn configuration this server runs with (also used by the tests)."""
+    return {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": ReadAheadProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
+        "ws_max_size": settings.limits.max_frame_bytes,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "proxy_headers": True,
+        "forwarded_allow_ips": os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS),
+        "log_config": log_config(settings.log_level),
+        "timeout_graceful_shutdown": 20,
+        "lifespan": "on",
+    }
+
+
+def main() -> int:
+    """Start uvicorn with this server's settings."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if settings.dev_auth and settings.database_url is None:
+        print(banner(settings), flush=True)
+    gc.set_threshold(*GC_THRESHOLDS)
+    host = os.environ.get("HOST", "0.0.0.0")
+    config = uvicorn.Config(
+        "app.main:app", host=host, port=settings.port, **uvicorn_options(settings)
+    )
+    server = Server(config, freeze_gc=True)
+    server.run()
+    # Like `uvicorn.run`: a server that never started (its startup failed) exits non-zero.
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

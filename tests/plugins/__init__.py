@@ -1,1 +1,0 @@
-"""Pytest plugins shared by the test suite (enable them with `pytest_plugins`)."""

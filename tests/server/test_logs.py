@@ -1,0 +1,381 @@
+"""JSON log lines and redaction: the formatter and filter alone, then uvicorn end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from app.logs import (
+    AccessJsonFormatter,
+    JsonFormatter,
+    RedactingFilter,
+    log_config,
+    redact,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "SeCrEt-" + uuid.uuid4().hex
+# A JWT-shaped value (header {"alg":"RS256"}, a payload, a signature) made of the secret.
+JWT = f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyXzEifQ.{SECRET}"
+
+
+class Capture:
+    """A private logger whose handler is configured exactly like the ones in log_config."""
+
+    def __init__(self, formatter: logging.Formatter, name: str) -> None:
+        self.stream = io.StringIO()
+        handler = logging.StreamHandler(self.stream)
+        handler.addFilter(RedactingFilter())
+        handler.setFormatter(formatter)
+        self.logger = logging.getLogger(name)
+        self.logger.handlers = [handler]
+        self.logger.propagate = False
+        self.logger.setLevel(logging.DEBUG)
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Every line written so far, each parsed as JSON."""
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+    def only(self) -> dict[str, Any]:
+        """The single line written so far."""
+        (line,) = self.lines()
+        return line
+
+
+@pytest.fixture
+def app_log() -> Iterator[Capture]:
+    capture = Capture(JsonFormatter(), f"test.app.{uuid.uuid4().hex}")
+    yield capture
+    capture.logger.handlers = []
+
+
+@pytest.fixture
+def access_log() -> Iterator[Capture]:
+    capture = Capture(AccessJsonFormatter(), f"test.access.{uuid.uuid4().hex}")
+    yield capture
+    capture.logger.handlers = []
+
+
+def test_a_message_becomes_one_json_object_with_ts_level_logger_and_event(
+    app_log: Capture,
+) -> None:
+    app_log.logger.warning("session %s loaded", "c1")
+
+    line = app_log.only()
+    assert line["event"] == "session c1 loaded"
+    assert line["level"] == "warning"
+    assert line["logger"] == app_log.logger.name
+    assert line["ts"].endswith("+00:00")
+    assert set(line) == {"ts", "level", "logger", "event"}
+
+
+def test_allowed_extras_become_fields_and_any_other_extra_is_dropped(app_log: Capture) -> None:
+    app_log.logger.info(
+        "refused",
+        extra={
+            "campaign_id": "c1",
+            "user_id": "user_2abc",
+            "code": 4403,
+            "reason": "not a member",
+            "payload": {"token_id": "t1"},
+            "headers": {"x": "y"},
+        },
+    )
+
+    line = app_log.only()
+    assert line["campaign_id"] == "c1"
+    assert line["user_id"] == "user_2abc"
+    assert line["code"] == 4403
+    assert line["reason"] == "not a member"
+    assert "payload" not in line
+    assert "headers" not in line
+
+
+def test_a_token_in_the_message_is_redacted(app_log: Capture) -> None:
+    app_log.logger.info(f"GET /ws?campaign=c1&token={SECRET}&since=4")
+
+    line = app_log.only()
+    assert SECRET not in json.dumps(line)
+    assert line["event"] == "GET /ws?campaign=c1&token=[redacted]&since=4"
+
+
+def test_a_token_in_an_argument_is_redacted(app_log: Capture) -> None:
+    app_log.logger.info("path %s", f"/ws?token={SECRET}")
+
+    assert app_log.only()["event"] == "path /ws?token=[redacted]"
+
+
+def test_a_token_that_only_appears_once_arguments_are_interpolated_is_redacted(
+    app_log: Capture,
+) -> None:
+    app_log.logger.info("token=%s campaign=%s", SECRET, "c1")
+
+    assert app_log.only()["event"] == "token=[redacted] campaign=c1"
+
+
+def test_a_token_in_an_extra_value_is_redacted(app_log: Capture) -> None:
+    app_log.logger.info("refused", extra={"reason": f"bad query token={SECRET}"})
+
+    assert app_log.only()["reason"] == "bad query token=[redacted]"
+
+
+def test_a_jwt_anywhere_is_redacted(app_log: Capture) -> None:
+    frame = json.dumps({"type": "auth.refresh", "payload": {"jwt": JWT}})
+    app_log.logger.debug("< TEXT %s", frame)
+    app_log.logger.info("cookie __session=%s; theme=dark", JWT)
+
+    text = app_log.stream.getvalue()
+    assert SECRET not in text
+    assert "eyJ" not in text
+    assert len(app_log.lines()) == 2
+
+
+def test_a_jwt_with_an_empty_signature_is_redacted(app_log: Capture) -> None:
+    app_log.logger.info("alg none token eyJhbGciOiJub25lIn0.eyJzdWIiOiIke1NFQ1JFVH0ifQ.")
+
+    assert "eyJ" not in app_log.only()["event"]
+
+
+def test_a_token_field_in_a_json_frame_is_redacted_even_when_it_is_not_a_jwt(
+    app_log: Capture,
+) -> None:
+    app_log.logger.debug('< TEXT {"type":"auth.refresh","payload":{"token":"%s"}}', SECRET)
+
+    assert app_log.only()["event"] == (
+        '< TEXT {"type":"auth.refresh","payload":{"token":"[redacted]"}}'
+    )
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "headers {'authorization': 'Bearer %s', 'host': 'vtt'}",
+        'headers {"Authorization": "Basic %s"}',
+        "scope headers [(b'host', b'vtt'), (b'authorization', b'Bearer %s')]",
+        "Authorization: Bearer %s",
+        "authorization=%s",
+        "sent bearer %s to the JWKS server",
+    ],
+)
+def test_an_authorization_header_value_never_appears(app_log: Capture, template: str) -> None:
+    app_log.logger.info(template, SECRET)
+
+    event = app_log.only()["event"]
+    assert SECRET not in event
+    assert "[redacted]" in event
+
+
+def test_an_exception_is_rendered_as_a_redacted_string_field(app_log: Capture) -> None:
+    try:
+        raise ValueError(f"cannot parse token={SECRET}")
+    except ValueError:
+        app_log.logger.exception("handshake failed", extra={"campaign_id": "c1"})
+
+    line = app_log.only()
+    assert isinstance(line["exception"], str)
+    assert "Traceback" in line["exception"]
+    assert "ValueError: cannot parse token=[redacted]" in line["exception"]
+    assert SECRET not in json.dumps(line)
+    assert line["campaign_id"] == "c1"
+
+
+def test_a_message_that_is_not_a_string_is_rendered_and_redacted(app_log: Capture) -> None:
+    app_log.logger.error(RuntimeError(f"bad token={SECRET}"))
+
+    assert app_log.only()["event"] == "bad token=[redacted]"
+
+
+def test_a_call_whose_arguments_do_not_fit_its_format_drops_them_rather_than_leak(
+    app_log: Capture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app_log.logger.info("token=%s campaign=%s", SECRET)
+
+    line = app_log.only()
+    assert SECRET not in json.dumps(line)
+    assert line["event"].startswith("token=[redacted] campaign=%s")
+    assert SECRET not in capsys.readouterr().err
+
+
+def test_mapping_arguments_are_redacted(app_log: Capture) -> None:
+    app_log.logger.info("path %(path)s", {"path": f"/ws?token={SECRET}"})
+
+    assert app_log.only()["event"] == "path /ws?token=[redacted]"
+
+
+def test_uvicorns_access_line_becomes_fields_with_the_query_string_redacted(
+    access_log: Capture,
+) -> None:
+    access_log.logger.info(
+        '%s - "%s %s HTTP/%s" %d',
+        "10.0.0.1:5123",
+        "GET",
+        f"/health?token={SECRET}",
+        "1.1",
+        200,
+    )
+
+    line = access_log.only()
+    assert line["client_addr"] == "10.0.0.1:5123"
+    assert line["method"] == "GET"
+    assert line["full_path"] == "/health?token=[redacted]"
+    assert line["http_version"] == "1.1"
+    assert line["status_code"] == 200
+    assert line["event"] == '10.0.0.1:5123 - "GET /health?token=[redacted] HTTP/1.1" 200'
+    assert SECRET not in json.dumps(line)
+
+
+def test_uvicorns_websocket_handshake_line_is_redacted(app_log: Capture) -> None:
+    app_log.logger.info(
+        '%s - "WebSocket %s" [accepted]', "10.0.0.1:5123", f"/ws?campaign=c1&token={JWT}"
+    )
+
+    assert app_log.only()["event"] == (
+        '10.0.0.1:5123 - "WebSocket /ws?campaign=c1&token=[redacted]" [accepted]'
+    )
+
+
+def test_redaction_leaves_ordinary_protocol_text_alone() -> None:
+    text = 'token.move {"token_id": "t1", "x": 1} invalid token: expired; authorization missing'
+
+    assert redact(text) == text
+
+
+def test_log_config_sends_uvicorns_loggers_through_the_json_formatter_and_the_filter() -> None:
+    config = log_config("debug")
+
+    handlers = config["handlers"]
+    for handler in handlers.values():
+        assert handler["filters"] == ["redact"]
+    assert config["filters"]["redact"]["()"] is RedactingFilter
+    loggers = config["loggers"]
+    assert handlers[loggers["uvicorn"]["handlers"][0]]["formatter"] == "json"
+    assert handlers[loggers["uvicorn.access"]["handlers"][0]]["formatter"] == "access"
+    assert config["formatters"]["access"]["()"] is AccessJsonFormatter
+    assert loggers["uvicorn.error"]["level"] == "DEBUG"
+    assert config["root"]["level"] == "DEBUG"
+    assert config["disable_existing_loggers"] is False
+
+
+SERVER = textwrap.dedent(
+    """
+    import logging
+    import sys
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    from app.logs import configure_logging, log_config
+
+    log = logging.getLogger("app.endpoints")
+
+
+    async def hello(request):
+        log.info("request headers %s", dict(request.headers), extra={"campaign_id": "c1"})
+        return PlainTextResponse("ok")
+
+
+    async def ws(websocket):
+        log.info("handshake %s", websocket.url, extra={"user_id": "user_1"})
+        await websocket.accept()
+        text = await websocket.receive_text()
+        log.debug("frame %s", text)
+        await websocket.send_text("bye")
+        await websocket.close(1000)
+
+
+    app = Starlette(routes=[Route("/hello", hello), WebSocketRoute("/ws", ws)])
+    configure_logging("debug")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        ws=sys.argv[2],
+        log_config=log_config("debug"),
+    )
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[str], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited before it answered"
+        try:
+            httpx.get(url, timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.05)
+        else:
+            return
+    raise AssertionError(f"{url} did not answer in time")
+
+
+@pytest.mark.parametrize("ws_impl", ["websockets-sansio", "websockets"])
+def test_uvicorn_with_log_config_never_prints_the_token_and_prints_only_json(
+    tmp_path: Path, ws_impl: str
+) -> None:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port), ws_impl],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(f"{base}/hello", proc, time.monotonic() + 20)
+        response = httpx.get(
+            f"{base}/hello?token={SECRET}",
+            headers={"Authorization": f"Bearer {JWT}"},
+            timeout=5.0,
+        )
+        assert response.status_code == 200
+        with connect(
+            f"ws://127.0.0.1:{port}/ws?campaign=c1&token={SECRET}",
+            additional_headers={"Authorization": f"Bearer {JWT}"},
+            open_timeout=5,
+            close_timeout=5,
+        ) as websocket:
+            websocket.send(json.dumps({"type": "auth.refresh", "payload": {"token": JWT}}))
+            assert websocket.recv(timeout=5) == "bye"
+    finally:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=20)
+
+    output = stdout + stderr
+    assert SECRET not in output
+    assert "eyJ" not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    events = [line["event"] for line in lines]
+    assert any("WebSocket /ws?campaign=c1&token=[redacted]" in event for event in events)
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert any(line["full_path"] == "/hello?token=[redacted]" for line in access)
+    assert any(line.get("campaign_id") == "c1" for line in lines)
+    assert any(line.get("user_id") == "user_1" for line in lines)

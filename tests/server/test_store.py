@@ -1,0 +1,516 @@
+"""The persistence layer on real SQLite and real Postgres: URLs, loads, batched saves, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import event, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.persistence.database import async_url, create_engine
+from app.persistence.migrate import upgrade_to_head
+from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable, batches
+from app.persistence.tables import vtt_sessions
+from tests.support.tcpproxy import TcpProxy
+
+T = TypeVar("T")
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "go-vtt-sessions-state.json"
+# The outage tests use short timeouts so that a black hole costs seconds, not minutes.
+CONNECT_TIMEOUT = 1.5
+COMMAND_TIMEOUT = 2.0
+OUTAGE_BOUND = 8.0
+
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run a test scenario on a fresh event loop, failing it after `timeout` seconds."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+def state(campaign_id: str, **extra: object) -> bytes:
+    """A small state in the stored shape, as JSON bytes."""
+    body: dict[str, object] = {
+        "campaign_id": campaign_id,
+        "grid_size": 64,
+        "darkness_level": 0.4,
+        "tokens": {
+            "t1": {
+                "token_id": "t1",
+                "name": "Gobelin éclaireur 🗡",
+                "x": 10.5,
+                "y": -3,
+                "width": 64,
+                "height": 64,
+                "visible": False,
+            }
+        },
+        "fog_zones": [],
+        "seq": 7,
+        **extra,
+    }
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+@asynccontextmanager
+async def sql_store(url: str, **timeouts: float) -> AsyncIterator[tuple[SqlStore, AsyncEngine]]:
+    """A migrated database's SqlStore and engine, closed afterwards."""
+    # Migrating from a worker thread while this loop runs is how the server does it too.
+    await asyncio.to_thread(upgrade_to_head, url)
+    engine = create_engine(url, **timeouts)
+    store = SqlStore(engine)
+    try:
+        yield store, engine
+    finally:
+        await store.close()
+
+
+# async_url and create_engine
+
+
+def test_no_database_url_means_the_sqlite_file() -> None:
+    assert async_url(None).render_as_string() == "sqlite+aiosqlite:///vtt.db"
+    assert async_url("", "/data/x.db").render_as_string() == "sqlite+aiosqlite:////data/x.db"
+
+
+def test_a_sqlite_url_gets_the_aiosqlite_driver() -> None:
+    assert async_url("sqlite:///tmp/a.db").drivername == "sqlite+aiosqlite"
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_postgres_schemes_get_the_asyncpg_driver_with_credentials_intact(scheme: str) -> None:
+    url = async_url(f"{scheme}://alice:p%40ss%3Aw0rd@db.example:6543/neondb")
+    assert url.drivername == "postgresql+asyncpg"
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "alice",
+        "p@ss:w0rd",
+        "db.example",
+        6543,
+        "neondb",
+    )
+    assert dict(url.query) == {}
+
+
+def test_a_neon_url_has_sslmode_translated_and_channel_binding_dropped() -> None:
+    url = async_url(
+        "postgresql://u:pw@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/neondb"
+        "?sslmode=require&channel_binding=require"
+    )
+    assert url.drivername == "postgresql+asyncpg"
+    assert dict(url.query) == {"ssl": "require"}
+
+
+@pytest.mark.parametrize(
+    "sslmode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+)
+def test_every_libpq_sslmode_becomes_the_same_asyncpg_ssl_mode(sslmode: str) -> None:
+    assert dict(async_url(f"postgres://h/db?sslmode={sslmode}").query) == {"ssl": sslmode}
+
+
+def test_libpq_only_parameters_are_dropped_and_asyncpg_ones_kept() -> None:
+    url = async_url(
+        "postgres://h/db?application_name=x&options=endpoint%3Dep-1&connect_timeout=10"
+        "&target_session_attrs=read-write&sslrootcert=system"
+    )
+    assert dict(url.query) == {"target_session_attrs": "read-write"}
+
+
+def test_an_explicit_asyncpg_url_is_used_as_given() -> None:
+    given = "postgresql+asyncpg://h/db?ssl=require&prepared_statement_cache_size=0"
+    assert async_url(given) == make_url(given)
+
+
+@pytest.mark.parametrize(
+    "bad", ["mysql://h/db", "postgresql+psycopg://h/db", "postgres://h/db?sslmode=sometimes"]
+)
+def test_an_unsupported_url_is_refused_at_once(bad: str) -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        async_url(bad)
+
+
+def test_the_sqlite_engine_runs_in_wal_mode(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        engine = create_engine(None, str(tmp_path / "vtt.db"))
+        try:
+            async with engine.connect() as connection:
+                mode: str = await connection.scalar(text("PRAGMA journal_mode"))
+                return mode
+        finally:
+            await engine.dispose()
+
+    assert run(scenario()) == "wal"
+
+
+@pytest.mark.postgres
+def test_the_postgres_engine_never_creates_named_prepared_statements(postgres_url: str) -> None:
+    # A transaction-mode pooler (Neon) breaks named prepared statements: none may exist.
+    async def scenario() -> int:
+        engine = create_engine(postgres_url)
+        try:
+            async with engine.connect() as connection:
+                for value in range(3):
+                    await connection.execute(text("SELECT CAST(:v AS integer)"), {"v": value})
+                await connection.execute(text("SELECT 1"))
+                count: int = await connection.scalar(
+                    text("SELECT count(*) FROM pg_prepared_statements")
+                )
+                return count
+        finally:
+            await engine.dispose()
+
+    assert run(scenario()) == 0
+
+
+# batches
+
+
+def test_batches_hold_at_most_500_rows() -> None:
+    rows = [(f"c{i:05d}", b"{}") for i in range(1200)]
+    assert [len(batch) for batch in batches(rows)] == [BATCH_ROWS, BATCH_ROWS, 200]
+
+
+def test_a_campaign_named_twice_in_one_save_keeps_its_last_state_once() -> None:
+    rows = [("b", b"1"), ("a", b"2"), ("b", b"3")]
+    assert list(batches(rows)) == [[("a", b"2"), ("b", b"3")]]
+
+
+def test_batches_also_stop_growing_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.persistence.store.BATCH_BYTES", 10)
+    rows = [("a", b"123456"), ("b", b"123456"), ("c", b"1")]
+    assert list(batches(rows)) == [[("a", b"123456")], [("b", b"123456"), ("c", b"1")]]
+
+
+def test_no_rows_make_no_batches() -> None:
+    assert list(batches([])) == []
+
+
+# SqlStore on both databases
+
+
+def test_loading_a_campaign_without_a_row_returns_none(database_url: str) -> None:
+    async def scenario() -> bytes | None:
+        async with sql_store(database_url) as (store, _):
+            return await store.load("nobody-here")
+
+    assert run(scenario()) is None
+
+
+def test_saved_state_loads_back_as_the_same_json_bytes(database_url: str) -> None:
+    saved = {campaign_id: state(campaign_id) for campaign_id in ("c1", "c-2", "c_3")}
+
+    async def scenario() -> dict[str, bytes | None]:
+        async with sql_store(database_url) as (store, _):
+            assert await store.save_many(list(saved.items())) == 1
+            return {campaign_id: await store.load(campaign_id) for campaign_id in saved}
+
+    loaded = run(scenario())
+    for campaign_id, raw in loaded.items():
+        assert isinstance(raw, bytes)
+        # Postgres's jsonb re-spaces and re-orders keys; the JSON value is what is kept.
+        assert json.loads(raw) == json.loads(saved[campaign_id])
+
+
+def test_saving_1200_rows_takes_three_round_trips(database_url: str) -> None:
+    rows = [(f"campaign-{i:04d}", state(f"campaign-{i:04d}")) for i in range(1200)]
+
+    async def scenario() -> tuple[int, list[str], int]:
+        async with sql_store(database_url) as (store, engine):
+            await store.ping()
+            statements: list[str] = []
+
+            @event.listens_for(engine.sync_engine, "before_cursor_execute")
+            def count(*args: Any) -> None:
+                statements.append(args[2])
+
+            reported = await store.save_many(rows)
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+            async with engine.connect() as connection:
+                stored = await connection.scalar(text("SELECT count(*) FROM vtt_sessions"))
+            return reported, statements, stored
+
+    reported, statements, stored = run(scenario())
+    assert len(statements) == 3
+    assert all(sql.lstrip().startswith("INSERT INTO vtt_sessions") for sql in statements)
+    assert reported == 3
+    assert stored == 1200
+
+
+def test_an_upsert_overwrites_the_state_and_bumps_updated_at(database_url: str) -> None:
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+
+    async def scenario() -> tuple[bytes | None, datetime]:
+        async with sql_store(database_url) as (store, engine):
+            await store.save_many([("c1", state("c1", seq=1))])
+            async with engine.begin() as connection:
+                await connection.execute(update(vtt_sessions).values(updated_at=long_ago))
+            await store.save_many([("c1", state("c1", seq=2))])
+            async with engine.connect() as connection:
+                updated_at: datetime = await connection.scalar(select(vtt_sessions.c.updated_at))
+            return await store.load("c1"), updated_at
+
+    loaded, updated_at = run(scenario())
+    assert loaded is not None
+    assert json.loads(loaded)["seq"] == 2
+    # SQLite returns the timestamp without a zone; it is UTC (CURRENT_TIMESTAMP).
+    assert updated_at.replace(tzinfo=UTC) > datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def test_saving_nothing_takes_no_round_trip(database_url: str) -> None:
+    async def scenario() -> int:
+        async with sql_store(database_url) as (store, _):
+            return await store.save_many([])
+
+    assert run(scenario()) == 0
+
+
+@pytest.mark.postgres
+def test_a_row_the_go_service_wrote_loads_as_its_json(postgres_url: str) -> None:
+    fixture = FIXTURE.read_text()
+
+    async def scenario() -> bytes | None:
+        async with sql_store(postgres_url) as (store, engine):
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("INSERT INTO vtt_sessions (campaign_id, state) VALUES ('go', :s)"),
+                    {"s": fixture},
+                )
+            return await store.load("go")
+
+    loaded = run(scenario())
+    assert loaded is not None
+    assert json.loads(loaded) == json.loads(fixture)
+    assert json.loads(loaded)["fog_zones"] is None
+
+
+@pytest.mark.postgres
+def test_invalid_json_fails_the_save_without_echoing_the_state(postgres_url: str) -> None:
+    async def scenario() -> StoreUnavailable:
+        async with sql_store(postgres_url) as (store, _):
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.save_many([("c1", b'{"secret": "Orc ambush", oops}')])
+            return caught.value
+
+    failure = run(scenario())
+    assert failure.__cause__ is not None
+    assert "\n" not in str(failure)
+    # State is user content: it stays out of error text and so out of logs.
+    assert "Orc ambush" not in str(failure)
+    assert "Orc ambush" not in str(failure.__cause__)
+
+
+# Outages (Postgres through a proxy the test controls)
+
+
+@asynccontextmanager
+async def proxied_store(postgres_url: str) -> AsyncIterator[tuple[SqlStore, TcpProxy]]:
+    """A SqlStore whose Postgres link goes through a TcpProxy."""
+    direct = make_url(postgres_url)
+    async with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
+        through = direct.set(host="127.0.0.1", port=proxy.port)
+        url = through.render_as_string(hide_password=False)
+        async with sql_store(
+            url, connect_timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+        ) as (store, _):
+            yield store, proxy
+
+
+async def assert_every_call_fails_fast(store: SqlStore) -> None:
+    """load, save_many and ping each raise StoreUnavailable, with a cause, within the bound."""
+    calls = {
+        "load": lambda: store.load("c1"),
+        "save_many": lambda: store.save_many([("c1", state("c1", seq=99))]),
+        "ping": store.ping,
+    }
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            await asyncio.wait_for(call(), OUTAGE_BOUND + 5)
+        elapsed = time.monotonic() - started
+        assert elapsed < OUTAGE_BOUND, f"{name} took {elapsed:.1f}s to fail"
+        assert caught.value.__cause__ is not None
+
+
+async def wait_until_reachable(store: SqlStore, deadline: float = 10.0) -> None:
+    """Poll ping until the database answers again."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            await store.ping()
+            return
+        except StoreUnavailable:
+            if time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_a_cut_link_fails_every_call_quickly_and_restore_brings_it_back(
+    postgres_url: str,
+) -> None:
+    async def scenario() -> bytes | None:
+        async with proxied_store(postgres_url) as (store, proxy):
+            await store.save_many([("c1", state("c1", seq=1))])
+            proxy.cut()
+            await assert_every_call_fails_fast(store)
+            proxy.restore()
+            await wait_until_reachable(store)
+            assert await store.save_many([("c1", state("c1", seq=2))]) == 1
+            return await store.load("c1")
+
+    loaded = run(scenario())
+    assert loaded is not None
+    assert json.loads(loaded)["seq"] == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("idle_after", "survives"), [(0.0, True), (3600.0, False)])
+def test_a_pooled_connection_idle_past_the_threshold_is_pinged_and_replaced_when_dead(
+    postgres_url: str, idle_after: float, survives: bool
+) -> None:
+    async def scenario() -> None:
+        direct = make_url(postgres_url)
+        async with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
+            url = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+            async with sql_store(url, idle_ping_after=idle_after) as (store, _):
+                await store.save_many([("c1", state("c1", seq=1))])
+                proxy.cut()
+                proxy.restore()
+                # Every pooled connection is dead now, unknown to the pool.
+                if survives:
+                    assert await store.load("c1") is not None
+                else:
+                    with pytest.raises(StoreUnavailable):
+                        await store.load("c1")
+                    assert await store.load("c1") is not None
+
+    run(scenario())
+
+
+@pytest.mark.postgres
+def test_a_silent_link_fails_every_call_within_the_timeouts(postgres_url: str) -> None:
+    # A black hole, not a reset: only the connect and command timeouts can end the wait.
+    async def scenario() -> bytes | None:
+        async with proxied_store(postgres_url) as (store, proxy):
+            await store.save_many([("c1", state("c1", seq=1))])
+            proxy.stall()
+            await assert_every_call_fails_fast(store)
+            proxy.restore()
+            await wait_until_reachable(store)
+            await store.save_many([("c1", state("c1", seq=3))])
+            return await store.load("c1")
+
+    loaded = run(scenario())
+    assert loaded is not None
+    assert json.loads(loaded)["seq"] == 3
+
+
+@pytest.mark.postgres
+def test_a_store_created_during_an_outage_works_once_the_database_is_back(
+    postgres_url: str,
+) -> None:
+    async def scenario() -> bytes | None:
+        async with proxied_store(postgres_url) as (store, proxy):
+            await store.close()
+            proxy.cut()
+            with pytest.raises(StoreUnavailable):
+                await store.load("c1")
+            proxy.restore()
+            await wait_until_reachable(store)
+            return await store.load("c1")
+
+    assert run(scenario()) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("writers", [1, 3])
+def test_any_number_of_writers_saves_every_row_once(postgres_url: str, writers: int) -> None:
+    rows = [(f"c{i:04d}", state(f"c{i:04d}", seq=i)) for i in range(2 * BATCH_ROWS + 1)]
+
+    async def scenario() -> tuple[int, list[Any]]:
+        async with sql_store(postgres_url) as (_, engine):
+            store = SqlStore(engine, writers=writers)
+            trips = await store.save_many(rows)
+            async with engine.connect() as connection:
+                stored = await connection.execute(
+                    text("SELECT campaign_id, (state->>'seq')::int FROM vtt_sessions ORDER BY 1")
+                )
+                return trips, list(stored)
+
+    trips, stored = run(scenario())
+    assert trips == 3
+    assert stored == [(f"c{i:04d}", i) for i in range(2 * BATCH_ROWS + 1)]
+
+
+def test_a_store_without_writers_is_refused(tmp_path: Path) -> None:
+    engine = create_engine(None, str(tmp_path / "vtt.db"))
+    with pytest.raises(ValueError, match="writer"):
+        SqlStore(engine, writers=0)
+
+
+# MemoryStore
+
+
+def test_the_memory_store_keeps_what_it_saves() -> None:
+    async def scenario() -> tuple[int, bytes | None, bytes | None]:
+        store = MemoryStore()
+        trips = await store.save_many([(f"c{i}", b"{}") for i in range(501)])
+        await store.ping()
+        return trips, await store.load("c500"), await store.load("missing")
+
+    assert run(scenario()) == (2, b"{}", None)
+
+
+def test_the_memory_store_fails_every_call_during_an_outage() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        store.outage = True
+        with pytest.raises(StoreUnavailable):
+            await store.load("c1")
+        with pytest.raises(StoreUnavailable):
+            await store.save_many([("c1", b"{}")])
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        store.outage = False
+        assert await store.load("c1") is None
+
+    run(scenario())
+
+
+def test_the_memory_store_gate_holds_a_save_in_flight() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        store.gate.clear()
+        save = asyncio.create_task(store.save_many([("c1", b"{}")]))
+        finished, _ = await asyncio.wait({save}, timeout=0.2)
+        assert not finished
+        assert await store.load("c1") is None
+        store.gate.set()
+        assert await asyncio.wait_for(save, 5) == 1
+        assert store.saves == 1
+        assert await store.load("c1") == b"{}"
+
+    run(scenario())
+
+
+def test_an_outage_that_starts_mid_save_fails_the_save() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        store.gate.clear()
+        save = asyncio.create_task(store.save_many([("c1", b"{}")]))
+        finished, _ = await asyncio.wait({save}, timeout=0.2)
+        assert not finished
+        store.outage = True
+        store.gate.set()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(save, 5)
+        store.outage = False
+        assert await store.load("c1") is None
+
+    run(scenario())
