@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from msgspec import UNSET
 from msgspec.structs import replace
 
 from app.model import Event, Role
-from app.protocol import CampaignState, TokenRef
+from app.protocol import CampaignState, ServerPayload, TokenRef
 
 TOKEN_EVENTS = frozenset({"token.add", "token.move", "token.update", "token.remove"})
 
 
-def view(event: Event, state: CampaignState, role: Role, user_id: str) -> tuple[str, Any] | None:
+def view(
+    event: Event, state: CampaignState, role: Role, user_id: str
+) -> tuple[str, ServerPayload] | None:
     """What a recipient of `role` receives for `event` as (type, payload), or None for nothing.
 
     `state` is the state right after the event. Hidden tokens exist for GMs only: players get
@@ -29,7 +29,8 @@ def view(event: Event, state: CampaignState, role: Role, user_id: str) -> tuple[
     if event.visible_after:
         if event.visible_before or event.type == "token.add":
             return event.type, event.payload
-        return "token.add", event.token
+        if event.token is not None:
+            return "token.add", event.token
     if event.visible_before:
         return "token.remove", TokenRef(token_id=event.token_id or "")
     return None

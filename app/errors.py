@@ -1,37 +1,62 @@
 """Close codes and reply errors: the one place that says what each means to a client.
 
-CloseConnection (fatal: the socket is closed with `code`)
-  4400 bad request     malformed campaign id               don't retry
-  4401 unauthorized    token missing/invalid/expired       fresh token, then reconnect
-  4403 forbidden       not a member, or Origin refused     don't retry
-  4429 too many        connection caps                     retry later
-  1008 policy          sustained flooding                  retry later with backoff
-  1009 too big         frame over the size limit           fix the client
-  1011 internal        e.g. stored state undecodable       retry with backoff
-  1012 restarting      deploy / drain                      reconnect soon
-  1013 try later       store down, no keys, slow consumer  retry with backoff
-Refusal (recoverable: an `error` reply to the sender; state unchanged)
+CloseConnection  fatal: the socket is closed with a CloseCode, whose `reconnect` says what a
+                 client should do next (clients/ts imports the same table, generated)
+Refusal          recoverable: an `error` reply to the sender, whose state did not change
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Final
 
 
-class CloseCode(IntEnum):
-    """WebSocket close codes this server uses."""
+class Reconnect(Enum):
+    """What a client should do after the server closed its connection with a code."""
 
-    NORMAL = 1000
-    POLICY_VIOLATION = 1008
-    TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    BAD_REQUEST = 4400
-    UNAUTHORIZED = 4401
-    FORBIDDEN = 4403
-    TOO_MANY_CONNECTIONS = 4429
+    advice: str
+
+    def __new__(cls, name: str, advice: str) -> Reconnect:
+        member = object.__new__(cls)
+        member._value_ = name
+        member.advice = advice
+        return member
+
+    NEVER = "never", "the request cannot succeed as sent: fix it, don't retry"
+    FRESH_TOKEN = "fresh-token", "get a fresh token, then reconnect at once"
+    LATER = "later", "a cap is full: wait a while, then retry"
+    BACKOFF = "backoff", "retry with exponential backoff and jitter"
+    SOON = "soon", "a deploy: reconnect within a moment (another machine may answer)"
+
+
+class CloseCode(IntEnum):
+    """Every WebSocket close code this server sends, with its meaning and reconnect advice."""
+
+    reconnect: Reconnect
+    meaning: str
+
+    def __new__(cls, code: int, reconnect: Reconnect, meaning: str) -> CloseCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.reconnect = reconnect
+        member.meaning = meaning
+        return member
+
+    BAD_REQUEST = 4400, Reconnect.NEVER, "malformed campaign id"
+    UNAUTHORIZED = 4401, Reconnect.FRESH_TOKEN, "token missing, invalid or expired"
+    FORBIDDEN = 4403, Reconnect.NEVER, "not a member of the campaign, or Origin refused"
+    TOO_MANY_CONNECTIONS = 4429, Reconnect.LATER, "too many connections (user or campaign)"
+    POLICY_VIOLATION = 1008, Reconnect.BACKOFF, "sustained flooding"
+    TOO_BIG = 1009, Reconnect.NEVER, "a frame over the size limit"
+    INTERNAL_ERROR = 1011, Reconnect.BACKOFF, "internal error (e.g. stored state unreadable)"
+    SERVICE_RESTART = 1012, Reconnect.SOON, "server restarting or draining"
+    TRY_AGAIN_LATER = 1013, Reconnect.BACKOFF, "store down, no signing keys, or slow consumer"
+
+    @classmethod
+    def of(cls, code: int) -> CloseCode | None:
+        """The member for `code`, or None for a code this server never sends."""
+        member = cls._value2member_map_.get(code)
+        return member if isinstance(member, cls) else None
 
 
 class CloseConnection(Exception):

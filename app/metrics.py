@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.errors import ERROR_CODES, CloseCode
-from app.protocol import CLIENT_TYPES, SERVER_TYPES
+from app.protocol import MESSAGES
 
 UNKNOWN = "unknown"
 
-MESSAGE_TYPES: frozenset[str] = frozenset(CLIENT_TYPES) | frozenset(SERVER_TYPES)
+MESSAGE_TYPES: frozenset[str] = MESSAGES.tags
 
 # A broadcast is frame received -> last recipient queued: in-memory work, so sub-ms is
 # normal and anything past 100 ms means the event loop is starved.
@@ -170,11 +170,8 @@ class Metrics:
 
     def handshake_refused(self, close_code: int) -> None:
         """Count one handshake closed with `close_code`, labelled by the code's name."""
-        try:
-            reason = CloseCode(close_code).name.lower()
-        except ValueError:
-            reason = UNKNOWN
-        self.handshake_refusals.labels(reason).inc()
+        member = CloseCode.of(close_code)
+        self.handshake_refusals.labels(member.name.lower() if member else UNKNOWN).inc()
 
     def flushed(self, seconds: float, rows: int, ok: bool) -> None:
         """Record one write attempt of the flusher: its duration, and its rows or its failure."""

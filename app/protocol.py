@@ -1,7 +1,11 @@
-"""Every wire type of protocol v1, the persisted state shape, and the one decoder and encoder."""
+"""Every wire type of protocol v1, the one message table, and the one decoder and encoder."""
 
 from __future__ import annotations
 
+import functools
+import operator
+from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -33,10 +37,15 @@ Size = Annotated[float, Meta(gt=0, le=10_000_000)]
 Short = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
 JwtText = Annotated[str, Meta(min_length=1, max_length=16_384)]
 
+
+class ServerPayload(Struct):
+    """A payload the server sends: the only kind of value a Frame carries."""
+
+
 # --- state (persisted, and the body of state.sync) --------------------------------------------
 
 
-class Token(Struct, omit_defaults=True):
+class Token(ServerPayload, omit_defaults=True):
     """One token on the active map; `owner_id` is stamped by the server."""
 
     token_id: Id
@@ -133,7 +142,7 @@ class SavedMap(Struct):
     map_metadata: MapMetadata | UnsetType = UNSET
 
 
-class CampaignState(Struct):
+class CampaignState(ServerPayload):
     """The live table; the persisted JSON and state.sync share this shape."""
 
     campaign_id: str
@@ -151,16 +160,16 @@ class CampaignState(Struct):
     epoch: str | UnsetType = UNSET
 
 
-# --- client -> server payloads -----------------------------------------------------------------
+# --- payloads of what clients send (most are broadcast back as they were applied) ---------------
 
 
-class TokenRef(Struct):
+class TokenRef(ServerPayload):
     """A payload naming one token."""
 
     token_id: Id
 
 
-class TokenMove(Struct):
+class TokenMove(ServerPayload):
     """token.move payload."""
 
     token_id: Id
@@ -168,7 +177,7 @@ class TokenMove(Struct):
     y: Coord
 
 
-class TokenUpdate(Struct, omit_defaults=True):
+class TokenUpdate(ServerPayload, omit_defaults=True):
     """token.update payload: only the fields given change; `visible`, `owner_id` are GM-only."""
 
     token_id: Id
@@ -180,13 +189,13 @@ class TokenUpdate(Struct, omit_defaults=True):
     owner_id: Id | UnsetType = UNSET
 
 
-class FogUpdate(Struct):
+class FogUpdate(ServerPayload):
     """fog.update payload: the zones replace all zones."""
 
     zones: list[FogZone]
 
 
-class MapSet(Struct, omit_defaults=True):
+class MapSet(ServerPayload, omit_defaults=True):
     """map.set payload (and its broadcast, which always carries the stored name)."""
 
     map_id: Id
@@ -211,7 +220,7 @@ class MapRename(Struct):
     new_name: Name
 
 
-class SceneDarkness(Struct):
+class SceneDarkness(ServerPayload):
     """scene.darkness payload; finite, clamped to 0..1 when applied."""
 
     darkness_level: float
@@ -223,92 +232,11 @@ class AuthRefresh(Struct):
     token: JwtText
 
 
-class Empty(Struct):
+class Empty(ServerPayload):
     """A payload with nothing in it."""
 
 
-# --- client -> server messages: one tagged union -----------------------------------------------
-
-
-class TokenAddMsg(Struct, tag_field="type", tag="token.add"):
-    payload: Token
-
-
-class TokenMoveMsg(Struct, tag_field="type", tag="token.move"):
-    payload: TokenMove
-
-
-class TokenRemoveMsg(Struct, tag_field="type", tag="token.remove"):
-    payload: TokenRef
-
-
-class TokenUpdateMsg(Struct, tag_field="type", tag="token.update"):
-    payload: TokenUpdate
-
-
-class FogUpdateMsg(Struct, tag_field="type", tag="fog.update"):
-    payload: FogUpdate
-
-
-class MapSetMsg(Struct, tag_field="type", tag="map.set"):
-    payload: MapSet
-
-
-class MapSwitchMsg(Struct, tag_field="type", tag="map.switch"):
-    payload: MapRef
-
-
-class MapRenameMsg(Struct, tag_field="type", tag="map.rename"):
-    payload: MapRename
-
-
-class MapDeleteMsg(Struct, tag_field="type", tag="map.delete"):
-    payload: MapRef
-
-
-class SceneDarknessMsg(Struct, tag_field="type", tag="scene.darkness"):
-    payload: SceneDarkness
-
-
-class PingMsg(Struct, tag_field="type", tag="ping"):
-    payload: Any = None
-
-
-class AuthRefreshMsg(Struct, tag_field="type", tag="auth.refresh"):
-    payload: AuthRefresh
-
-
-ClientMessage = (
-    TokenAddMsg
-    | TokenMoveMsg
-    | TokenRemoveMsg
-    | TokenUpdateMsg
-    | FogUpdateMsg
-    | MapSetMsg
-    | MapSwitchMsg
-    | MapRenameMsg
-    | MapDeleteMsg
-    | SceneDarknessMsg
-    | PingMsg
-    | AuthRefreshMsg
-)
-
-CLIENT_TYPES: Final[dict[str, type[Any]]] = {
-    "token.add": Token,
-    "token.move": TokenMove,
-    "token.remove": TokenRef,
-    "token.update": TokenUpdate,
-    "fog.update": FogUpdate,
-    "map.set": MapSet,
-    "map.switch": MapRef,
-    "map.rename": MapRename,
-    "map.delete": MapRef,
-    "scene.darkness": SceneDarkness,
-    "ping": Empty,
-    "auth.refresh": AuthRefresh,
-}
-
-# --- server -> client payloads -----------------------------------------------------------------
+# --- payloads only the server sends ------------------------------------------------------------
 
 
 class MapEntry(Struct):
@@ -319,20 +247,20 @@ class MapEntry(Struct):
     image_url: str
 
 
-class MapList(Struct, omit_defaults=True):
+class MapList(ServerPayload, omit_defaults=True):
     """map.list payload."""
 
     maps: list[MapEntry]
     active_map_id: str | UnsetType = UNSET
 
 
-class StateSaved(Struct):
+class StateSaved(ServerPayload):
     """state.saved payload: the highest seq now durable."""
 
     seq: int
 
 
-class StateResume(Struct):
+class StateResume(ServerPayload):
     """state.resume payload: the missed events from_seq..to_seq follow, then live traffic."""
 
     from_seq: int
@@ -340,11 +268,227 @@ class StateResume(Struct):
     epoch: str
 
 
-class ErrorPayload(Struct):
+class ErrorPayload(ServerPayload):
     """error payload."""
 
     code: str
     message: str
+
+
+# --- what clients send: one envelope per type, its tag and payload (the table says the rest) -----
+
+
+class ClientMessage(Struct, tag_field="type"):
+    """A message from a client; each subclass is one type, its `payload` typed there."""
+
+    payload: Any
+
+
+class TokenAddMsg(ClientMessage, tag="token.add"):
+    payload: Token
+
+
+class TokenMoveMsg(ClientMessage, tag="token.move"):
+    payload: TokenMove
+
+
+class TokenRemoveMsg(ClientMessage, tag="token.remove"):
+    payload: TokenRef
+
+
+class TokenUpdateMsg(ClientMessage, tag="token.update"):
+    payload: TokenUpdate
+
+
+class FogUpdateMsg(ClientMessage, tag="fog.update"):
+    payload: FogUpdate
+
+
+class MapSetMsg(ClientMessage, tag="map.set"):
+    payload: MapSet
+
+
+class MapSwitchMsg(ClientMessage, tag="map.switch"):
+    payload: MapRef
+
+
+class MapRenameMsg(ClientMessage, tag="map.rename"):
+    payload: MapRename
+
+
+class MapDeleteMsg(ClientMessage, tag="map.delete"):
+    payload: MapRef
+
+
+class SceneDarknessMsg(ClientMessage, tag="scene.darkness"):
+    payload: SceneDarkness
+
+
+class PingMsg(ClientMessage, tag="ping"):
+    # Whatever a ping carries is ignored, as the Go service did.
+    payload: Any = None
+
+
+class AuthRefreshMsg(ClientMessage, tag="auth.refresh"):
+    payload: AuthRefresh
+
+
+# --- the message table: every message type, declared once -------------------------------------
+
+
+class Direction(Enum):
+    """Who sends a message type."""
+
+    CLIENT = "client to server"
+    SERVER = "server to client"
+    # A client's change and the server's broadcast of it: one tag, one payload.
+    BOTH = "both ways"
+
+
+class Numbering(Enum):
+    """Whether a message type takes one of the campaign's seqs (docs/PROTOCOL.md, Sequencing)."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    # map.list: an event of its own when broadcast, but the copy a join gets right after its
+    # state.sync is a reply and carries none.
+    WHEN_BROADCAST = "when broadcast"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    """One row of the message table; build rows with both(), from_client() and from_server()."""
+
+    tag: str
+    payload: type[Struct]
+    direction: Direction
+    numbering: Numbering
+    gm_only: bool
+    # What the decoder builds for this type, when clients send it.
+    envelope: type[ClientMessage] | None
+    # The payload's fields a client may leave out, and whether it may leave out the payload.
+    optional: frozenset[str]
+    payload_optional: bool
+
+    @property
+    def from_client(self) -> bool:
+        """Whether clients send this type."""
+        return self.direction is not Direction.SERVER
+
+    @property
+    def from_server(self) -> bool:
+        """Whether the server sends this type."""
+        return self.direction is not Direction.CLIENT
+
+    @property
+    def numbered(self) -> bool:
+        """Whether this type takes a seq (for a client's message: whether it is a change)."""
+        return self.numbering is not Numbering.NEVER
+
+
+def both(envelope: type[ClientMessage], *, numbered: bool, gm_only: bool = False) -> MessageType:
+    """A row for a type clients send and the server broadcasts, with the same payload."""
+    row = _client_row(envelope, Direction.BOTH, numbered, gm_only, None)
+    if not issubclass(row.payload, ServerPayload):
+        raise TypeError(
+            f"{row.tag}: the server sends {row.payload.__name__}; make it a ServerPayload"
+        )
+    return row
+
+
+def from_client(
+    envelope: type[ClientMessage],
+    *,
+    numbered: bool,
+    gm_only: bool = False,
+    payload: type[Struct] | None = None,
+) -> MessageType:
+    """A row for a type only clients send; `numbered` when applying it is a numbered change.
+
+    `payload` describes the payload in the schema when the envelope takes any JSON (ping).
+    """
+    return _client_row(envelope, Direction.CLIENT, numbered, gm_only, payload)
+
+
+def from_server(
+    tag: str, payload: type[ServerPayload], numbering: Numbering = Numbering.NEVER
+) -> MessageType:
+    """A row for a type only the server sends."""
+    return MessageType(tag, payload, Direction.SERVER, numbering, False, None, frozenset(), False)
+
+
+def _client_row(
+    envelope: type[ClientMessage],
+    direction: Direction,
+    numbered: bool,
+    gm_only: bool,
+    payload: type[Struct] | None,
+) -> MessageType:
+    tag = str(envelope.__struct_config__.tag)
+    declared = {field.name: field for field in msgspec.structs.fields(envelope)}["payload"]
+    if payload is None:
+        if not (isinstance(declared.type, type) and issubclass(declared.type, Struct)):
+            raise TypeError(f"{tag}: the envelope's payload is not a Struct; pass payload=")
+        payload = declared.type
+    optional = frozenset(
+        field.encode_name for field in msgspec.structs.fields(payload) if not field.required
+    )
+    numbering = Numbering.ALWAYS if numbered else Numbering.NEVER
+    return MessageType(
+        tag, payload, direction, numbering, gm_only, envelope, optional, not declared.required
+    )
+
+
+class MessageTable:
+    """Every message type, by direction; the decoder, rules, metrics, schema and mirrors read it."""
+
+    def __init__(self, *rows: MessageType) -> None:
+        self.rows = rows
+        self.client: Final = {row.tag: row for row in rows if row.from_client}
+        self.server: Final = {row.tag: row for row in rows if row.from_server}
+        if len(self.client) + len(self.server) != sum(
+            row.from_client + row.from_server for row in rows
+        ):
+            raise ValueError("a message type is declared twice for one direction")
+        self._by_envelope = {row.envelope: row for row in rows if row.envelope is not None}
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """Every type, either way."""
+        return frozenset(self.client) | frozenset(self.server)
+
+    def of(self, message: ClientMessage) -> MessageType:
+        """The row of a decoded client message."""
+        return self._by_envelope[type(message)]
+
+    def client_union(self) -> Any:
+        """The union of every client envelope, for a decoder."""
+        return functools.reduce(operator.or_, self._by_envelope)
+
+
+# Adding a message type is adding its row (and, for a type clients send, its envelope above):
+# the decoder, the GM-only check, the metrics' labels, the JSON Schema, AsyncAPI and TypeScript
+# of tools/schema.py, and the test mirror follow. Its handling is still to be written.
+MESSAGES: Final = MessageTable(
+    both(TokenAddMsg, numbered=True),
+    both(TokenMoveMsg, numbered=True),
+    both(TokenRemoveMsg, numbered=True),
+    both(TokenUpdateMsg, numbered=True),
+    both(FogUpdateMsg, numbered=True, gm_only=True),
+    both(MapSetMsg, numbered=True, gm_only=True),
+    from_client(MapSwitchMsg, numbered=True, gm_only=True),
+    from_client(MapRenameMsg, numbered=True, gm_only=True),
+    from_client(MapDeleteMsg, numbered=True, gm_only=True),
+    both(SceneDarknessMsg, numbered=True, gm_only=True),
+    from_client(PingMsg, numbered=False, payload=Empty),
+    from_client(AuthRefreshMsg, numbered=False),
+    from_server("state.sync", CampaignState, Numbering.ALWAYS),
+    from_server("state.resume", StateResume, Numbering.ALWAYS),
+    from_server("state.saved", StateSaved),
+    from_server("map.list", MapList, Numbering.WHEN_BROADCAST),
+    from_server("pong", Empty),
+    from_server("error", ErrorPayload),
+)
 
 
 class Frame(Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -354,24 +498,8 @@ class Frame(Struct, kw_only=True, omit_defaults=True, gc=False):
     campaign_id: str
     user_id: str
     seq: int | None = None
-    payload: Any
+    payload: ServerPayload
 
-
-SERVER_TYPES: Final[dict[str, type[Any]]] = {
-    "state.sync": CampaignState,
-    "state.resume": StateResume,
-    "state.saved": StateSaved,
-    "map.list": MapList,
-    "token.add": Token,
-    "token.move": TokenMove,
-    "token.remove": TokenRef,
-    "token.update": TokenUpdate,
-    "fog.update": FogUpdate,
-    "map.set": MapSet,
-    "scene.darkness": SceneDarkness,
-    "pong": Empty,
-    "error": ErrorPayload,
-}
 
 # --- decoding and encoding ---------------------------------------------------------------------
 
@@ -390,9 +518,11 @@ class _Envelope(Struct):
     payload: Raw = Raw(b"{}")
 
 
-_message_decoder: Final = msgspec.json.Decoder(ClientMessage)
+_message_decoder: Final = msgspec.json.Decoder(MESSAGES.client_union())
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
-_payload_decoders: Final = {name: msgspec.json.Decoder(t) for name, t in CLIENT_TYPES.items()}
+_payload_decoders: Final = {
+    tag: msgspec.json.Decoder(row.payload) for tag, row in MESSAGES.client.items()
+}
 _encoder: Final = msgspec.json.Encoder()
 
 

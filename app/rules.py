@@ -10,6 +10,7 @@ from msgspec.structs import replace
 from app import errors
 from app.model import Actor, Event, Rules, StateChange
 from app.protocol import (
+    MESSAGES,
     CampaignState,
     FogUpdate,
     FogUpdateMsg,
@@ -23,6 +24,7 @@ from app.protocol import (
     SavedMap,
     SceneDarkness,
     SceneDarknessMsg,
+    ServerPayload,
     Token,
     TokenAddMsg,
     TokenMoveMsg,
@@ -42,6 +44,9 @@ def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules
 
     Raises Refusal (and leaves `state` untouched) when the message may not apply.
     """
+    kind = MESSAGES.of(message)
+    if kind.gm_only and actor.role != "gm":
+        raise errors.forbidden(f"only the GM may send {kind.tag}")
     match message:
         case TokenAddMsg(payload=token):
             return [_token_add(state, token, actor, rules)]
@@ -59,7 +64,6 @@ def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules
         case TokenUpdateMsg(payload=update):
             return [_token_update(state, update, actor, rules)]
         case FogUpdateMsg(payload=fog):
-            _require_gm(actor, "fog.update")
             if len(fog.zones) > rules.limits.max_fog_zones:
                 raise errors.limit_exceeded(
                     f"at most {rules.limits.max_fog_zones} fog zones, got {len(fog.zones)}"
@@ -69,15 +73,13 @@ def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules
         case MapSetMsg(payload=map_set):
             return _map_set(state, map_set, actor, rules)
         case MapSwitchMsg(payload=ref):
-            _require_gm(actor, "map.switch")
             library = _library(state)
             if ref.map_id not in library:
                 raise errors.not_found(f"no map {ref.map_id!r} in the library")
             _store_active_map(state, library)
             _activate(state, library, ref.map_id)
-            return [Event("state.sync", None, actor.user_id), _map_list_event(state, actor)]
+            return [Event("state.sync", state, actor.user_id), _map_list_event(state, actor)]
         case MapRenameMsg(payload=rename):
-            _require_gm(actor, "map.rename")
             library = _library(state)
             entry = library.get(rename.map_id)
             if entry is None:
@@ -85,7 +87,6 @@ def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules
             entry.name = rename.new_name
             return [_map_list_event(state, actor)]
         case MapDeleteMsg(payload=ref):
-            _require_gm(actor, "map.delete")
             library = _library(state)
             if ref.map_id == state.map_id:
                 raise errors.invalid_request("the active map cannot be deleted; switch first")
@@ -94,10 +95,11 @@ def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules
             del library[ref.map_id]
             return [_map_list_event(state, actor)]
         case SceneDarknessMsg(payload=darkness):
-            _require_gm(actor, "scene.darkness")
             level = min(1.0, max(0.0, darkness.darkness_level))
             state.darkness_level = level
             return [Event("scene.darkness", SceneDarkness(darkness_level=level), actor.user_id)]
+        case _:
+            raise errors.invalid_request(f"{kind.tag} is no change to the table")
 
 
 def map_list(state: CampaignState) -> MapList:
@@ -105,11 +107,6 @@ def map_list(state: CampaignState) -> MapList:
     library = state.saved_maps if state.saved_maps is not UNSET else {}
     maps = [MapEntry(map_id, m.name, m.image_url) for map_id, m in library.items()]
     return MapList(maps=maps, active_map_id=state.map_id)
-
-
-def _require_gm(actor: Actor, what: str) -> None:
-    if actor.role != "gm":
-        raise errors.forbidden(f"only the GM may send {what}")
 
 
 def _may_touch(token: Token, actor: Actor, rules: Rules) -> bool:
@@ -125,7 +122,9 @@ def _addressable_token(state: CampaignState, token_id: str, actor: Actor, rules:
     return token
 
 
-def _token_event(kind: str, payload: Any, actor: Actor, token: Token, before: bool) -> Event:
+def _token_event(
+    kind: str, payload: ServerPayload, actor: Actor, token: Token, before: bool
+) -> Event:
     # Events are encoded the moment they are published, so the live token needs no copy.
     return Event(
         kind,
@@ -222,7 +221,6 @@ def _activate(state: CampaignState, library: dict[str, SavedMap], map_id: str) -
 
 
 def _map_set(state: CampaignState, map_set: MapSet, actor: Actor, rules: Rules) -> list[Event]:
-    _require_gm(actor, "map.set")
     _check_image(map_set.image_url, rules)
     metadata = map_set.map_metadata
     if metadata is not UNSET and metadata.point_count() > rules.limits.max_map_points:
@@ -258,6 +256,6 @@ def _map_set(state: CampaignState, map_set: MapSet, actor: Actor, rules: Rules) 
     else:
         _activate(state, library, map_id)
     if not is_new:
-        return [Event("state.sync", None, actor.user_id), _map_list_event(state, actor)]
+        return [Event("state.sync", state, actor.user_id), _map_list_event(state, actor)]
     stored = replace(map_set, name=entry.name)
     return [Event("map.set", stored, actor.user_id), _map_list_event(state, actor)]

@@ -1,4 +1,5 @@
-"""The wire contract as generated files: JSON Schema, AsyncAPI and TypeScript, from app.protocol.
+"""The wire contract as generated files: JSON Schema, AsyncAPI and TypeScript, from the message
+table (app.protocol.MESSAGES) and the close codes (app.errors.CloseCode).
 
 `python -m tools.schema` writes them; `python -m tools.schema --check` exits 1 when the committed
 files differ from what the structs generate, so CI catches a protocol change nobody exported.
@@ -12,23 +13,20 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, get_args
+from typing import Annotated, Any, Final
 
 import msgspec
-from msgspec import NODEFAULT, UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from app import protocol
-from app.protocol import CLIENT_TYPES, SERVER_TYPES, ClientMessage
+from app.errors import CloseCode, Reconnect
+from app.protocol import MESSAGES, MessageType, Numbering
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SCHEMA_DIR: Final = Path("schema")
 TS_TYPES: Final = Path("clients/ts/src/protocol.ts")
+TS_CLOSE_CODES: Final = Path("clients/ts/src/closecodes.generated.ts")
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
-
-# One-client replies never carry a seq; map.list carries one only when it is broadcast (not
-# right after a join's state.sync); every other server frame is numbered.
-UNNUMBERED: Final = frozenset({"pong", "error", "state.saved"})
-SOMETIMES_NUMBERED: Final = frozenset({"map.list"})
 
 StampedId = Annotated[str, Meta(description="Ignored: the server stamps it from the connection.")]
 ServerCampaign = Annotated[str, Meta(description="The campaign, stamped by the server.")]
@@ -45,13 +43,11 @@ def _pascal(kind: str) -> str:
 def client_envelopes() -> dict[str, type[Struct]]:
     """One tagged envelope struct per client message type, keyed by type."""
     envelopes: dict[str, type[Struct]] = {}
-    for member in get_args(ClientMessage):
-        kind = str(member.__struct_config__.tag)
-        payload_default = msgspec.structs.fields(member)[0].default
+    for kind, row in MESSAGES.client.items():
         payload: tuple[str, Any] | tuple[str, Any, Any] = (
-            ("payload", CLIENT_TYPES[kind])
-            if payload_default is NODEFAULT
-            else ("payload", CLIENT_TYPES[kind] | UnsetType, UNSET)
+            ("payload", row.payload | UnsetType, UNSET)
+            if row.payload_optional
+            else ("payload", row.payload)
         )
         envelopes[kind] = msgspec.defstruct(
             f"Client{_pascal(kind)}",
@@ -73,16 +69,16 @@ def client_envelopes() -> dict[str, type[Struct]]:
 def server_envelopes() -> dict[str, type[Struct]]:
     """One tagged envelope struct per server frame type, keyed by type; unknown keys refused."""
     envelopes: dict[str, type[Struct]] = {}
-    for kind, payload in SERVER_TYPES.items():
+    for kind, row in MESSAGES.server.items():
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
             ("campaign_id", ServerCampaign),
             ("user_id", ServerUser),
         ]
-        if kind in SOMETIMES_NUMBERED:
+        if row.numbering is Numbering.WHEN_BROADCAST:
             fields.append(("seq", Seq | UnsetType, UNSET))
-        elif kind not in UNNUMBERED:
+        elif row.numbering is Numbering.ALWAYS:
             fields.append(("seq", Seq))
-        fields.append(("payload", payload))
+        fields.append(("payload", row.payload))
         envelopes[kind] = msgspec.defstruct(
             f"Server{_pascal(kind)}",
             fields,
@@ -181,17 +177,33 @@ def merged_components(client: Direction, server: Direction) -> dict[str, Any]:
     return dict(sorted(merged.items()))
 
 
-def _message(kind: str, envelope: type[Struct], client_to_server: bool) -> dict[str, Any]:
+def _message(row: MessageType, envelope: type[Struct], client_to_server: bool) -> dict[str, Any]:
     direction = "client to server" if client_to_server else "server to client"
-    payload_type = (CLIENT_TYPES if client_to_server else SERVER_TYPES)[kind]
     message: dict[str, Any] = {
-        "name": kind,
-        "title": f"{kind} ({direction})",
+        "name": row.tag,
+        "title": f"{row.tag} ({direction})",
         "payload": {"$ref": f"#/components/schemas/{envelope.__name__}"},
     }
-    if payload_type.__doc__:
-        message["summary"] = payload_type.__doc__.strip().split("\n")[0]
+    if row.payload.__doc__:
+        message["summary"] = row.payload.__doc__.strip().split("\n")[0]
+    notes = []
+    if client_to_server and row.gm_only:
+        notes.append("Only a GM may send it (a player gets `error` `forbidden`).")
+    if client_to_server and row.direction is not protocol.Direction.BOTH and row.numbered:
+        notes.append("A change: what it causes is broadcast with seqs.")
+    if not client_to_server:
+        notes.append(_NUMBERING[row.numbering])
+    message["description"] = " ".join(notes)
     return message
+
+
+_NUMBERING: Final = {
+    Numbering.ALWAYS: "Numbered: carries the campaign's `seq`.",
+    Numbering.NEVER: "Not numbered: carries no `seq`.",
+    Numbering.WHEN_BROADCAST: (
+        "Numbered when broadcast; the copy a join gets right after its state.sync has no `seq`."
+    ),
+}
 
 
 def asyncapi() -> dict[str, Any]:
@@ -201,9 +213,10 @@ def asyncapi() -> dict[str, Any]:
     messages: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for client_to_server, direction in ((True, client), (False, server)):
+        rows = MESSAGES.client if client_to_server else MESSAGES.server
         for kind, envelope in direction.envelopes.items():
             name = envelope.__name__
-            messages[name] = _message(kind, envelope, client_to_server)
+            messages[name] = _message(rows[kind], envelope, client_to_server)
             action = "receive" if client_to_server else "send"
             operations[f"{action}{name}"] = {
                 "action": action,
@@ -244,11 +257,20 @@ def asyncapi() -> dict[str, Any]:
                 "address": "/ws",
                 "title": "One campaign's table",
                 "description": (
-                    "One WebSocket per client and campaign. Close codes and their meaning for "
-                    "a reconnecting client are in docs/PROTOCOL.md."
+                    "One WebSocket per client and campaign. `x-close-codes` lists every close "
+                    "code the server sends and what a reconnecting client should do."
                 ),
                 "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
                 "bindings": {"ws": {"method": "GET", "query": query, "bindingVersion": "0.1.0"}},
+                "x-close-codes": [
+                    {
+                        "code": int(code),
+                        "name": code.name,
+                        "meaning": code.meaning,
+                        "reconnect": code.reconnect.value,
+                    }
+                    for code in CloseCode
+                ],
             }
         },
         "operations": operations,
@@ -365,6 +387,43 @@ def typescript() -> str:
         f"{_ts_tuple(client.envelopes)} as const satisfies readonly ClientMessageType[];",
         "export const SERVER_MESSAGE_TYPES = "
         f"{_ts_tuple(server.envelopes)} as const satisfies readonly ServerMessageType[];",
+        "/** What only a GM may send; a player's gets `error` `forbidden`. */\n"
+        "export const GM_ONLY_MESSAGE_TYPES = "
+        f"{_ts_tuple(tag for tag, row in MESSAGES.client.items() if row.gm_only)}"
+        " as const satisfies readonly ClientMessageType[];",
+        "/** Server frames that never carry a `seq`. */\n"
+        "export const UNNUMBERED_SERVER_TYPES = "
+        f"{_ts_tuple(tag for tag, row in MESSAGES.server.items() if not row.numbered)}"
+        " as const satisfies readonly ServerMessageType[];",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def typescript_close_codes() -> str:
+    """The close codes and what each asks of a reconnecting client, as TypeScript."""
+    kinds = "".join(
+        f"\n  /** {kind.advice} */\n  | {_ts_literal(kind.value)}" for kind in Reconnect
+    )
+    names = "".join(f"  /** {code.meaning} */\n  {code.name}: {int(code)},\n" for code in CloseCode)
+    advice = "".join(f"  {int(code)}: {_ts_literal(code.reconnect.value)},\n" for code in CloseCode)
+    final = ", ".join(str(int(code)) for code in CloseCode if code.reconnect is Reconnect.NEVER)
+    parts = [
+        "// Generated by `python -m tools.schema` (make schema) from app/errors.py. Do not edit:\n"
+        "// change CloseCode there and regenerate.",
+        "/** What a client should do after the server closed its connection. */\n"
+        f"export type Reconnect ={kinds};",
+        "/** Every close code the server sends, by name. */\n"
+        f"export const CloseCode = {{\n{names}}} as const;",
+        "export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];",
+        "/** What each close code asks of a reconnecting client. */\n"
+        f"export const RECONNECT: Readonly<Record<CloseCode, Reconnect>> = {{\n{advice}}};",
+        "/** Close codes after which retrying cannot help. */\n"
+        f"export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([{final}]);",
+        "/** What to do after a close with `code`; any other (1006: dropped) means backoff. */\n"
+        "export function reconnectAfter(code: number): Reconnect {\n"
+        "  const known: Readonly<Record<number, Reconnect | undefined>> = RECONNECT;\n"
+        '  return known[code] ?? "backoff";\n'
+        "}",
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -404,6 +463,7 @@ def generated_files() -> dict[Path, str]:
         ),
         SCHEMA_DIR / "asyncapi.json": _json_text(asyncapi()),
         TS_TYPES: typescript(),
+        TS_CLOSE_CODES: typescript_close_codes(),
     }
 
 

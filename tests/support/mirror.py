@@ -6,8 +6,10 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-# Frames that answer one client and change nothing.
-REPLIES = frozenset({"pong", "error", "state.saved"})
+from app.protocol import MESSAGES
+
+# Frames that carry no seq change nothing a client mirrors (replies, state.saved).
+REPLIES = frozenset(tag for tag, row in MESSAGES.server.items() if not row.numbered)
 
 
 class MirrorError(AssertionError):

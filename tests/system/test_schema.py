@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.protocol import CLIENT_TYPES, SERVER_TYPES, decode_client_message
+from app.protocol import MESSAGES, decode_client_message
 from tests.support.harness import (
     Peer,
     RunningServer,
@@ -100,8 +100,8 @@ def test_the_asyncapi_document_has_an_operation_for_every_message_both_ways() ->
         for op in document["operations"].values()
         if op["action"] == "receive"
     }
-    assert sent == set(SERVER_TYPES)
-    assert received == set(CLIENT_TYPES)
+    assert sent == set(MESSAGES.server)
+    assert received == set(MESSAGES.client)
 
 
 # --- frames against the committed JSON Schema ------------------------------------------------
@@ -195,7 +195,7 @@ async def test_every_frame_the_server_sends_matches_the_committed_schema(tmp_pat
         seen.add(frame["type"])
         assert _errors(frame, document, document, "$") == [], raw
         strict.decode(raw)
-    assert seen == set(SERVER_TYPES)
+    assert seen == set(MESSAGES.server)
 
 
 def test_client_examples_valid_by_the_schema_are_accepted_by_the_server_decoder() -> None:
@@ -214,7 +214,7 @@ def test_client_examples_valid_by_the_schema_are_accepted_by_the_server_decoder(
         {"type": "ping"},
         {"type": "auth.refresh", "payload": {"token": "a.b.c"}, "campaign_id": "ignored"},
     ]
-    assert {example["type"] for example in examples} == set(CLIENT_TYPES)
+    assert {example["type"] for example in examples} == set(MESSAGES.client)
     strict = msgspec.json.Decoder(union_of(client_envelopes().values()))
     for example in examples:
         assert _errors(example, document, document, "$") == [], example

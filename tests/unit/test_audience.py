@@ -98,7 +98,7 @@ def test_a_players_state_view_leaves_the_gms_state_untouched() -> None:
 
 def test_a_state_sync_event_is_the_state_view_of_each_role() -> None:
     state = state_with(token("shown"), token("ambush", visible=False))
-    event = Event("state.sync", None, "gm-user")
+    event = Event("state.sync", state, "gm-user")
     for role in ("gm", "player"):
         seen = view(event, state, role, "anyone")
         assert seen is not None
@@ -213,7 +213,7 @@ def test_the_recipients_user_id_does_not_change_what_a_role_sees() -> None:
     events = [
         apply_one(state, TokenMoveMsg(payload=TokenMove("shown", 1, 1))),
         apply_one(state, TokenMoveMsg(payload=TokenMove("ambush", 1, 1))),
-        Event("state.sync", None, GM.user_id),
+        Event("state.sync", state, GM.user_id),
     ]
     for event in events:
         for role in ("gm", "player"):

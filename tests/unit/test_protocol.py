@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -10,24 +11,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.errors import CloseCode
 from app.protocol import (
-    AuthRefreshMsg,
+    MESSAGES,
     DecodeFailure,
-    FogUpdateMsg,
+    Empty,
     Frame,
-    MapDeleteMsg,
-    MapRenameMsg,
-    MapSetMsg,
     MapSwitchMsg,
+    MessageTable,
     PingMsg,
-    SceneDarknessMsg,
-    TokenAddMsg,
     TokenMoveMsg,
-    TokenRemoveMsg,
-    TokenUpdateMsg,
+    TokenRef,
+    both,
     decode_client_message,
     encode,
     encode_frame,
+    from_client,
 )
 from app.rules import new_state
 
@@ -82,20 +81,7 @@ SCHEMA: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "auth.refresh": ({"token": JWT}, {}),
 }
 
-MESSAGE_CLASS: dict[str, type[Any]] = {
-    "token.add": TokenAddMsg,
-    "token.move": TokenMoveMsg,
-    "token.remove": TokenRemoveMsg,
-    "token.update": TokenUpdateMsg,
-    "fog.update": FogUpdateMsg,
-    "map.set": MapSetMsg,
-    "map.switch": MapSwitchMsg,
-    "map.rename": MapRenameMsg,
-    "map.delete": MapDeleteMsg,
-    "scene.darkness": SceneDarknessMsg,
-    "auth.refresh": AuthRefreshMsg,
-    "ping": PingMsg,
-}
+MESSAGE_CLASS: dict[str, Any] = {tag: row.envelope for tag, row in MESSAGES.client.items()}
 
 ALL_FIELDS = [
     (kind, field, field_kind)
@@ -549,7 +535,7 @@ def test_a_type_that_is_not_a_string_is_invalid_message(kind: Any, payload: Any)
     assert failure(frame(kind, payload)) == "invalid_message"
 
 
-SERVER_ONLY_TYPES = ["state.sync", "state.resume", "state.saved", "map.list", "pong", "error"]
+SERVER_ONLY_TYPES = sorted(set(MESSAGES.server) - set(MESSAGES.client))
 
 
 @SETTINGS
@@ -736,9 +722,10 @@ def test_a_map_rename_new_name_of_201_characters_is_invalid_payload() -> None:
 
 
 def test_a_reply_frame_carries_no_seq_and_a_broadcast_frame_does() -> None:
-    reply = json.loads(encode_frame(Frame(type="pong", campaign_id="c", user_id="u", payload={})))
+    pong = Frame(type="pong", campaign_id="c", user_id="u", payload=Empty())
+    reply = json.loads(encode_frame(pong))
     assert reply == {"type": "pong", "campaign_id": "c", "user_id": "u", "payload": {}}
-    event = Frame(type="token.remove", campaign_id="c", user_id="u", seq=3, payload={})
+    event = Frame(type="token.remove", campaign_id="c", user_id="u", seq=3, payload=TokenRef("t"))
     assert json.loads(encode_frame(event))["seq"] == 3
 
 
@@ -762,3 +749,42 @@ def test_a_fresh_campaign_encodes_empty_collections_and_leaves_absent_optionals_
 def test_a_decoded_token_reencodes_without_nulls(payload: dict[str, Any]) -> None:
     message = decode_client_message(frame("token.add", payload))
     assert None not in json.loads(encode(message.payload)).values()
+
+
+# --- the message table and the close codes -------------------------------------------------------
+
+
+def test_the_contract_above_covers_every_client_message_type_of_the_message_table() -> None:
+    assert set(SCHEMA) | {"ping"} == set(MESSAGES.client)
+
+
+def test_a_message_type_declared_twice_for_one_direction_is_refused() -> None:
+    with pytest.raises(ValueError, match="declared twice"):
+        MessageTable(both(TokenMoveMsg, numbered=True), from_client(TokenMoveMsg, numbered=True))
+
+
+def test_a_type_sent_both_ways_needs_a_payload_the_server_may_send() -> None:
+    with pytest.raises(TypeError, match="ServerPayload"):
+        both(MapSwitchMsg, numbered=True)
+
+
+def test_an_envelope_whose_payload_is_any_json_needs_its_schema_payload_named() -> None:
+    with pytest.raises(TypeError, match="payload="):
+        from_client(PingMsg, numbered=False)
+
+
+def test_every_close_code_is_sent_somewhere_in_the_server() -> None:
+    app_dir = Path(__file__).resolve().parents[2] / "app"
+    sources = "".join(
+        path.read_text(encoding="utf-8")
+        for path in app_dir.rglob("*.py")
+        if path.name != "errors.py"
+    )
+    unused = [code.name for code in CloseCode if f"CloseCode.{code.name}" not in sources]
+    assert unused == []
+
+
+def test_a_close_code_the_server_never_sends_has_no_member() -> None:
+    assert CloseCode.of(4401) is CloseCode.UNAUTHORIZED
+    assert CloseCode.of(1000) is None
+    assert CloseCode.of(1006) is None

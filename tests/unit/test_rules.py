@@ -11,7 +11,7 @@ import pytest
 from app.config import Limits
 from app.errors import Refusal
 from app.model import Actor, Event, Rules
-from app.protocol import CampaignState, decode_client_message
+from app.protocol import MESSAGES, CampaignState, decode_client_message
 from app.rules import apply, map_list, new_state
 from tests.support.harness import map_payload, token_payload
 
@@ -288,6 +288,11 @@ GM_ONLY = [
     ("map.delete", {"map_id": "m1"}),
     ("scene.darkness", {"darkness_level": 0.5}),
 ]
+
+
+def test_the_gm_only_messages_are_exactly_those_the_message_table_marks() -> None:
+    marked = {tag for tag, row in MESSAGES.client.items() if row.gm_only}
+    assert {kind for kind, _ in GM_ONLY} == marked
 
 
 @pytest.mark.parametrize(("kind", "payload"), GM_ONLY, ids=[k for k, _ in GM_ONLY])
@@ -621,3 +626,48 @@ def test_under_the_owner_policy_a_player_may_not_touch_another_users_token() -> 
     run(state, "token.move", {"token_id": "t1", "x": 1, "y": 1}, PLAYER, OWNER)
     run(state, "token.move", {"token_id": "t1", "x": 2, "y": 2}, GM, OWNER)
     assert state.tokens["t1"].x == 2
+
+
+# --- the message table's changes and the rules --------------------------------------------------
+
+# One applicable example of every client message PROTOCOL.md lists as a change to the table.
+CHANGES: dict[str, dict[str, Any]] = {
+    "token.add": token_payload("t2"),
+    "token.move": {"token_id": "t1", "x": 1, "y": 2},
+    "token.remove": {"token_id": "t1"},
+    "token.update": {"token_id": "t1", "name": "Renamed"},
+    "fog.update": {"zones": [ZONE]},
+    "map.set": map_payload("m3"),
+    "map.switch": {"map_id": "m1"},
+    "map.rename": {"map_id": "m1", "new_name": "Renamed"},
+    "map.delete": {"map_id": "m1"},
+    "scene.darkness": {"darkness_level": 0.5},
+}
+
+
+def test_the_changes_are_exactly_the_numbered_client_messages_of_the_message_table() -> None:
+    assert set(CHANGES) == {tag for tag, row in MESSAGES.client.items() if row.numbered}
+
+
+@pytest.mark.parametrize(("kind", "payload"), CHANGES.items(), ids=list(CHANGES))
+def test_the_rules_apply_every_change_and_number_each_event_they_return(
+    kind: str, payload: dict[str, Any]
+) -> None:
+    state = with_maps("m1", "m2")
+    run(state, "token.add", token_payload("t1"))
+    events = run(state, kind, payload)
+    assert events
+    assert all(MESSAGES.server[event.type].numbered for event in events)
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"), [("ping", None), ("auth.refresh", {"token": "a.b.c"})]
+)
+def test_the_rules_refuse_a_client_message_that_is_no_change(kind: str, payload: Any) -> None:
+    state = with_maps("m1")
+    data = json.dumps({"type": kind} if payload is None else {"type": kind, "payload": payload})
+    before = builtins(state)
+    with pytest.raises(Refusal) as caught:
+        apply(state, decode_client_message(data), GM, RULES)
+    assert caught.value.code == "invalid_request"
+    assert builtins(state) == before

@@ -1,4 +1,5 @@
 // One reconnecting connection to a campaign's table: tokens, backoff, resume, queue and mirror.
+import { reconnectAfter } from "./closecodes.generated.ts";
 import { TableMirror, type TableView } from "./mirror.ts";
 import type { ClientMessageType, ClientPayload, ErrorPayload, ServerMessage } from "./protocol.ts";
 
@@ -78,11 +79,7 @@ export interface VTTClient {
   close(): void;
 }
 
-/** Close codes after which retrying cannot help (PROTOCOL.md, "Handshake outcomes"). */
-export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([4400, 4403, 1009]);
-const UNAUTHORIZED = 4401;
-const TOO_MANY = 4429;
-const RESTARTING = 1012;
+export { FINAL_CLOSE_CODES } from "./closecodes.generated.ts";
 const OPEN = 1;
 // A close code of ours, for the socket we drop on reconnect() and close().
 const CLIENT_GOING_AWAY = 1000;
@@ -310,22 +307,23 @@ class Connection implements VTTClient {
   private closed(failure: Failure): void {
     this.socket = null;
     this.stopRefreshing();
-    if (FINAL_CLOSE_CODES.has(failure.code)) {
+    const reconnect = reconnectAfter(failure.code);
+    if (reconnect === "never") {
       this.attemptId += 1;
       this.queue = [];
       this.update({ status: "stopped", failure });
       return;
     }
     let delay: number;
-    if (failure.code === UNAUTHORIZED) {
+    if (reconnect === "fresh-token") {
       // The token was refused: the next attempt gets a fresh one, and a full state.sync, since a
       // changed role changes what this client may see. Retry at once unless it keeps failing.
       this.mirror.reset();
       this.unauthorizedInARow += 1;
       delay = this.unauthorizedInARow === 1 ? 0 : this.nextBackoff();
-    } else if (failure.code === TOO_MANY) {
+    } else if (reconnect === "later") {
       delay = Math.max(this.options.busyDelayMs, this.nextBackoff());
-    } else if (failure.code === RESTARTING) {
+    } else if (reconnect === "soon") {
       // A deploy: another machine may already answer; jitter spreads the reconnecting crowd.
       this.failures += 1;
       delay = this.options.random() * this.options.initialDelayMs;

@@ -518,10 +518,6 @@ export type ClientMessage =
 
 /** Every frame the server sends. */
 export type ServerMessage =
-  | ServerStateSync
-  | ServerStateResume
-  | ServerStateSaved
-  | ServerMapList
   | ServerTokenAdd
   | ServerTokenMove
   | ServerTokenRemove
@@ -529,6 +525,10 @@ export type ServerMessage =
   | ServerFogUpdate
   | ServerMapSet
   | ServerSceneDarkness
+  | ServerStateSync
+  | ServerStateResume
+  | ServerStateSaved
+  | ServerMapList
   | ServerPong
   | ServerError;
 
@@ -558,10 +558,6 @@ export const CLIENT_MESSAGE_TYPES = [
 ] as const satisfies readonly ClientMessageType[];
 
 export const SERVER_MESSAGE_TYPES = [
-  "state.sync",
-  "state.resume",
-  "state.saved",
-  "map.list",
   "token.add",
   "token.move",
   "token.remove",
@@ -569,6 +565,27 @@ export const SERVER_MESSAGE_TYPES = [
   "fog.update",
   "map.set",
   "scene.darkness",
+  "state.sync",
+  "state.resume",
+  "state.saved",
+  "map.list",
+  "pong",
+  "error",
+] as const satisfies readonly ServerMessageType[];
+
+/** What only a GM may send; a player's gets `error` `forbidden`. */
+export const GM_ONLY_MESSAGE_TYPES = [
+  "fog.update",
+  "map.set",
+  "map.switch",
+  "map.rename",
+  "map.delete",
+  "scene.darkness",
+] as const satisfies readonly ClientMessageType[];
+
+/** Server frames that never carry a `seq`. */
+export const UNNUMBERED_SERVER_TYPES = [
+  "state.saved",
   "pong",
   "error",
 ] as const satisfies readonly ServerMessageType[];

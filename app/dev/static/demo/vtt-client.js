@@ -1,5 +1,23 @@
 // Generated from clients/ts/src by `npm run build:demo` (esbuild); do not edit.
 
+// src/closecodes.generated.ts
+var RECONNECT = {
+  4400: "never",
+  4401: "fresh-token",
+  4403: "never",
+  4429: "later",
+  1008: "backoff",
+  1009: "never",
+  1011: "backoff",
+  1012: "soon",
+  1013: "backoff"
+};
+var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([4400, 4403, 1009]);
+function reconnectAfter(code) {
+  const known = RECONNECT;
+  return known[code] ?? "backoff";
+}
+
 // src/mirror.ts
 var EMPTY = Object.freeze({
   state: null,
@@ -160,10 +178,6 @@ function setMap(state, map) {
 }
 
 // src/client.ts
-var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([4400, 4403, 1009]);
-var UNAUTHORIZED = 4401;
-var TOO_MANY = 4429;
-var RESTARTING = 1012;
 var OPEN = 1;
 var CLIENT_GOING_AWAY = 1e3;
 function ignore() {
@@ -370,20 +384,21 @@ var Connection = class {
   closed(failure) {
     this.socket = null;
     this.stopRefreshing();
-    if (FINAL_CLOSE_CODES.has(failure.code)) {
+    const reconnect = reconnectAfter(failure.code);
+    if (reconnect === "never") {
       this.attemptId += 1;
       this.queue = [];
       this.update({ status: "stopped", failure });
       return;
     }
     let delay;
-    if (failure.code === UNAUTHORIZED) {
+    if (reconnect === "fresh-token") {
       this.mirror.reset();
       this.unauthorizedInARow += 1;
       delay = this.unauthorizedInARow === 1 ? 0 : this.nextBackoff();
-    } else if (failure.code === TOO_MANY) {
+    } else if (reconnect === "later") {
       delay = Math.max(this.options.busyDelayMs, this.nextBackoff());
-    } else if (failure.code === RESTARTING) {
+    } else if (reconnect === "soon") {
       this.failures += 1;
       delay = this.options.random() * this.options.initialDelayMs;
     } else {
@@ -458,10 +473,6 @@ var CLIENT_MESSAGE_TYPES = [
   "auth.refresh"
 ];
 var SERVER_MESSAGE_TYPES = [
-  "state.sync",
-  "state.resume",
-  "state.saved",
-  "map.list",
   "token.add",
   "token.move",
   "token.remove",
@@ -469,14 +480,33 @@ var SERVER_MESSAGE_TYPES = [
   "fog.update",
   "map.set",
   "scene.darkness",
+  "state.sync",
+  "state.resume",
+  "state.saved",
+  "map.list",
+  "pong",
+  "error"
+];
+var GM_ONLY_MESSAGE_TYPES = [
+  "fog.update",
+  "map.set",
+  "map.switch",
+  "map.rename",
+  "map.delete",
+  "scene.darkness"
+];
+var UNNUMBERED_SERVER_TYPES = [
+  "state.saved",
   "pong",
   "error"
 ];
 export {
   CLIENT_MESSAGE_TYPES,
   FINAL_CLOSE_CODES,
+  GM_ONLY_MESSAGE_TYPES,
   SERVER_MESSAGE_TYPES,
   TableMirror,
+  UNNUMBERED_SERVER_TYPES,
   backoffDelay,
   connect,
   socketUrl
