@@ -19,6 +19,8 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 NO_NUL = r"^[^\x00]*(?![\s\S])"
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
 Name = Annotated[str, Meta(max_length=200, pattern=NO_NUL)]
+# An optional name is never empty: a client's "" means it gave none.
+GivenName = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 # http(s) URLs or relative paths; never another scheme, a protocol-relative `//host`, a
 # backslash (browsers read `/\host` as `//host`), whitespace or control characters.
 ImageUrl = Annotated[
@@ -34,6 +36,8 @@ ImageUrl = Annotated[
 ]
 Coord = Annotated[float, Meta(ge=-10_000_000, le=10_000_000)]
 Size = Annotated[float, Meta(gt=0, le=10_000_000)]
+# A token's size may be 0: the Go service took such tokens, and its frontend sends them.
+Extent = Annotated[float, Meta(ge=0, le=10_000_000)]
 Short = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
 JwtText = Annotated[str, Meta(min_length=1, max_length=16_384)]
 
@@ -52,8 +56,8 @@ class Token(ServerPayload, omit_defaults=True):
     name: Name
     x: Coord
     y: Coord
-    width: Size
-    height: Size
+    width: Extent
+    height: Extent
     visible: bool
     character_id: Id | UnsetType = UNSET
     image_url: ImageUrl | UnsetType = UNSET
@@ -181,7 +185,7 @@ class TokenUpdate(ServerPayload, omit_defaults=True):
     """token.update payload: only the fields given change; `visible`, `owner_id` are GM-only."""
 
     token_id: Id
-    name: Name | UnsetType = UNSET
+    name: GivenName | UnsetType = UNSET
     image_url: ImageUrl | UnsetType = UNSET
     width: Size | UnsetType = UNSET
     height: Size | UnsetType = UNSET
@@ -203,7 +207,7 @@ class MapSet(ServerPayload, omit_defaults=True):
     grid_size: Size
     width: Size
     height: Size
-    name: Name | UnsetType = UNSET
+    name: GivenName | UnsetType = UNSET
     map_metadata: MapMetadata | UnsetType = UNSET
 
 
@@ -247,11 +251,11 @@ class MapEntry(Struct):
     image_url: str
 
 
-class MapList(ServerPayload, omit_defaults=True):
-    """map.list payload."""
+class MapList(ServerPayload):
+    """map.list payload; `active_map_id` is "" when no map is active, as the Go service sent it."""
 
     maps: list[MapEntry]
-    active_map_id: str | UnsetType = UNSET
+    active_map_id: str
 
 
 class StateSaved(ServerPayload):
@@ -450,7 +454,10 @@ class MessageTable:
             row.from_client + row.from_server for row in rows
         ):
             raise ValueError("a message type is declared twice for one direction")
-        self._by_envelope = {row.envelope: row for row in rows if row.envelope is not None}
+        self._envelopes = {row.tag: row.envelope for row in rows if row.envelope is not None}
+        self._by_envelope = {
+            envelope: self.client[tag] for tag, envelope in self._envelopes.items()
+        }
 
     @property
     def tags(self) -> frozenset[str]:
@@ -460,6 +467,10 @@ class MessageTable:
     def of(self, message: ClientMessage) -> MessageType:
         """The row of a decoded client message."""
         return self._by_envelope[type(message)]
+
+    def envelope(self, tag: str) -> type[ClientMessage]:
+        """The envelope struct of a type clients send."""
+        return self._envelopes[tag]
 
     def client_union(self) -> Any:
         """The union of every client envelope, for a decoder."""
@@ -523,6 +534,8 @@ _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 _payload_decoders: Final = {
     tag: msgspec.json.Decoder(row.payload) for tag, row in MESSAGES.client.items()
 }
+_fields_decoder: Final = msgspec.json.Decoder(dict[str, Raw])
+_BLANKS: Final = (Raw(b'""'), Raw(b"null"))
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -546,19 +559,36 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         ) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _not_json(exc) from None
-    decoder = _payload_decoders.get(envelope.type)
-    if decoder is None:
+    row = MESSAGES.client.get(envelope.type)
+    if row is None:
         raise DecodeFailure("unknown_type", f"unknown message type {envelope.type[:64]!r}")
+    payload = _blanks_dropped(envelope.payload, row.optional) if row.optional else envelope.payload
     try:
-        decoder.decode(envelope.payload)
+        value = _payload_decoders[row.tag].decode(payload)
     except msgspec.ValidationError as exc:
         detail = str(exc).replace("`$", "`$.payload")
-        raise DecodeFailure(
-            "invalid_payload", f"invalid {envelope.type} payload: {detail}"
-        ) from None
+        raise DecodeFailure("invalid_payload", f"invalid {row.tag} payload: {detail}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _not_json(exc) from None
-    raise DecodeFailure("invalid_payload", f"invalid {envelope.type} message")
+    if payload is not envelope.payload:
+        return MESSAGES.envelope(row.tag)(payload=value)
+    raise DecodeFailure("invalid_payload", f"invalid {row.tag} message")
+
+
+def _blanks_dropped(payload: Raw, optional: frozenset[str]) -> Raw | bytes:
+    """`payload` without the optional fields it sends as "" or null, which mean absent.
+
+    The Go service read them so and its frontend sends them; every optional field's type
+    refuses both, so a payload that has any never got past the typed decoder.
+    """
+    try:
+        fields = _fields_decoder.decode(payload)
+    except msgspec.ValidationError:
+        return payload
+    kept = {
+        key: value for key, value in fields.items() if key not in optional or value not in _BLANKS
+    }
+    return payload if len(kept) == len(fields) else _encoder.encode(kept)
 
 
 def _not_json(exc: Exception) -> DecodeFailure:

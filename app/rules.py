@@ -106,7 +106,8 @@ def map_list(state: CampaignState) -> MapList:
     """The map library as map.list shows it."""
     library = state.saved_maps if state.saved_maps is not UNSET else {}
     maps = [MapEntry(map_id, m.name, m.image_url) for map_id, m in library.items()]
-    return MapList(maps=maps, active_map_id=state.map_id)
+    active = state.map_id if state.map_id is not UNSET else ""
+    return MapList(maps=maps, active_map_id=active)
 
 
 def _may_touch(token: Token, actor: Actor, rules: Rules) -> bool:

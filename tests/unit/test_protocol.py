@@ -36,12 +36,14 @@ PER_FIELD = settings(max_examples=25, deadline=None, suppress_health_check=[Heal
 
 # --- the schema of every client payload, as PROTOCOL.md "Messages" states it --------------------
 
-ID, NAME, URL, COORD, SIZE, BOOL, REAL, ZONES, METADATA, JWT = (
+ID, NAME, GIVEN_NAME, URL, COORD, SIZE, EXTENT, BOOL, REAL, ZONES, METADATA, JWT = (
     "id",
     "name",
+    "given name",
     "url",
     "coord",
     "size",
+    "extent",
     "bool",
     "real",
     "zones",
@@ -57,8 +59,8 @@ SCHEMA: dict[str, tuple[dict[str, str], dict[str, str]]] = {
             "name": NAME,
             "x": COORD,
             "y": COORD,
-            "width": SIZE,
-            "height": SIZE,
+            "width": EXTENT,
+            "height": EXTENT,
             "visible": BOOL,
         },
         {"character_id": ID, "image_url": URL},
@@ -67,12 +69,12 @@ SCHEMA: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "token.remove": ({"token_id": ID}, {}),
     "token.update": (
         {"token_id": ID},
-        {"name": NAME, "image_url": URL, "width": SIZE, "height": SIZE, "visible": BOOL},
+        {"name": GIVEN_NAME, "image_url": URL, "width": SIZE, "height": SIZE, "visible": BOOL},
     ),
     "fog.update": ({"zones": ZONES}, {}),
     "map.set": (
         {"map_id": ID, "image_url": URL, "grid_size": SIZE, "width": SIZE, "height": SIZE},
-        {"name": NAME, "map_metadata": METADATA},
+        {"name": GIVEN_NAME, "map_metadata": METADATA},
     ),
     "map.switch": ({"map_id": ID}, {}),
     "map.rename": ({"map_id": ID, "new_name": NAME}, {}),
@@ -89,8 +91,19 @@ ALL_FIELDS = [
     for field, field_kind in {**required, **optional}.items()
 ]
 REQUIRED_FIELDS = [(kind, field) for kind, (required, _) in SCHEMA.items() for field in required]
-NUMERIC_FIELDS = [(k, f, fk) for k, f, fk in ALL_FIELDS if fk in {COORD, SIZE, REAL}]
+NUMERIC_FIELDS = [(k, f, fk) for k, f, fk in ALL_FIELDS if fk in {COORD, SIZE, EXTENT, REAL}]
 URL_FIELDS = [(k, f) for k, f, fk in ALL_FIELDS if fk == URL]
+
+
+def is_optional(kind: str, field: str) -> bool:
+    """Whether PROTOCOL.md lets a client leave `field` of `kind` out (then "" and null mean so)."""
+    return field in SCHEMA[kind][1]
+
+
+def not_blank(value: Any) -> bool:
+    """Whether `value` is neither "" nor null, which in an optional field mean absent."""
+    return value is not None and not (isinstance(value, str) and value == "")
+
 
 # --- strategies of valid values -----------------------------------------------------------------
 
@@ -184,9 +197,11 @@ zones = st.lists(
 VALID: dict[str, st.SearchStrategy[Any]] = {
     ID: ids,
     NAME: names,
+    GIVEN_NAME: st.text(texts, min_size=1, max_size=200),
     URL: urls,
     COORD: coords,
     SIZE: sizes,
+    EXTENT: st.one_of(st.just(0), sizes),
     BOOL: st.booleans(),
     REAL: reals,
     ZONES: zones,
@@ -235,10 +250,12 @@ not_bools = st.one_of(
 WRONG_TYPE: dict[str, st.SearchStrategy[Any]] = {
     ID: not_strings,
     NAME: not_strings,
+    GIVEN_NAME: not_strings,
     URL: not_strings,
     JWT: not_strings,
     COORD: not_numbers,
     SIZE: not_numbers,
+    EXTENT: not_numbers,
     REAL: not_numbers,
     BOOL: not_bools,
     ZONES: st.one_of(
@@ -306,6 +323,7 @@ BEYOND = 10_000_000
 OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
     ID: st.one_of(st.just(""), st.text(min_size=129, max_size=300)),
     NAME: st.text(min_size=201, max_size=400),
+    GIVEN_NAME: st.text(min_size=201, max_size=400),
     # BAD_URLS are each tested in every place by a parametrized test below.
     URL: urls.map(lambda u: u + "/" + "a" * 2048),
     COORD: st.one_of(
@@ -313,6 +331,11 @@ OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
         st.floats(max_value=-BEYOND, exclude_max=True, allow_infinity=False),
         st.integers(min_value=BEYOND + 1, max_value=10**30),
         st.integers(min_value=-(10**30), max_value=-BEYOND - 1),
+    ),
+    EXTENT: st.one_of(
+        st.floats(max_value=0, exclude_max=True, allow_nan=False, allow_infinity=False),
+        st.integers(max_value=-1, min_value=-(10**9)),
+        st.floats(min_value=10_000_000, exclude_min=True, allow_infinity=False),
     ),
     SIZE: st.one_of(
         st.just(0),
@@ -440,8 +463,15 @@ def test_http_https_and_relative_image_urls_are_accepted_everywhere_an_image_url
     assert getattr(message.payload, field) == url
 
 
-@pytest.mark.parametrize("where", URL_FIELDS, ids=[f"{k}.{f}" for k, f in URL_FIELDS])
-@pytest.mark.parametrize("url", BAD_URLS, ids=ascii)
+# An optional image_url of "" means absent (tests/unit/test_lenient_input.py).
+BAD_URL_CASES = [
+    (url, where) for where in URL_FIELDS for url in BAD_URLS if url or not is_optional(*where)
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "where"), BAD_URL_CASES, ids=[f"{u!a}-{k}.{f}" for u, (k, f) in BAD_URL_CASES]
+)
 def test_a_dangerous_or_malformed_image_url_is_invalid_payload_wherever_it_goes(
     url: str, where: tuple[str, str]
 ) -> None:
@@ -592,7 +622,7 @@ def test_a_field_of_the_wrong_json_type_is_invalid_payload(
     kind: str, field: str, field_kind: str, data: st.DataObject
 ) -> None:
     required = field in SCHEMA[kind][0]
-    wrong = data.draw(WRONG_TYPE[field_kind].filter(lambda v: required or v is not None))
+    wrong = data.draw(WRONG_TYPE[field_kind].filter(lambda v: required or not_blank(v)))
     payload = {**data.draw(payloads(kind)), field: wrong}
     assert failure(frame(kind, payload)) == "invalid_payload"
 
@@ -606,7 +636,10 @@ OUT_OF_RANGE_FIELDS = [(k, f, fk) for k, f, fk in ALL_FIELDS if fk in OUT_OF_RAN
 def test_a_value_outside_its_limit_is_invalid_payload(
     kind: str, field: str, field_kind: str, data: st.DataObject
 ) -> None:
-    payload = {**data.draw(payloads(kind)), field: data.draw(OUT_OF_RANGE[field_kind])}
+    value = data.draw(
+        OUT_OF_RANGE[field_kind].filter(lambda v: not_blank(v) or not is_optional(kind, field))
+    )
+    payload = {**data.draw(payloads(kind)), field: value}
     assert failure(frame(kind, payload)) == "invalid_payload"
 
 

@@ -198,10 +198,10 @@ export interface MapEntry {
   image_url: string;
 }
 
-/** map.list payload. */
+/** map.list payload; `active_map_id` is "" when no map is active, as the Go service sent it. */
 export interface MapList {
   maps: MapEntry[];
-  active_map_id?: string;
+  active_map_id: string;
 }
 
 /** The dd2vtt (Universal VTT) data of an imported map. */
@@ -239,7 +239,7 @@ export interface MapSet {
   width: number;
   /** > 0, <= 10000000. */
   height: number;
-  /** At most 200 chars. */
+  /** 1-200 chars. */
   name?: string;
   map_metadata?: MapMetadata;
 }
@@ -455,9 +455,9 @@ export interface Token {
   x: number;
   /** >= -10000000, <= 10000000. */
   y: number;
-  /** > 0, <= 10000000. */
+  /** >= 0, <= 10000000. */
   width: number;
-  /** > 0, <= 10000000. */
+  /** >= 0, <= 10000000. */
   height: number;
   visible: boolean;
   /** 1-128 chars. */
@@ -488,7 +488,7 @@ export interface TokenRef {
 export interface TokenUpdate {
   /** 1-128 chars. */
   token_id: string;
-  /** At most 200 chars. */
+  /** 1-200 chars. */
   name?: string;
   /** 1-2048 chars. */
   image_url?: string;

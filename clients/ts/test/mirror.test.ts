@@ -58,7 +58,7 @@ describe("the table mirror", () => {
     const mirror = synced(3);
     expect(mirror.apply({ ...envelope, type: "pong", payload: {} })).toBe("ignored");
     expect(mirror.apply({ ...envelope, type: "error", payload: { code: "forbidden", message: "no" } })).toBe("ignored");
-    mirror.apply({ ...envelope, type: "map.list", payload: { maps: [] } });
+    mirror.apply({ ...envelope, type: "map.list", payload: { maps: [], active_map_id: "" } });
     mirror.apply({ ...envelope, type: "state.saved", payload: { seq: 3 } });
     expect(mirror.view).toMatchObject({ seq: 3, savedSeq: 3, maps: { maps: [] } });
   });
