@@ -81,41 +81,53 @@ class Point(Struct):
     y: Coord
 
 
-class Portal(Struct, omit_defaults=True):
+def _origin() -> Point:
+    return Point(0.0, 0.0)
+
+
+def _two_origins() -> list[Point]:
+    return [Point(0.0, 0.0), Point(0.0, 0.0)]
+
+
+# The dd2vtt parts below always carry every field, as the Go service's structs did: a field a
+# client leaves out is stored and sent as Go's zero value.
+
+
+class Portal(Struct):
     """A dd2vtt door or window."""
 
-    position: Point | UnsetType = UNSET
-    bounds: list[Point] | UnsetType = UNSET
-    rotation: float | UnsetType = UNSET
-    closed: bool | UnsetType = UNSET
-    freestanding: bool | UnsetType = UNSET
+    position: Point = msgspec.field(default_factory=_origin)
+    bounds: list[Point] = msgspec.field(default_factory=_two_origins)
+    rotation: float = 0.0
+    closed: bool = False
+    freestanding: bool = False
 
 
-class Light(Struct, omit_defaults=True):
+class Light(Struct):
     """A dd2vtt light source."""
 
-    position: Point | UnsetType = UNSET
-    range: float | UnsetType = UNSET
-    intensity: float | UnsetType = UNSET
-    color: Short | UnsetType = UNSET
-    shadows: bool | UnsetType = UNSET
+    position: Point = msgspec.field(default_factory=_origin)
+    range: float = 0.0
+    intensity: float = 0.0
+    color: Short = ""
+    shadows: bool = False
 
 
-class Environment(Struct, omit_defaults=True):
+class Environment(Struct):
     """dd2vtt scene lighting."""
 
-    baked_lighting: bool | UnsetType = UNSET
-    ambient_light: Short | UnsetType = UNSET
+    baked_lighting: bool = False
+    ambient_light: Short = ""
 
 
-class MapMetadata(Struct, omit_defaults=True):
-    """The dd2vtt (Universal VTT) data of an imported map."""
+class MapMetadata(Struct):
+    """The dd2vtt (Universal VTT) data of an imported map; `environment` is always sent."""
 
     walls: list[list[Point]] | UnsetType = UNSET
     object_walls: list[list[Point]] | UnsetType = UNSET
     portals: list[Portal] | UnsetType = UNSET
     lights: list[Light] | UnsetType = UNSET
-    environment: Environment | UnsetType = UNSET
+    environment: Environment = msgspec.field(default_factory=Environment)
 
     def point_count(self) -> int:
         """How many points the metadata holds, for the per-map limit."""
@@ -124,12 +136,9 @@ class MapMetadata(Struct, omit_defaults=True):
             if lines is not UNSET:
                 count += sum(len(line) for line in lines)
         if self.portals is not UNSET:
-            for portal in self.portals:
-                count += (portal.position is not UNSET) + (
-                    len(portal.bounds) if portal.bounds is not UNSET else 0
-                )
+            count += sum(1 + len(portal.bounds) for portal in self.portals)
         if self.lights is not UNSET:
-            count += sum(light.position is not UNSET for light in self.lights)
+            count += len(self.lights)
         return count
 
 

@@ -102,13 +102,19 @@ class Direction:
     components: dict[str, Any]
 
 
-def _direction(envelopes: dict[str, type[Struct]], ref: str, *, sent_by_server: bool) -> Direction:
+def _direction(
+    envelopes: dict[str, type[Struct]], ref: str, *, shared: frozenset[str] | None = None
+) -> Direction:
+    """The schema of one direction; for the server's (`shared` given), the fields it always
+    sends are required, except in the structs clients send too (`shared`), which one schema
+    must describe for both sides: as a client may send them."""
     structs = _struct_classes(envelopes.values())
     union_type: Any = union_of(envelopes.values())
     (union,), components = msgspec.json.schema_components([union_type], ref_template=ref)
-    if sent_by_server:
+    if shared is not None:
         for name, component in components.items():
-            _require_emitted_defaults(component, structs[name])
+            if name not in shared:
+                _require_emitted_defaults(component, structs[name])
     return Direction(envelopes, union, components)
 
 
@@ -142,12 +148,13 @@ def _require_emitted_defaults(component: dict[str, Any], cls: type[Struct]) -> N
 
 def client_direction(ref: str = "#/$defs/{name}") -> Direction:
     """Client-to-server messages."""
-    return _direction(client_envelopes(), ref, sent_by_server=False)
+    return _direction(client_envelopes(), ref)
 
 
 def server_direction(ref: str = "#/$defs/{name}") -> Direction:
     """Server-to-client messages, with the fields the server always sends required."""
-    return _direction(server_envelopes(), ref, sent_by_server=True)
+    shared = frozenset(client_direction(ref).components)
+    return _direction(server_envelopes(), ref, shared=shared)
 
 
 # --- JSON Schema and AsyncAPI -----------------------------------------------------------------
@@ -169,10 +176,7 @@ def merged_components(client: Direction, server: Direction) -> dict[str, Any]:
     merged = dict(client.components)
     for name, component in server.components.items():
         if name in merged and merged[name] != component:
-            raise ValueError(
-                f"{name} is sent by both sides but the server always emits fields a client may "
-                "omit; give the server's form its own struct"
-            )
+            raise ValueError(f"{name} is sent by both sides but reads differently in each")
         merged[name] = component
     return dict(sorted(merged.items()))
 

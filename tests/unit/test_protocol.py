@@ -393,7 +393,35 @@ def invent(value: Any, marker: str) -> Any:
     return value
 
 
+ORIGIN = {"x": 0.0, "y": 0.0}
+# What the server stores and sends for a dd2vtt part's field a client left out: Go's zero value.
+GO_ZEROS: dict[str, dict[str, Any]] = {
+    "portals": {
+        "position": ORIGIN,
+        "bounds": [ORIGIN, ORIGIN],
+        "rotation": 0.0,
+        "closed": False,
+        "freestanding": False,
+    },
+    "lights": {"position": ORIGIN, "range": 0.0, "intensity": 0.0, "color": "", "shadows": False},
+}
+GO_ENVIRONMENT = {"baked_lighting": False, "ambient_light": ""}
+
+
+def as_read(payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` as the server reads it: its dd2vtt parts with every field (PROTOCOL.md)."""
+    metadata = payload.get("map_metadata")
+    if not isinstance(metadata, dict):
+        return payload
+    filled = {**metadata, "environment": {**GO_ENVIRONMENT, **metadata.get("environment", {})}}
+    for part, zeros in GO_ZEROS.items():
+        if part in metadata:
+            filled[part] = [{**zeros, **item} for item in metadata[part]]
+    return {**payload, "map_metadata": filled}
+
+
 client_types = st.sampled_from(sorted(SCHEMA))
+MAP = {"map_id": "m1", "image_url": "maps/m1.webp", "grid_size": 64, "width": 10, "height": 10}
 
 # --- valid messages -----------------------------------------------------------------------------
 
@@ -407,7 +435,7 @@ def test_every_valid_payload_decodes_to_its_struct_with_exactly_the_fields_sent(
     payload = data.draw(payloads(kind))
     message = decode_client_message(frame(kind, payload, ascii_only=ascii_only))
     assert type(message) is MESSAGE_CLASS[kind]
-    assert msgspec.to_builtins(message.payload) == payload
+    assert msgspec.to_builtins(message.payload) == as_read(payload)
 
 
 @SETTINGS
@@ -430,7 +458,7 @@ def test_envelope_fields_a_client_sends_besides_type_and_payload_are_ignored(
     payload = data.draw(payloads(kind))
     message = decode_client_message(frame(kind, payload, **envelope))
     assert type(message) is MESSAGE_CLASS[kind]
-    assert msgspec.to_builtins(message.payload) == payload
+    assert msgspec.to_builtins(message.payload) == as_read(payload)
 
 
 @SETTINGS
@@ -439,7 +467,7 @@ def test_client_invented_payload_fields_are_dropped_at_every_depth(data: st.Data
     kind = data.draw(client_types)
     payload = data.draw(payloads(kind))
     message = decode_client_message(frame(kind, invent(payload, "MARKER-7f3a")))
-    assert msgspec.to_builtins(message.payload) == payload
+    assert msgspec.to_builtins(message.payload) == as_read(payload)
     reencoded = msgspec.json.encode(message.payload)
     assert b"x_invented" not in reencoded
     assert b"MARKER-7f3a" not in reencoded
@@ -498,6 +526,17 @@ def test_a_dangerous_or_malformed_image_url_is_invalid_payload_wherever_it_goes(
 def test_frames_decode_from_bytes_as_from_text(payload: dict[str, Any]) -> None:
     text = frame("token.add", payload, ascii_only=False)
     assert decode_client_message(text.encode()) == decode_client_message(text)
+
+
+def test_a_dd2vtt_field_a_client_leaves_out_is_read_as_the_go_services_zero_value() -> None:
+    metadata = {"portals": [{"closed": True}], "lights": [{"range": 6}], "walls": []}
+    text = frame("map.set", {**MAP, "map_metadata": metadata})
+    assert msgspec.to_builtins(decode_client_message(text).payload.map_metadata) == {
+        "walls": [],
+        "portals": [{**GO_ZEROS["portals"], "closed": True}],
+        "lights": [{**GO_ZEROS["lights"], "range": 6}],
+        "environment": GO_ENVIRONMENT,
+    }
 
 
 # --- invalid envelopes ----------------------------------------------------------------------------

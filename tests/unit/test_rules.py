@@ -480,7 +480,10 @@ def test_map_switch_stores_the_active_map_and_loads_the_chosen_one_with_its_toke
 
 
 def test_map_switch_brings_back_the_maps_image_grid_size_and_metadata() -> None:
-    metadata = {"walls": [[{"x": 1, "y": 1}]]}
+    metadata = {
+        "walls": [[{"x": 1, "y": 1}]],
+        "environment": {"baked_lighting": True, "ambient_light": ""},
+    }
     state = new_state("c1")
     run(state, "map.set", map_payload("m1", grid_size=70, width=700, map_metadata=metadata))
     run(state, "map.set", map_payload("m2"))

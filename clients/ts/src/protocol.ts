@@ -204,7 +204,7 @@ export interface MapList {
   active_map_id: string;
 }
 
-/** The dd2vtt (Universal VTT) data of an imported map. */
+/** The dd2vtt (Universal VTT) data of an imported map; `environment` is always sent. */
 export interface MapMetadata {
   walls?: Point[][];
   object_walls?: Point[][];
