@@ -113,7 +113,7 @@ describe("connect()", () => {
     const gm = await member(id, "alice", "gm");
     const player = await member(id, "bob");
     expect(gm.frames.map((frame) => frame.type).slice(0, 2)).toEqual(["state.sync", "map.list"]);
-    expect(player.client.view().maps).toEqual({ maps: [] });
+    expect(player.client.view().maps).toEqual({ maps: [], active_map_id: "" });
     gm.client.send("token.add", token("t1", { x: 64, y: 128 }));
     await waitFor(() => tokensOf(player).t1?.y === 128, 5_000, "the player to see the token");
     player.client.send("token.move", { token_id: "t1", x: 192, y: 64 });
