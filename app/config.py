@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,14 @@ LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 
 class ConfigError(Exception):
     """The environment describes a configuration the server refuses to run with."""
+
+
+def default_max_handshakes() -> int:
+    """A quarter of this process's descriptor limit: connections still sending headers."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(1, soft // 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,8 @@ class Settings:
     resume_buffer: int = 1000
     ws_impl: str = "websockets-sansio"
     ws_per_message_deflate: bool = False
+    handshake_timeout: float = 10.0
+    max_handshakes: int = field(default_factory=default_max_handshakes)
 
     @property
     def production(self) -> bool:
@@ -236,4 +247,6 @@ def _parse(env: Mapping[str, str]) -> Settings:
         resume_buffer=_int(env, "VTT_RESUME_BUFFER", 1000, minimum=0),
         ws_impl=_str(env, "VTT_WS_IMPL") or "websockets-sansio",
         ws_per_message_deflate=_bool(env, "VTT_WS_PER_MESSAGE_DEFLATE", False),
+        handshake_timeout=_num(env, "VTT_HANDSHAKE_TIMEOUT", 10.0, minimum=0.1),
+        max_handshakes=_int(env, "VTT_MAX_HANDSHAKES", default_max_handshakes(), minimum=1),
     )

@@ -16,6 +16,7 @@ from app.endpoints import WebSocketEndpoint, health, metrics, ready
 from app.logs import install_redaction
 from app.services import Services
 from app.transport.adapter import RawSendMiddleware
+from app.transport.handshake import GATE_KEY
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -26,7 +27,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         install_redaction()
         services = await Services.build(settings or Settings.from_env())
         try:
-            yield {"services": services, "verifier": services.verifier}
+            yield {
+                "services": services,
+                "verifier": services.verifier,
+                GATE_KEY: services.handshakes,
+            }
         finally:
             await services.close()
 

@@ -127,6 +127,16 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.handshake_timeouts = Counter(
+            "vtt_handshake_timeouts",
+            "Connections dropped for not finishing their request headers within the deadline.",
+            registry=registry,
+        )
+        self.handshake_bound_refusals = Counter(
+            "vtt_handshake_bound_refusals",
+            "Connections dropped at once because too many were still sending request headers.",
+            registry=registry,
+        )
         self.slow_client_closes = Counter(
             "vtt_slow_client_closes",
             "Connections closed because their outbound queue overflowed.",

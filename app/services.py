@@ -22,6 +22,7 @@ from app.metrics import Metrics
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, Store
+from app.transport.handshake import HandshakeGate
 
 # The final flush may take this long before shutdown gives up on a failing database.
 SHUTDOWN_FLUSH_SECONDS = 20.0
@@ -37,6 +38,7 @@ class Services:
     auth: Auth
     manager: SessionManager
     metrics: Metrics
+    handshakes: HandshakeGate
 
     @property
     def keys(self) -> KeySource:
@@ -66,7 +68,13 @@ class Services:
         metrics = Metrics()
         manager = SessionManager(settings, store, metrics)
         manager.start()
-        return cls(settings, engine, store, auth, manager, metrics)
+        handshakes = HandshakeGate(
+            settings.handshake_timeout,
+            settings.max_handshakes,
+            on_timeout=metrics.handshake_timeouts.inc,
+            on_refused=metrics.handshake_bound_refusals.inc,
+        )
+        return cls(settings, engine, store, auth, manager, metrics, handshakes)
 
     async def close(self) -> None:
         """Flush everything (new joins are refused from here on), then release the database."""

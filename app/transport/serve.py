@@ -16,6 +16,7 @@ import uvicorn
 from app.config import ConfigError, Settings
 from app.logs import configure_logging, log_config
 from app.transport.adapter import ReadAheadProtocol
+from app.transport.handshake import HeaderDeadlineProtocol
 
 log = logging.getLogger("vtt.serve")
 
@@ -114,7 +115,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn configuration this server runs with (also used by the tests)."""
     return {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HeaderDeadlineProtocol,
         "ws": ReadAheadProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
         "ws_max_size": settings.limits.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval,

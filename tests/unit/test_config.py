@@ -1,9 +1,10 @@
-"""Flow-control settings: the issue's defaults, their environment variables, and bad values."""
+"""Flow-control and handshake settings: defaults, environment variables, bad values."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ FLOW_VARIABLES: dict[str, tuple[str, str, Any]] = {
     "VTT_PING_INTERVAL": ("ping_interval", "15", 15.0),
     "VTT_PING_TIMEOUT": ("ping_timeout", "7.5", 7.5),
     "VTT_RESUME_BUFFER": ("resume_buffer", "50", 50),
+    "VTT_HANDSHAKE_TIMEOUT": ("handshake_timeout", "2.5", 2.5),
 }
 
 INTEGERS = {name for name, (_, _, value) in FLOW_VARIABLES.items() if isinstance(value, int)}
@@ -50,6 +52,16 @@ def test_an_empty_environment_gives_the_issues_flow_control_defaults() -> None:
     assert settings.max_connections_per_campaign == 100
     assert settings.resume_buffer == 1000
     assert settings.ping_interval + settings.ping_timeout <= 60, "a dead peer goes within 60 s"
+    assert settings.handshake_timeout == 10
+
+
+def test_the_handshake_bound_defaults_to_a_quarter_of_the_descriptor_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    assert Settings.from_env({}).max_handshakes == soft // 4
+    assert Settings.from_env({"VTT_MAX_HANDSHAKES": "64"}).max_handshakes == 64
+    with pytest.raises(ConfigError, match="VTT_MAX_HANDSHAKES"):
+        Settings.from_env({"VTT_MAX_HANDSHAKES": "0"})
 
 
 def test_an_empty_environment_gives_the_same_settings_as_the_dataclass_defaults() -> None:

@@ -127,3 +127,14 @@ def test_the_environment_is_production_and_accepted_by_the_servers_config(
 
 def test_no_secret_is_written_in_fly_toml(fly: dict[str, Any]) -> None:
     assert {"DATABASE_URL", "CLERK_JWKS_URL"}.isdisjoint(fly["env"])
+
+
+def test_the_handshake_bound_is_well_under_the_hard_connection_limit(fly: dict[str, Any]) -> None:
+    secrets = {
+        "DATABASE_URL": "postgresql://user:pw@db.example/neondb",
+        "CLERK_JWKS_URL": "https://clerk.example.com/.well-known/jwks.json",
+    }
+    bound = Settings.from_env({**fly["env"], **secrets}).max_handshakes
+    hard_limit = fly["http_service"]["concurrency"]["hard_limit"]
+
+    assert bound <= hard_limit // 2, (bound, hard_limit)
