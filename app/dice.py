@@ -34,8 +34,10 @@ The grammar is PROTOCOL.md "Chat and dice". Where that text is silent, this modu
 - Errors: `DiceError` (a ValueError) whose message says what is wrong; positions are 0-based
   indexes into the text as given, prefix included.
 
-`Roll` encodes as the contract says, but its terms are two untagged Structs, which msgspec
-cannot decode (nor describe in a JSON Schema): `decode_roll` rebuilds a stored `Roll`.
+A rolled term is one Struct for both shapes: a dice term sets `count`, `sides`, `dice` (and
+`keep`, `explode`), a constant term sets `constant`; the rest stay UNSET and are omitted, so the
+wire is exactly the contract's two shapes while msgspec can decode it and describe it in a JSON
+Schema. `Term` refuses any other mix, also when decoding.
 """
 
 from __future__ import annotations
@@ -188,24 +190,31 @@ class Die(Struct, kw_only=True):
     kept: bool
 
 
-class DiceTerm(Struct, kw_only=True, omit_defaults=True):
-    """A dice term rolled: the dice in roll order (explosions after the N), and its value."""
+class Term(Struct, kw_only=True, omit_defaults=True):
+    """A rolled term: dice (`count`, `sides`, `keep?`, `explode?`, `dice`) or a `constant`.
+
+    Dice are in roll order (explosions after the N); `value` is the signed sum of the kept dice,
+    or the signed constant.
+    """
 
     sign: Sign
-    count: int
-    sides: int
+    count: int | UnsetType = UNSET
+    sides: int | UnsetType = UNSET
     keep: str | UnsetType = UNSET
     explode: bool | UnsetType = UNSET
-    dice: list[Die]
+    dice: list[Die] | UnsetType = UNSET
+    constant: int | UnsetType = UNSET
     value: int
 
-
-class ConstantTerm(Struct, kw_only=True):
-    """An integer term, with its signed value."""
-
-    sign: Sign
-    constant: int
-    value: int
+    def __post_init__(self) -> None:
+        dice_fields = (self.count, self.sides, self.dice)
+        if self.constant is UNSET:
+            valid = all(field is not UNSET for field in dice_fields)
+        else:
+            valid = all(field is UNSET for field in (*dice_fields, self.keep, self.explode))
+        if not valid:
+            # msgspec turns a ValueError raised while decoding into a ValidationError.
+            raise ValueError("a roll term has either `constant` or `count`, `sides`, `dice`")
 
 
 class Roll(Struct, kw_only=True, omit_defaults=True):
@@ -215,7 +224,7 @@ class Roll(Struct, kw_only=True, omit_defaults=True):
     label: str | UnsetType = UNSET
     total: int
     capped: bool | UnsetType = UNSET
-    terms: list[DiceTerm | ConstantTerm]
+    terms: list[Term]
 
 
 class RandomSource(Protocol):
@@ -229,7 +238,7 @@ class _Secrets:
         return secrets.randbelow(n)
 
 
-_SECRETS: Final = _Secrets()
+SECRETS: Final[RandomSource] = _Secrets()
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -386,11 +395,11 @@ def roll(expression: Expression, rng: RandomSource) -> Roll:
     """Roll a parsed expression with dice from `rng`."""
     spare = MAX_DICE - expression.dice_count
     capped = False
-    terms: list[DiceTerm | ConstantTerm] = []
+    terms: list[Term] = []
     for spec in expression.terms:
         if isinstance(spec, ConstantSpec):
             value = spec.sign * spec.constant
-            terms.append(ConstantTerm(sign=spec.sign, constant=spec.constant, value=value))
+            terms.append(Term(sign=spec.sign, constant=spec.constant, value=value))
             continue
         values = [rng.randbelow(spec.sides) + 1 for _ in range(spec.count)]
         if spec.explode:
@@ -405,7 +414,7 @@ def roll(expression: Expression, rng: RandomSource) -> Roll:
                 index += 1
         kept = _kept(values, spec.keep)
         terms.append(
-            DiceTerm(
+            Term(
                 sign=spec.sign,
                 count=spec.count,
                 sides=spec.sides,
@@ -426,7 +435,7 @@ def roll(expression: Expression, rng: RandomSource) -> Roll:
 
 def roll_text(text: str) -> Roll:
     """Parse and roll with `secrets` randomness, or raise DiceError."""
-    return roll(parse(text), _SECRETS)
+    return roll(parse(text), SECRETS)
 
 
 def _kept(values: list[int], keep: Keep | None) -> list[bool]:
@@ -441,54 +450,9 @@ def _kept(values: list[int], keep: Keep | None) -> list[bool]:
 
 # --- reading a stored roll back ----------------------------------------------------------------
 
-
-class _StoredTerm(Struct):
-    sign: Sign
-    value: int
-    count: int | UnsetType = UNSET
-    sides: int | UnsetType = UNSET
-    keep: str | UnsetType = UNSET
-    explode: bool | UnsetType = UNSET
-    dice: list[Die] | UnsetType = UNSET
-    constant: int | UnsetType = UNSET
-
-
-class _StoredRoll(Struct):
-    expression: str
-    total: int
-    terms: list[_StoredTerm]
-    label: str | UnsetType = UNSET
-    capped: bool | UnsetType = UNSET
-
-
-_stored_decoder: Final = msgspec.json.Decoder(_StoredRoll)
+_roll_decoder: Final = msgspec.json.Decoder(Roll)
 
 
 def decode_roll(data: bytes | str) -> Roll:
     """Decode an encoded Roll, or raise msgspec.ValidationError / DecodeError."""
-    stored = _stored_decoder.decode(data)
-    return Roll(
-        expression=stored.expression,
-        label=stored.label,
-        total=stored.total,
-        capped=stored.capped,
-        terms=[_stored_term(term) for term in stored.terms],
-    )
-
-
-def _stored_term(term: _StoredTerm) -> DiceTerm | ConstantTerm:
-    if term.constant is not UNSET and term.count is UNSET:
-        return ConstantTerm(sign=term.sign, constant=term.constant, value=term.value)
-    if term.constant is UNSET and not (
-        term.count is UNSET or term.sides is UNSET or term.dice is UNSET
-    ):
-        return DiceTerm(
-            sign=term.sign,
-            count=term.count,
-            sides=term.sides,
-            keep=term.keep,
-            explode=term.explode,
-            dice=term.dice,
-            value=term.value,
-        )
-    raise msgspec.ValidationError("a roll term has either `constant` or `count`, `sides`, `dice`")
+    return _roll_decoder.decode(data)

@@ -21,15 +21,14 @@ from app.dice import (
     MAX_TERMS,
     MAX_TEXT,
     ConstantSpec,
-    ConstantTerm,
     DiceError,
     DiceSpec,
-    DiceTerm,
     Expression,
     Keep,
     KeepKind,
     Roll,
     Sign,
+    Term,
     canonical,
     decode_roll,
     parse,
@@ -158,6 +157,14 @@ def written_expressions(draw: st.DrawFn) -> tuple[Expression, str]:
 # --- what every roll must satisfy --------------------------------------------------------------
 
 
+def is_dice(term: Term) -> bool:
+    return term.constant is msgspec.UNSET and isinstance(term.dice, list)
+
+
+def is_constant(term: Term) -> bool:
+    return term.constant is not msgspec.UNSET and term.dice is msgspec.UNSET
+
+
 def check_roll(expression: Expression, result: Roll) -> None:
     assert result.expression == canonical(expression)
     assert result.label == (msgspec.UNSET if expression.label is None else expression.label)
@@ -167,10 +174,10 @@ def check_roll(expression: Expression, result: Roll) -> None:
     for spec, term in zip(expression.terms, result.terms, strict=True):
         assert term.sign == spec.sign
         if isinstance(spec, ConstantSpec):
-            assert isinstance(term, ConstantTerm)
+            assert is_constant(term)
             assert (term.constant, term.value) == (spec.constant, spec.sign * spec.constant)
             continue
-        assert isinstance(term, DiceTerm)
+        assert is_dice(term)
         assert (term.count, term.sides) == (spec.count, spec.sides)
         assert term.keep == (msgspec.UNSET if spec.keep is None else spec.keep.suffix)
         assert term.explode is (True if spec.explode else msgspec.UNSET)
@@ -295,7 +302,7 @@ def test_the_contract_example_encodes_as_the_contract_shows() -> None:
 def test_a_negative_term_subtracts_its_kept_dice() -> None:
     result = roll(parse("10 - 4d6dl1"), Scripted(0, 5, 2, 3))
     dice = result.terms[1]
-    assert isinstance(dice, DiceTerm)
+    assert is_dice(dice)
     assert [(d.value, d.kept) for d in dice.dice] == [(1, False), (6, True), (3, True), (4, True)]
     assert (dice.sign, dice.value, result.total) == (-1, -13, -3)
 
@@ -303,7 +310,7 @@ def test_a_negative_term_subtracts_its_kept_dice() -> None:
 def test_an_exploding_die_adds_dice_at_the_end_while_it_shows_its_maximum() -> None:
     result = roll(parse("2d6!"), Scripted(5, 1, 5, 0))
     term = result.terms[0]
-    assert isinstance(term, DiceTerm)
+    assert is_dice(term)
     assert [d.value for d in term.dice] == [6, 2, 6, 1]
     assert (term.value, result.capped) == (15, msgspec.UNSET)
 
@@ -311,8 +318,8 @@ def test_an_exploding_die_adds_dice_at_the_end_while_it_shows_its_maximum() -> N
 def test_keep_and_drop_apply_after_explosions() -> None:
     kept = roll(parse("2d6!kh1"), Scripted(5, 0, 2)).terms[0]
     dropped = roll(parse("2d6d1!"), Scripted(5, 0, 2)).terms[0]
-    assert isinstance(kept, DiceTerm)
-    assert isinstance(dropped, DiceTerm)
+    assert is_dice(kept)
+    assert is_dice(dropped)
     assert [d.kept for d in kept.dice] == [True, False, False]
     assert [d.kept for d in dropped.dice] == [True, False, True]
     assert (kept.value, dropped.value) == (6, 9)
@@ -331,7 +338,7 @@ def test_among_equal_dice_the_earlier_is_taken_first(
     text: str, results: tuple[int, ...], kept: list[bool]
 ) -> None:
     term = roll(parse(text), Scripted(*results)).terms[0]
-    assert isinstance(term, DiceTerm)
+    assert is_dice(term)
     assert [d.kept for d in term.dice] == kept
 
 
@@ -339,15 +346,15 @@ def test_explosions_stop_at_100_dice_in_all_and_say_capped() -> None:
     source = Scripted(*[5] * MAX_DICE)  # every die a six; a 101st die would be an IndexError
     result = roll(parse("50d6!+10+50d6!"), source)
     assert result.capped is True
-    assert sum(len(t.dice) for t in result.terms if isinstance(t, DiceTerm)) == MAX_DICE
+    assert sum(len(t.dice) for t in result.terms if is_dice(t)) == MAX_DICE
     assert result.total == 6 * MAX_DICE + 10
 
 
 def test_earlier_terms_explode_first_when_extra_dice_run_out() -> None:
     result = roll(parse("1d6!+97d6+1d6!"), Scripted(5, 5, *[0] * 97, 5))
     first, _, last = result.terms
-    assert isinstance(first, DiceTerm)
-    assert isinstance(last, DiceTerm)
+    assert is_dice(first)
+    assert is_dice(last)
     assert ([d.value for d in first.dice], [d.value for d in last.dice]) == ([6, 6], [6])
     assert result.capped is True
 
@@ -355,7 +362,7 @@ def test_earlier_terms_explode_first_when_extra_dice_run_out() -> None:
 def test_reaching_100_dice_without_a_stopped_explosion_is_not_capped() -> None:
     result = roll(parse("98d6+1d6!"), Scripted(*[0] * 98, 5, 0))
     assert result.capped is msgspec.UNSET
-    assert sum(len(t.dice) for t in result.terms if isinstance(t, DiceTerm)) == MAX_DICE
+    assert sum(len(t.dice) for t in result.terms if is_dice(t)) == MAX_DICE
 
 
 # --- prefixes, case, labels --------------------------------------------------------------------
@@ -474,6 +481,40 @@ def test_a_stored_term_that_is_neither_dice_nor_constant_is_refused() -> None:
         decode_roll(b'{"expression":"1","total":1,"terms":[{"sign":1,"value":1}]}')
 
 
+@pytest.mark.parametrize(
+    "term",
+    [
+        b'{"sign":1,"constant":2,"count":1,"sides":6,"dice":[],"value":2}',
+        b'{"sign":1,"constant":2,"explode":true,"value":2}',
+        b'{"sign":1,"count":1,"sides":6,"value":2}',
+    ],
+)
+def test_a_stored_term_mixing_or_missing_fields_of_either_shape_is_refused(term: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError, match="either `constant` or"):
+        decode_roll(b'{"expression":"1","total":1,"terms":[' + term + b"]}")
+
+
+def test_a_term_built_by_hand_with_both_shapes_is_refused() -> None:
+    with pytest.raises(ValueError, match="either `constant` or"):
+        Term(sign=1, constant=2, count=1, sides=6, dice=[], value=2)
+
+
+def test_a_roll_has_a_json_schema_whose_term_carries_both_shapes_fields() -> None:
+    schema = msgspec.json.schema(Roll)
+    term = schema["$defs"]["Term"]
+    assert set(term["properties"]) == {
+        "sign",
+        "count",
+        "sides",
+        "keep",
+        "explode",
+        "dice",
+        "constant",
+        "value",
+    }
+    assert set(term["required"]) == {"sign", "value"}
+
+
 # --- the real source is fair -------------------------------------------------------------------
 
 
@@ -512,7 +553,7 @@ def test_secrets_dice_are_uniform_by_chi_square(sides: int) -> None:
         die.value
         for _ in range(600)
         for term in roll_text(f"100d{sides}").terms
-        if isinstance(term, DiceTerm)
+        if is_dice(term)
         for die in term.dice
     )
     assert sorted(counts) == list(range(1, sides + 1))
