@@ -211,8 +211,8 @@ class _ConfiguredQuery:
             ):
                 return None
             self.broken = True
-            log.error(
-                "%s fails; it is not run again until restart",
+            log.warning(
+                "%s fails; it is not run again until restart (set it empty to turn it off)",
                 self.setting,
                 extra={"reason": _describe(error)},
             )

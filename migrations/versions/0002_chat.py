@@ -2,7 +2,8 @@
 
 `chat_messages` may belong to the Next.js app (the Go service only wrote to it), so an
 existing table is adopted as it is: its columns are never altered, only the history index
-(campaign_id, created_at) is added when no index starts with those columns. Created here, it
+(campaign_id, created_at) is added when no index starts with those columns (and the table
+has them). Created here, it
 has the Go service's columns; ids other than `id` are text, since campaign and character ids
 are free strings in this service. Downgrading drops vtt_chat_rolls only: chat_messages and
 its index may hold or serve the app's data, so no migration drops them.
@@ -62,7 +63,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="chat_messages_pkey"),
         if_not_exists=True,
     )
-    if not _has_history_index():
+    if _needs_history_index():
         op.create_index(HISTORY_INDEX, "chat_messages", HISTORY_COLUMNS, if_not_exists=True)
     op.create_table(
         "vtt_chat_rolls",
@@ -74,13 +75,20 @@ def upgrade() -> None:
     )
 
 
-def _has_history_index() -> bool:
-    """Whether an index already starts with (campaign_id, created_at), under any name."""
+def _needs_history_index() -> bool:
+    """Whether no index starts with (campaign_id, created_at) yet, and the table has both.
+
+    An adopted table without those columns gets no index: the server's startup check then
+    reports chat as unusable, and the migration (and the rest of the service) still works.
+    """
     if context.is_offline_mode():
         # No database to look at: the printed script relies on IF NOT EXISTS by name alone.
-        return False
-    indexes = sa.inspect(op.get_bind()).get_indexes("chat_messages")
-    return any(index["column_names"][:2] == HISTORY_COLUMNS for index in indexes)
+        return True
+    inspector = sa.inspect(op.get_bind())
+    columns = {column["name"] for column in inspector.get_columns("chat_messages")}
+    indexes = inspector.get_indexes("chat_messages")
+    covered = any(index["column_names"][:2] == HISTORY_COLUMNS for index in indexes)
+    return not covered and set(HISTORY_COLUMNS) <= columns
 
 
 def downgrade() -> None:

@@ -31,6 +31,7 @@ from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, StoreUnavailable
 from tests.server.test_migrations import alembic
+from tests.support.harness import serve, settings_for
 from tests.support.tcpproxy import TcpProxy
 
 T = TypeVar("T")
@@ -672,10 +673,12 @@ def test_a_broken_username_query_is_logged_once_and_gives_no_names(
             await store.check()  # the default query, and no users table
             return [await store.username("alice"), await store.username("bob")]
 
-    with caplog.at_level(logging.ERROR, logger="vtt.chat"):
+    with caplog.at_level(logging.WARNING, logger="vtt.chat"):
         assert run(scenario()) == [None, None]
     (record,) = [r for r in caplog.records if r.name == "vtt.chat"]
-    assert record.getMessage() == "VTT_USERNAME_SQL fails; it is not run again until restart"
+    assert record.getMessage() == (
+        "VTT_USERNAME_SQL fails; it is not run again until restart (set it empty to turn it off)"
+    )
     assert "users" in record.__dict__["reason"]
 
 
@@ -719,3 +722,48 @@ def test_a_configured_query_must_bind_exactly_its_parameters(
     options: dict[str, str | None] = {"username_sql": None, "character_sql": None, option: sql}
     with pytest.raises(ConfigError, match=f"^{named} must use exactly the parameters"):
         SqlChatStore(engine, **options)  # type: ignore[arg-type]
+
+
+# --- the server at startup -----------------------------------------------------------------------
+
+
+def test_a_server_on_an_unusable_chat_table_says_so_and_the_table_still_works(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert alembic("upgrade", "0001", cwd=tmp_path, database_url=database_url).returncode == 0
+    run(
+        execute(
+            database_url,
+            "CREATE TABLE chat_messages (id text PRIMARY KEY, campaign_id text NOT NULL)",
+        )
+    )
+
+    async def scenario() -> tuple[str | None, dict[str, Any]]:
+        async with serve(settings_for(tmp_path, database_url=database_url)) as server:
+            gm = await server.join("c1", "gm1", "gm")
+            moved = await gm.request("token.add", TOKEN)
+            await gm.close()
+            return server.services.chat_store.unusable_reason, moved
+
+    with caplog.at_level(logging.WARNING, logger="vtt.chat"):
+        reason, moved = run(scenario())
+    assert moved["type"] == "token.add"
+    assert reason is not None
+    assert reason.startswith("chat_messages lacks column user_id")
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("chat disabled")]
+    assert line.levelno == logging.ERROR
+    assert line.getMessage() == (
+        "chat disabled: chat_messages cannot be used; the rest of the table works"
+    )
+    assert line.__dict__["reason"] == reason
+
+
+TOKEN = {
+    "token_id": "t1",
+    "name": "Scout",
+    "x": 1,
+    "y": 2,
+    "width": 64,
+    "height": 64,
+    "visible": True,
+}
