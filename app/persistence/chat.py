@@ -206,8 +206,9 @@ class _ConfiguredQuery:
         except (SQLAlchemyError, OSError) as error:
             if _unavailable(error, self.engine.dialect.name):
                 raise StoreUnavailable(_describe(error)) from error
-            if isinstance(error, DBAPIError) and (_sqlstate(error) or "").startswith(
-                _DATA_EXCEPTION
+            if isinstance(error, sa.exc.DataError) or (
+                isinstance(error, DBAPIError)
+                and (_sqlstate(error) or "").startswith(_DATA_EXCEPTION)
             ):
                 return None
             self.broken = True

@@ -138,12 +138,15 @@ async def broadcasting(
 ) -> AsyncIterator[Running]:
     """The endpoint over a (migrated) database with a users table holding one name."""
     if migrate:
-        await asyncio.to_thread(upgrade_to_head, database_url)
-        engine = create_engine(database_url)
-        async with engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE users (id text, username text)"))
-            await connection.execute(text("INSERT INTO users VALUES ('user_gm', 'Game Master')"))
-        await engine.dispose()
+        async with asyncio.timeout(TIMEOUT * 3):
+            await asyncio.to_thread(upgrade_to_head, database_url)
+            engine = create_engine(database_url)
+            async with engine.begin() as connection:
+                await connection.execute(text("CREATE TABLE users (id text, username text)"))
+                await connection.execute(
+                    text("INSERT INTO users VALUES ('user_gm', 'Game Master')")
+                )
+            await engine.dispose()
     engine = create_engine(database_url, connect_timeout=1.5, command_timeout=2.0)
     store = SqlChatStore(engine, username_sql=DEFAULT_USERNAME_SQL, character_sql=None)
     settings = Settings(env="test", internal_api_secret=secret)
@@ -152,7 +155,8 @@ async def broadcasting(
         async with serve_broadcast(services) as running:
             yield running
     finally:
-        await engine.dispose()
+        async with asyncio.timeout(TIMEOUT):
+            await engine.dispose()
 
 
 async def within(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -373,7 +377,7 @@ async def test_a_campaign_not_live_here_is_stored_for_the_next_join(tmp_path: An
 
 @pytest.mark.postgres
 async def test_the_database_down_is_503_and_nothing_is_published(postgres_url: str) -> None:
-    await asyncio.to_thread(upgrade_to_head, postgres_url)
+    await within(asyncio.to_thread(upgrade_to_head, postgres_url))
     direct = make_url(postgres_url)
     async with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
         url = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
@@ -398,11 +402,11 @@ async def test_the_database_down_is_503_and_nothing_is_published(postgres_url: s
 
 async def test_an_unusable_chat_table_is_503_naming_why(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'vtt.db'}"
-    await asyncio.to_thread(upgrade_to_head, url)
+    await within(asyncio.to_thread(upgrade_to_head, url))
     engine = create_engine(url)
-    async with engine.begin() as connection:
+    async with asyncio.timeout(TIMEOUT), engine.begin() as connection:
         await connection.execute(text("DROP TABLE vtt_chat_rolls"))
-    await engine.dispose()
+    await within(engine.dispose())
     async with broadcasting(url, migrate=False) as server:
         response = await within(server.post(body()))
     assert response.status_code == 503

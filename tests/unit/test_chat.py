@@ -652,3 +652,19 @@ async def test_loading_fills_the_log_from_storage_or_marks_it_incomplete() -> No
     failed = campaign_chat(store)
     await within(failed.load())
     assert failed.log.incomplete
+
+
+def test_the_chat_wire_structs_have_a_json_schema_with_the_roll_in_it() -> None:
+    _, components = msgspec.json.schema_components([ChatSend, ChatMessage, ChatHistory])
+    assert {"ChatSend", "ChatMessage", "ChatHistory", "Roll", "Term", "Die"} <= set(components)
+    message_schema = components["ChatMessage"]
+    assert set(message_schema["required"]) == {
+        "id",
+        "campaign_id",
+        "user_id",
+        "message_type",
+        "content",
+        "gm_only",
+        "created_at",
+    }
+    assert components["ChatSend"]["required"] == ["content"]
