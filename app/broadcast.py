@@ -109,8 +109,9 @@ class BroadcastEndpoint:
         if not _authorized(headers.get("authorization"), secret):
             return Response("Unauthorized", 401, {"WWW-Authenticate": "Bearer"}, "text/plain")
         try:
-            length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            # uvicorn refuses a malformed Content-Length itself; any other body is still capped.
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise _TooLarge
             body = await _read_body(receive)
         except _TooLarge:
@@ -167,8 +168,9 @@ def _authorized(header: str | None, secret: str) -> bool:
     if header is None:
         return False
     scheme, _, token = header.partition(" ")
-    # compare_digest takes as long for any token of a given length, right or wrong.
-    matches = hmac.compare_digest(token.encode(), secret.encode())
+    # Header values arrive decoded as latin-1: back to the bytes sent, to compare with the
+    # secret's UTF-8. compare_digest takes as long for any token of a given length.
+    matches = hmac.compare_digest(token.encode("latin-1"), secret.encode())
     return scheme.lower() == "bearer" and matches
 
 

@@ -211,6 +211,16 @@ async def test_a_missing_or_wrong_secret_is_401_and_nothing_is_stored(
         assert await within(server.rows()) == []
 
 
+async def test_a_secret_beyond_ascii_matches_the_utf8_bytes_sent(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'vtt.db'}"
+    async with broadcasting(url, secret="clé-secrète") as server:
+        sent = {"Authorization": "Bearer clé-secrète".encode()}
+        response = await within(server.post(body(), secret=None, headers=sent))
+        assert response.status_code == 204
+        wrong = {"Authorization": b"Bearer cle-secrete"}
+        assert (await within(server.post(body(), secret=None, headers=wrong))).status_code == 401
+
+
 async def test_the_bearer_scheme_is_case_insensitive(tmp_path: Any) -> None:
     async with broadcasting(f"sqlite:///{tmp_path / 'vtt.db'}") as server:
         response = await within(
