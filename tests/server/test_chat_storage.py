@@ -521,20 +521,6 @@ def test_a_cut_link_makes_every_call_raise_store_unavailable_until_restored(
     assert [m.id for m in run(scenario())] == [str(uuid.UUID(int=2))]
 
 
-def test_an_unreachable_sqlite_file_makes_the_check_raise_store_unavailable(
-    tmp_path: Path,
-) -> None:
-    async def scenario() -> None:
-        url = f"sqlite:///{tmp_path / 'missing-dir' / 'vtt.db'}"
-        async with chat_store(url, migrate=False) as (store, _):
-            with pytest.raises(StoreUnavailable) as raised:
-                await store.check()
-            assert not isinstance(raised.value, ChatUnusable)
-            assert store.unusable_reason is None
-
-    run(scenario())
-
-
 # --- the column check ----------------------------------------------------------------------------
 
 
