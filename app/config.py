@@ -14,6 +14,9 @@ DEFAULT_ROLE_SQL = (
     "FROM campaigns WHERE id = :campaign_id"
 )
 
+# The Go service's username source (`users(id, username)`); VTT_USERNAME_SQL set empty: none.
+DEFAULT_USERNAME_SQL = "SELECT username FROM users WHERE id = :user_id"
+
 TokenPolicy = Literal["open", "owner"]
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 
@@ -40,6 +43,19 @@ class Limits:
     max_maps: int = 200
     max_map_points: int = 200_000
     image_url_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    """Chat limits (PROTOCOL.md "Chat and dice") and the memory a campaign's chat log may hold."""
+
+    max_content_bytes: int = 8 * 1024
+    history_messages: int = 100
+    history_bytes: int = 512 * 1024
+    rate_per_second: float = 2.0
+    rate_burst: int = 10
+    memory_messages: int = 1000
+    memory_bytes: int = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,10 @@ class Settings:
     ws_per_message_deflate: bool = False
     handshake_timeout: float = 10.0
     max_handshakes: int = field(default_factory=default_max_handshakes)
+    chat: ChatLimits = ChatLimits()
+    username_sql: str | None = DEFAULT_USERNAME_SQL
+    character_sql: str | None = None
+    internal_api_secret: str | None = None
 
     @property
     def production(self) -> bool:
@@ -205,6 +225,17 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if policy not in {"open", "owner"}:
         raise ConfigError(f"VTT_TOKEN_POLICY must be open or owner, got {policy!r}")
     token_policy: TokenPolicy = "owner" if policy == "owner" else "open"
+    chat = ChatLimits(
+        max_content_bytes=_int(env, "VTT_CHAT_MAX_CONTENT_BYTES", 8 * 1024, minimum=16),
+        history_messages=_int(env, "VTT_CHAT_HISTORY_MESSAGES", 100, minimum=0),
+        history_bytes=_int(env, "VTT_CHAT_HISTORY_BYTES", 512 * 1024, minimum=1024),
+        rate_per_second=_num(env, "VTT_CHAT_RATE_PER_SECOND", 2.0, minimum=0.01),
+        rate_burst=_int(env, "VTT_CHAT_RATE_BURST", 10, minimum=1),
+        memory_messages=_int(env, "VTT_CHAT_MEMORY_MESSAGES", 1000, minimum=0),
+        memory_bytes=_int(env, "VTT_CHAT_MEMORY_BYTES", 2 * 1024 * 1024, minimum=1024),
+    )
+    # Unset means the default query; set but empty means no usernames at all.
+    username_sql = env.get("VTT_USERNAME_SQL")
     base = Limits()
     limits = Limits(
         max_frame_bytes=_int(env, "VTT_MAX_FRAME_BYTES", base.max_frame_bytes, minimum=1024),
@@ -249,4 +280,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         ws_per_message_deflate=_bool(env, "VTT_WS_PER_MESSAGE_DEFLATE", False),
         handshake_timeout=_num(env, "VTT_HANDSHAKE_TIMEOUT", 10.0, minimum=0.1),
         max_handshakes=_int(env, "VTT_MAX_HANDSHAKES", default_max_handshakes(), minimum=1),
+        chat=chat,
+        username_sql=DEFAULT_USERNAME_SQL if username_sql is None else username_sql.strip() or None,
+        character_sql=_str(env, "VTT_CHARACTER_SQL"),
+        internal_api_secret=_str(env, "INTERNAL_API_SECRET"),
     )

@@ -69,8 +69,20 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Configured secrets (INTERNAL_API_SECRET), redacted wherever they appear, whatever their shape.
+_protected: set[str] = set()
+
+
+def protect(secret: str) -> None:
+    """Redact this exact value from every log line from now on."""
+    if secret:
+        _protected.add(secret)
+
+
 def redact(text: str) -> str:
-    """Return `text` with tokens, JWTs and Authorization values replaced by a marker."""
+    """Return `text` with secrets, tokens, JWTs and Authorization values replaced by a marker."""
+    for secret in _protected:
+        text = text.replace(secret, REDACTED)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -211,6 +223,8 @@ def log_config(level: str) -> dict[str, Any]:
             "uvicorn": {"handlers": ["json"], "level": upper, "propagate": False},
             "uvicorn.error": {"level": upper},
             "uvicorn.access": {"handlers": ["access"], "level": upper, "propagate": False},
+            # aiosqlite logs every statement with its parameters (states, chat) at DEBUG.
+            "aiosqlite": {"level": "INFO"},
         },
     }
 

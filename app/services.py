@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,16 +17,23 @@ from app.auth import (
     build_auth,
     check_cryptography_backend,
 )
+from app.broadcast import announce
 from app.config import Settings
+from app.logs import protect
 from app.manager import SessionManager
 from app.metrics import Metrics
+from app.persistence.chat import ChatStore, ChatUnusable, SqlChatStore
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
-from app.persistence.store import SqlStore, Store
+from app.persistence.store import SqlStore, Store, StoreUnavailable
 from app.transport.handshake import HandshakeGate
+
+log = logging.getLogger("vtt.chat")
 
 # The final flush may take this long before shutdown gives up on a failing database.
 SHUTDOWN_FLUSH_SECONDS = 20.0
+# The startup look at chat_messages waits this long for a database that does not answer.
+CHAT_CHECK_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -38,6 +46,7 @@ class Services:
     auth: Auth
     manager: SessionManager
     metrics: Metrics
+    chat_store: ChatStore
     handshakes: HandshakeGate
 
     @property
@@ -57,12 +66,19 @@ class Services:
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
-        """Migrate (unless told not to), then build the store, auth and session manager."""
+        """Migrate (unless told not to), then build the stores, auth and session manager."""
         check_cryptography_backend()
+        if settings.internal_api_secret is not None:
+            protect(settings.internal_api_secret)
+        announce(settings)
         if settings.auto_migrate:
             await asyncio.to_thread(upgrade_to_head, settings.database_url, settings.sqlite_path)
         engine = create_engine(settings.database_url, settings.sqlite_path)
         store = SqlStore(engine)
+        chat_store = SqlChatStore(
+            engine, username_sql=settings.username_sql, character_sql=settings.character_sql
+        )
+        await check_chat(chat_store)
         auth = build_auth(settings, engine)
         await auth.start()
         metrics = Metrics()
@@ -74,7 +90,7 @@ class Services:
             on_timeout=metrics.handshake_timeouts.inc,
             on_refused=metrics.handshake_bound_refusals.inc,
         )
-        return cls(settings, engine, store, auth, manager, metrics, handshakes)
+        return cls(settings, engine, store, auth, manager, metrics, chat_store, handshakes)
 
     async def close(self) -> None:
         """Flush everything (new joins are refused from here on), then release the database."""
@@ -82,3 +98,19 @@ class Services:
         await self.auth.close()
         await self.store.close()
         await self.engine.dispose()
+
+
+async def check_chat(store: ChatStore) -> None:
+    """Look at chat_messages once at startup and say plainly when chat cannot work."""
+    try:
+        await asyncio.wait_for(store.check(), CHAT_CHECK_SECONDS)
+    except ChatUnusable as unusable:
+        log.error(
+            "chat disabled: chat_messages cannot be used; the rest of the table works",
+            extra={"reason": unusable.reason},
+        )
+    except (StoreUnavailable, TimeoutError) as failure:
+        log.warning(
+            "chat_messages not checked: database unavailable; checked again when chat is used",
+            extra={"reason": str(failure) or type(failure).__name__},
+        )

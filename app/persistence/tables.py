@@ -1,4 +1,8 @@
-"""The SQLAlchemy Core tables this service owns (Alembic's target metadata)."""
+"""The SQLAlchemy Core tables this service owns (Alembic's target metadata).
+
+`chat_messages` is not among them: it may belong to the Next.js app, so Alembic never
+compares or alters it, and `app.persistence.chat` builds its table from the columns it finds.
+"""
 
 from sqlalchemy import JSON, Column, DateTime, MetaData, Table, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -24,6 +28,15 @@ vtt_sessions = Table(
         server_default=text("'{}'"),
     ),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Roll results of chat messages, keyed by chat_messages.id as text (whatever its type).
+vtt_chat_rolls = Table(
+    "vtt_chat_rolls",
+    metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("campaign_id", Text, nullable=False),
+    Column("roll", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
 )
 
 
