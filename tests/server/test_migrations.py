@@ -26,6 +26,9 @@ from tests.support.harness import TIMEOUT, Peer, serve, settings_for
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
+# The newest revision, and the tables it leaves (chat_messages is created when absent).
+HEAD = "0002"
+OURS = {"vtt_sessions", "vtt_alembic_version", "chat_messages", "vtt_chat_rolls"}
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "go-vtt-sessions-state.json"
 # The table exactly as the Go service's README creates it.
 GO_SERVICE_DDL = """
@@ -115,8 +118,8 @@ async def execute(database_url: str, *statements: str, **parameters: object) -> 
 def test_upgrade_creates_vtt_sessions_as_the_protocol_shows(database_url: str) -> None:
     upgrade_to_head(database_url)
     found = run(inspect_database(database_url))
-    assert found["tables"] == {"vtt_sessions", "vtt_alembic_version"}
-    assert found["versions"] == ["0001"]
+    assert found["tables"] == OURS
+    assert found["versions"] == [HEAD]
     assert found["primary_key"]["constrained_columns"] == ["campaign_id"]
     assert found["drift"] == []
     columns = found["columns"]
@@ -139,7 +142,7 @@ def test_upgrading_twice_changes_nothing_the_second_time(database_url: str) -> N
     run(execute(database_url, "INSERT INTO vtt_sessions (campaign_id, state) VALUES ('c1', '{}')"))
     upgrade_to_head(database_url)
     assert run(execute(database_url, "SELECT campaign_id FROM vtt_sessions")) == [("c1",)]
-    assert run(inspect_database(database_url))["versions"] == ["0001"]
+    assert run(inspect_database(database_url))["versions"] == [HEAD]
 
 
 def test_upgrade_to_head_works_from_a_thread_while_an_event_loop_runs(database_url: str) -> None:
@@ -147,7 +150,7 @@ def test_upgrade_to_head_works_from_a_thread_while_an_event_loop_runs(database_u
         await asyncio.to_thread(upgrade_to_head, database_url)
 
     run(scenario())
-    assert run(inspect_database(database_url))["versions"] == ["0001"]
+    assert run(inspect_database(database_url))["versions"] == [HEAD]
 
 
 def test_downgrade_to_base_then_upgrade_again_rebuilds_the_table(
@@ -156,9 +159,10 @@ def test_downgrade_to_base_then_upgrade_again_rebuilds_the_table(
     upgrade_to_head(database_url)
     down = alembic("downgrade", "base", cwd=tmp_path, database_url=database_url)
     assert down.returncode == 0, down.stderr
-    assert run(inspect_database(database_url))["tables"] == {"vtt_alembic_version"}
+    # chat_messages may hold the Next.js app's rows: no downgrade drops it.
+    assert run(inspect_database(database_url))["tables"] == {"vtt_alembic_version", "chat_messages"}
     upgrade_to_head(database_url)
-    assert run(inspect_database(database_url))["versions"] == ["0001"]
+    assert run(inspect_database(database_url))["versions"] == [HEAD]
 
 
 def test_the_cli_without_database_url_migrates_vtt_db_in_the_working_directory(
@@ -168,14 +172,14 @@ def test_the_cli_without_database_url_migrates_vtt_db_in_the_working_directory(
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "vtt.db").exists()
     found = run(inspect_database(f"sqlite:///{tmp_path / 'vtt.db'}"))
-    assert found["versions"] == ["0001"]
+    assert found["versions"] == [HEAD]
 
 
 @pytest.mark.postgres
 def test_the_cli_migrates_a_neon_style_postgres_url(postgres_url: str, tmp_path: Path) -> None:
     result = alembic("upgrade", "head", cwd=tmp_path, database_url=neon_style(postgres_url))
     assert result.returncode == 0, result.stderr
-    assert run(inspect_database(postgres_url))["versions"] == ["0001"]
+    assert run(inspect_database(postgres_url))["versions"] == [HEAD]
     assert not (tmp_path / "vtt.db").exists()
 
 
@@ -205,9 +209,9 @@ def test_upgrade_adopts_the_go_service_table_and_leaves_its_row_untouched(
     assert after == before
     assert json.loads(after[0][1]) == json.loads(fixture)
     found = run(inspect_database(postgres_url))
-    assert found["versions"] == ["0001"]
+    assert found["versions"] == [HEAD]
     assert found["drift"] == []
-    assert found["tables"] == {"vtt_sessions", "vtt_alembic_version", "campaigns"}
+    assert found["tables"] == OURS | {"campaigns"}
 
 
 @pytest.mark.postgres
@@ -220,7 +224,7 @@ def test_two_servers_migrating_at_once_both_succeed(postgres_url: str, tmp_path:
     ]
     outcomes = [(process.wait(timeout=60), process.communicate()[1]) for process in processes]
     assert [code for code, _ in outcomes] == [0, 0], outcomes
-    assert run(inspect_database(postgres_url))["versions"] == ["0001"]
+    assert run(inspect_database(postgres_url))["versions"] == [HEAD]
 
 
 def test_a_server_with_auto_migrate_on_creates_the_tables_at_startup(
@@ -234,8 +238,8 @@ def test_a_server_with_auto_migrate_on_creates_the_tables_at_startup(
         return found
 
     found = run(scenario())
-    assert found["tables"] == {"vtt_sessions", "vtt_alembic_version"}
-    assert found["versions"] == ["0001"]
+    assert found["tables"] == OURS
+    assert found["versions"] == [HEAD]
 
 
 def test_a_server_with_auto_migrate_off_creates_no_tables_and_refuses_joins_until_migrated(
