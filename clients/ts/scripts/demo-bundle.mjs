@@ -4,7 +4,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
-const target = fileURLToPath(new URL("../../../app/static/demo/vtt-client.js", import.meta.url));
+const target = fileURLToPath(new URL("../../../app/dev/static/demo/vtt-client.js", import.meta.url));
 const entry = fileURLToPath(new URL("../src/index.ts", import.meta.url));
 
 const result = await build({
@@ -24,10 +24,10 @@ const bundle = result.outputFiles[0].text;
 if (process.argv.includes("--check")) {
   const committed = await readFile(target, "utf8").catch(() => "");
   if (committed !== bundle) {
-    console.error("app/static/demo/vtt-client.js is out of date: run `npm run build:demo` in clients/ts and commit it");
+    console.error("app/dev/static/demo/vtt-client.js is out of date: run `npm run build:demo` in clients/ts and commit it");
     process.exit(1);
   }
-  console.log("app/static/demo/vtt-client.js matches the sources");
+  console.log("app/dev/static/demo/vtt-client.js matches the sources");
 } else {
   await writeFile(target, bundle);
   console.log(`wrote ${target}`);
