@@ -9,7 +9,7 @@ const config: NextConfig = {
   // Development stand-in for Clerk: the server's dev token endpoint, reached through this server
   // (it hands out tokens to loopback callers only, and the browser's fetch would be cross-origin).
   async rewrites() {
-    return [{ source: "/dev-token", destination: `${vttUrl.replace(/^ws/, "http")}/demo/token` }];
+    return [{ source: "/dev-token", destination: new URL("/demo/token", vttUrl.replace(/^ws/, "http")).href }];
   },
 };
 
