@@ -27,7 +27,7 @@ function pack() {
 }
 
 // A checksum of the tarball in the lock would pin yesterday's client: npm ci would install
-// the copy in its cache, or fail on a cold one. `npm install` writes one: remove it.
+// the copy in its cache, or fail on a cold one. `npm install <tarball>` writes one: remove it.
 function checkLockDoesNotPinTheTarball() {
   const lock = JSON.parse(readFileSync(`${example}/package-lock.json`, "utf8"));
   const entry = lock.packages["node_modules/@wtsfs/vtt-client"];
