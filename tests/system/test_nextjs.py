@@ -10,6 +10,7 @@ WebSocket per page runs on `next dev`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -141,14 +142,14 @@ async def next_server(command: str, env: dict[str, str], log: Path) -> AsyncIter
         async with asyncio.timeout(SERVE_TIMEOUT), httpx.AsyncClient(timeout=SERVE_TIMEOUT) as http:
             while True:
                 assert proc.returncode is None, f"next {command} exited:\n{output_of(log)}"
-                try:
+                with contextlib.suppress(httpx.TransportError):
                     if (await http.get(f"{base}/campaigns/probe")).status_code == 200:
                         break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(TIMEOUT):
                 await proc.wait()
