@@ -73,11 +73,12 @@ test: lint
 	@$(MAKE) --no-print-directory test-ts
 
 # The TypeScript client's tests need Node.js: mandatory in CI, said plainly when skipped here.
+# npm ci is skipped when node_modules already came from this package-lock.json.
 test-ts: install
 	@if [ ! -f clients/ts/package.json ]; then \
 		echo "no clients/ts package yet"; \
 	elif command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
-		cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && npm test; \
+		cd clients/ts && node scripts/npm-ci.mjs && npm test; \
 	elif [ "$$CI" = "true" ]; then \
 		echo "Node.js is required in CI for the TypeScript client tests" >&2; exit 1; \
 	else \
