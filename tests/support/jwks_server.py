@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jws, jwt
 
+from tests.support.poll import poll
+
 TIMEOUT = 10.0
 JWKS_PATH = "/.well-known/jwks.json"
 AZP = "https://app.example"
@@ -245,15 +247,6 @@ class JwksServer:
         lines = [f"HTTP/1.1 {status} X", f"content-length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-
-
-async def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until `check()` is true, polling; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _other_alg(server: JwksServer, alg: str) -> str:
