@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.harness import Peer, RunningServer, serve, settings_for, token_payload
+from tests.support.table import frames_before_pong
 
 pytestmark = pytest.mark.anyio
 
@@ -42,13 +43,6 @@ async def ask(peer: Peer, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     return await peer.until(
         lambda f: f["type"] == "error" or (f["type"] == kind and f.get("user_id") == me)
     )
-
-
-async def frames_before_pong(peer: Peer) -> list[dict[str, Any]]:
-    """Ping, and return what the peer received before the pong (state.saved aside)."""
-    start = len(peer.received)
-    await peer.roundtrip()
-    return [f for f in peer.received[start:-1] if f["type"] != "state.saved"]
 
 
 async def tokens_now(server: RunningServer, campaign: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from tests.support.harness import (
     token_payload,
     without,
 )
+from tests.support.table import frames_before_pong
 
 pytestmark = pytest.mark.anyio
 
@@ -31,13 +32,6 @@ LURKER = "tok-lurker-z9m"
 GUARD = "tok-guard-k2v"
 TORCH = "tok-torch-w4p"
 NOBODY = "tok-nobody-b3n"
-
-
-async def frames_before_pong(peer: Peer) -> list[dict[str, Any]]:
-    """Ping, and return what the peer received before the pong (state.saved aside)."""
-    start = len(peer.received)
-    await peer.roundtrip()
-    return [f for f in peer.received[start:-1] if f["type"] != "state.saved"]
 
 
 def mentions(peer: Peer, text: str) -> list[str]:

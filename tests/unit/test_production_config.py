@@ -8,8 +8,6 @@ import pytest
 
 from app.config import ConfigError, Settings
 
-pytestmark = pytest.mark.anyio
-
 
 def test_production_refuses_to_leave_token_issuers_unchecked(tmp_path: Path) -> None:
     environ = {

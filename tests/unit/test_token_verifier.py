@@ -14,8 +14,6 @@ from app.auth.tokens import check_cryptography_backend
 from app.errors import CloseCode, CloseConnection
 from tests.support.fakes import static_verifier
 
-pytestmark = pytest.mark.anyio
-
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
