@@ -1,7 +1,8 @@
 """In-memory stand-ins for the server's seams: a session member, a store that records, a key source.
 
 They implement the Protocols of app/ (`Member`, `Store`, `KeySource`) so that unit tests drive
-the session, the manager and the verifier directly, without sockets or databases.
+the session, the manager and the verifier directly, without sockets or databases; `change`
+builds what a member submits.
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from jose.backends.base import Key
 
 from app.auth.tokens import TokenPolicyConfig, TokenVerifier
 from app.errors import CloseCode, CloseConnection
-from app.model import Actor, Role
+from app.model import Actor, Role, StateChange
 from app.persistence.store import MemoryStore
+from app.protocol import AuthRefreshMsg, PingMsg, decode_client_message
 from tests.support.jwks_server import AZP, signing_key
+
+
+def change(kind: str, payload: dict[str, Any]) -> StateChange:
+    """A state-changing client message, decoded exactly as the server decodes it."""
+    message = decode_client_message(json.dumps({"type": kind, "payload": payload}))
+    assert not isinstance(message, PingMsg | AuthRefreshMsg), kind
+    return message
 
 
 @dataclass(frozen=True)
