@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-import tests.support.harness as harness
 from app.config import Limits
+from app.transport.serve import uvicorn_options
 from tests.support.harness import (
     Peer,
     RunningServer,
@@ -133,14 +133,12 @@ async def test_a_600_kib_frame_closes_1009_under_the_default_512_kib_limit(
 async def test_the_frame_limit_holds_when_uvicorn_itself_allows_16_mib_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plain_options = harness.uvicorn_options
-
     def as_plain_uvicorn_launches(settings: Any) -> dict[str, Any]:
-        options = plain_options(settings)
+        options = uvicorn_options(settings)
         del options["ws_max_size"]
         return options
 
-    monkeypatch.setattr(harness, "uvicorn_options", as_plain_uvicorn_launches)
+    monkeypatch.setattr("tests.support.harness.uvicorn_options", as_plain_uvicorn_launches)
     async with serve(settings_for(tmp_path)) as server:
         await assert_oversize_closes_1009(server, padded(600 * 1024))
         await assert_oversize_closes_1009(server, padded(600 * 1024).encode())

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 MOVE = ("token.move", {"x": 7, "y": 8})
 UPDATE = ("token.update", {"name": "Renamed"})
-REMOVE = ("token.remove", {})
+REMOVE: tuple[str, dict[str, Any]] = ("token.remove", {})
 REPLACE = ("token.add", {"name": "Replaced", "x": 0, "y": 0, "width": 1, "height": 1})
 ACTIONS = [MOVE, UPDATE, REMOVE, REPLACE]
 ACTION_IDS = ["move", "update", "remove", "replace"]
@@ -215,4 +215,8 @@ async def test_under_the_open_policy_a_player_may_touch_anyones_visible_token(
     for token_id in ("tok-gm", "tok-bob"):
         done = await ask(cat, *action(kind, fields, token_id))
         assert done["type"] == kind
-        assert (await gm.until(lambda f, d=done: f.get("seq") == d["seq"]))["type"] == kind
+
+        def echoes(frame: dict[str, Any], seq: int = done["seq"]) -> bool:
+            return frame.get("seq") == seq
+
+        assert (await gm.until(echoes))["type"] == kind

@@ -125,7 +125,8 @@ async def test_a_slow_client_still_receives_broadcasts_in_seq_order(tmp_path: Pa
         await act(gm, "token.add", token_payload("t1"))
         await act(gm, "token.add", token_payload("t2"))
         session = server.services.manager.sessions["c-slow"]
-        (client,) = [m for m in session.members if m.actor.user_id == "pl-slow"]
+        slow_members: list[Any] = [m for m in session.members if m.actor.user_id == "pl-slow"]
+        (client,) = slow_members
         fog = {"zones": [{**ZONE, "x": index} for index in range(3000)]}
         # Large frames fill the slow socket until the server must queue for it; whether it
         # does is visible only inside the server, hence the look at the client's outbox.

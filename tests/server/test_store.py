@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from sqlalchemy import event, select, text, update
@@ -54,8 +54,18 @@ def state(campaign_id: str, **extra: object) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
+class Timeouts(TypedDict, total=False):
+    """The timeouts create_engine takes."""
+
+    connect_timeout: float
+    command_timeout: float
+    idle_ping_after: float
+
+
 @asynccontextmanager
-async def sql_store(url: str, **timeouts: float) -> AsyncIterator[tuple[SqlStore, AsyncEngine]]:
+async def sql_store(
+    url: str, **timeouts: Unpack[Timeouts]
+) -> AsyncIterator[tuple[SqlStore, AsyncEngine]]:
     """A migrated database's SqlStore and engine, closed afterwards."""
     # Migrating from a worker thread while this loop runs is how the server does it too.
     await asyncio.to_thread(upgrade_to_head, url)
@@ -167,7 +177,8 @@ def test_an_upsert_overwrites_the_state_and_bumps_updated_at(database_url: str) 
                 await connection.execute(update(vtt_sessions).values(updated_at=long_ago))
             await store.save_many([("c1", state("c1", seq=2))])
             async with engine.connect() as connection:
-                updated_at: datetime = await connection.scalar(select(vtt_sessions.c.updated_at))
+                updated_at = await connection.scalar(select(vtt_sessions.c.updated_at))
+            assert isinstance(updated_at, datetime)
             return await store.load("c1"), updated_at
 
     loaded, updated_at = run(scenario())

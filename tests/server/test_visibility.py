@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-import app.session
 from app.config import Limits
-from app.protocol import Frame
+from app.protocol import Frame, encode_frame
 from tests.support.harness import (
     Peer,
     RunningServer,
@@ -430,13 +429,12 @@ async def test_each_broadcast_is_encoded_once_per_audience_never_per_client(
     for peer in everyone:
         await peer.roundtrip()
     encoded: list[Frame] = []
-    real = app.session.encode_frame
 
-    def counting(frame: Frame) -> str:
+    def counting(frame: Frame) -> bytes:
         encoded.append(frame)
-        return real(frame)
+        return encode_frame(frame)
 
-    monkeypatch.setattr(app.session, "encode_frame", counting)
+    monkeypatch.setattr("app.session.encode_frame", counting)
 
     async def broadcast(kind: str, payload: dict[str, Any], answer: str) -> int:
         encoded.clear()

@@ -86,7 +86,6 @@ async def serve(settings: Settings, *, freeze_gc: bool = False) -> AsyncIterator
     options.update(loop="asyncio", log_config=None, timeout_graceful_shutdown=5)
     config = uvicorn.Config(create_app(settings), **options)
     server = Server(config, freeze_gc=freeze_gc)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
 
     def started() -> bool:

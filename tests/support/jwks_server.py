@@ -304,7 +304,7 @@ BAD_TOKENS: dict[str, Callable[[JwksServer], str]] = {
     "missing kid": lambda s: s.keys[0].sign(s.claims(), {"kid": None}),
     "missing sub": lambda s: s.mint(sub=None),
     "empty sub": lambda s: s.mint(sub=""),
-    "numeric sub": lambda s: s.mint(sub=12345),
+    "numeric sub": lambda s: s.keys[-1].sign({**s.claims(), "sub": 12345}),
     "overlong sub": lambda s: s.mint(sub="u" * 129),
     "missing exp": lambda s: s.mint(exp=None),
     "string exp": lambda s: s.mint(exp=str(_later(60))),

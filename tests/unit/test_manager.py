@@ -335,7 +335,7 @@ async def test_a_flush_asked_for_while_another_writes_waits_and_writes_nothing_t
     second = asyncio.create_task(manager.flush())
     store.gate.set()
     async with asyncio.timeout(TIMEOUT):
-        assert await asyncio.gather(first, second) == [True, True]
+        assert list(await asyncio.gather(first, second)) == [True, True]
 
     assert store.saves == 1
 

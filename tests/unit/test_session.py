@@ -108,7 +108,7 @@ async def test_a_state_loaded_without_a_library_gets_an_empty_one_and_a_fresh_ep
     epoch = first.epoch
     second = Session(state, SETTINGS, Metrics())
 
-    assert state.saved_maps == {}
+    assert first.state.saved_maps == {}
     assert second.epoch != epoch
 
 
