@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import (
     Auth,
     KeySource,
-    RoleResolver,
     TokenVerifier,
     build_auth,
     check_cryptography_backend,
@@ -47,11 +46,6 @@ class Services:
     def verifier(self) -> TokenVerifier:
         """The JWT verifier."""
         return self.auth.verifier
-
-    @property
-    def roles(self) -> RoleResolver:
-        """Where campaign roles come from."""
-        return self.auth.roles
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:
