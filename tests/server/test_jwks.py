@@ -282,3 +282,39 @@ async def test_a_token_without_a_kid_is_refused_without_a_fetch(
 
     assert failure.code == CloseCode.UNAUTHORIZED
     assert jwks.requests == 1
+
+
+async def test_a_key_whose_numbers_cannot_be_read_is_ignored(jwks: JwksServer) -> None:
+    good = signing_key("good").jwk
+    jwks.keys = []
+    jwks.extra_entries = [
+        {**good, "kid": "bad-e", "e": "AA"},
+        {**good, "kid": "short-n", "n": "A"},
+        good,
+    ]
+    keys = JwksKeySource(jwks.url, ttl=300, refetch_interval=0)
+    try:
+        await keys.start()
+        assert isinstance(await keys.key_for("good"), Key)
+        for kid in ("bad-e", "short-n"):
+            assert (await refused(keys.key_for(kid))).code == CloseCode.UNAUTHORIZED
+    finally:
+        await keys.close()
+
+
+async def test_an_endpoint_slower_than_the_timeout_fails_the_fetch_as_timed_out(
+    jwks: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks.delay = 30.0
+    keys = JwksKeySource(jwks.url, ttl=300, timeout=0.2)
+    try:
+        with caplog.at_level("WARNING", logger="vtt.jwks"):
+            await keys.start()
+            assert not keys.ready
+            assert (await refused(keys.key_for("k1"))).code == CloseCode.TRY_AGAIN_LATER
+    finally:
+        await keys.close()
+
+    failures = [r for r in caplog.records if r.getMessage().startswith("JWKS fetch failed")]
+    assert failures
+    assert {r.__dict__["reason"] for r in failures} == {"timed out"}

@@ -17,6 +17,7 @@ from app.errors import CloseCode
 from app.persistence.database import create_engine
 from app.persistence.roles import RoleQuery
 from tests.support.harness import refused
+from tests.support.process import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -83,3 +84,40 @@ async def test_any_role_value_but_gm_or_player_is_4403(tmp_path: Path, value: st
         await engine.dispose()
 
     assert failure.code == CloseCode.FORBIDDEN
+
+
+async def test_a_role_query_that_returns_no_rows_at_all_is_an_internal_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "roles.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE campaigns (id TEXT PRIMARY KEY, gm_id TEXT NOT NULL)")
+    engine = create_engine(None, str(path))
+    sql = "UPDATE campaigns SET gm_id = :user_id WHERE id = :campaign_id"
+    roles = SqlRoles(RoleQuery(engine, sql))
+    try:
+        with caplog.at_level("ERROR", logger="vtt.auth"):
+            failure = await refused(roles.role("c1", identity("u")))
+    finally:
+        await engine.dispose()
+
+    assert (failure.code, failure.reason) == (
+        CloseCode.INTERNAL_ERROR,
+        "campaign roles cannot be resolved",
+    )
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("campaign role query")]
+    assert record.__dict__["reason"] == "ResourceClosedError"
+
+
+async def test_a_role_database_that_refuses_connections_gives_1013() -> None:
+    engine = create_engine(f"postgresql://vtt@127.0.0.1:{free_port()}/app", connect_timeout=2.0)
+    roles = SqlRoles(RoleQuery(engine, DEFAULT_ROLE_SQL))
+    try:
+        failure = await refused(roles.role("c1", identity("u")))
+    finally:
+        await engine.dispose()
+
+    assert (failure.code, failure.reason) == (
+        CloseCode.TRY_AGAIN_LATER,
+        "campaign roles unavailable",
+    )

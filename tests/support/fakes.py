@@ -125,7 +125,8 @@ class StaticKeys:
 
 
 @functools.cache
-def _k1_public() -> Key:
+def k1_public() -> Key:
+    """The public half of the test signing key `k1`."""
     return jwk.construct(signing_key("k1").public_pem, "RS256")
 
 
@@ -133,4 +134,4 @@ def static_verifier(
     issuer: str | None = "http://127.0.0.1:1", parties: tuple[str, ...] = (AZP,)
 ) -> TokenVerifier:
     """A verifier of tokens signed by the test key `k1`, with no key endpoint at all."""
-    return TokenVerifier(StaticKeys(_k1_public()), TokenPolicyConfig(issuer, parties, leeway=5.0))
+    return TokenVerifier(StaticKeys(k1_public()), TokenPolicyConfig(issuer, parties, leeway=5.0))

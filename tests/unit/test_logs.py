@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -259,3 +260,48 @@ def test_log_config_sends_uvicorns_loggers_through_the_json_formatter_and_the_fi
     assert loggers["uvicorn.error"]["level"] == "DEBUG"
     assert config["root"]["level"] == "DEBUG"
     assert config["disable_existing_loggers"] is False
+
+
+def test_an_allowed_extra_that_is_neither_text_nor_a_number_becomes_redacted_text(
+    app_log: Capture,
+) -> None:
+    app_log.logger.warning("refused", extra={"reason": {"token": SECRET}, "rows": 3})
+
+    line = app_log.only()
+    assert line["reason"] == "{'token': '[redacted]'}"
+    assert line["rows"] == 3
+
+
+def test_a_stack_is_rendered_as_a_redacted_string_field(app_log: Capture) -> None:
+    record = app_log.logger.makeRecord(
+        app_log.logger.name, logging.INFO, __file__, 1, "tick", (), None
+    )
+    record.stack_info = f"Stack (most recent call last):\n  token={SECRET}"
+
+    app_log.logger.handle(record)
+
+    assert app_log.only()["stack"] == "Stack (most recent call last):\n  token=[redacted]"
+
+
+def test_the_json_formatter_alone_renders_an_exception_it_is_handed() -> None:
+    try:
+        raise KeyError("t1")
+    except KeyError:
+        record = logging.LogRecord(
+            "vtt", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+        )
+
+    line = json.loads(JsonFormatter().format(record))
+
+    assert line["exception"].startswith("Traceback")
+    assert line["exception"].endswith("KeyError: 't1'")
+
+
+def test_an_access_record_of_another_shape_keeps_only_the_common_fields(
+    access_log: Capture,
+) -> None:
+    access_log.logger.info("%s - %s", "127.0.0.1:5000", "GET /health")
+
+    line = access_log.only()
+    assert line["event"] == "127.0.0.1:5000 - GET /health"
+    assert "method" not in line
