@@ -12,9 +12,10 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 	bench bench-full clean
 
 help:
+	@echo "make help        this list"
 	@echo "make run         start the server on the embedded defaults (SQLite + dev auth)"
 	@echo "make token       mint a dev token: make token ARGS='--user alice --gm --campaign demo'"
-	@echo "make test        lint, then the whole test suite (Python, then the TypeScript client)"
+	@echo "make test        lint, then every test tier with branch coverage of app/, then the TypeScript client"
 	@echo "make test-ts     the TypeScript client's tests alone (needs Node.js)"
 	@echo "make lint        ruff, ruff format --check, mypy (strict on app/ and tests/), hadolint"
 	@echo "make fmt         format and autofix with ruff"
