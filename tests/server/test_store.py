@@ -21,6 +21,7 @@ from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable
 from app.persistence.tables import vtt_sessions
 from tests.support.loops import run
+from tests.support.poll import poll
 from tests.support.tcpproxy import TcpProxy
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "go-vtt-sessions-state.json"
@@ -265,15 +266,15 @@ async def assert_every_call_fails_fast(store: SqlStore) -> None:
 
 async def wait_until_reachable(store: SqlStore, deadline: float = 10.0) -> None:
     """Poll ping until the database answers again."""
-    give_up = time.monotonic() + deadline
-    while True:
+
+    async def reachable() -> bool:
         try:
             await store.ping()
-            return
         except StoreUnavailable:
-            if time.monotonic() > give_up:
-                raise
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await poll(reachable, deadline, "the database to answer again", interval=0.05)
 
 
 @pytest.mark.postgres
