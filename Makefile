@@ -12,11 +12,12 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 	bench bench-full clean
 
 help:
+	@echo "make help        this list"
 	@echo "make run         start the server on the embedded defaults (SQLite + dev auth)"
 	@echo "make token       mint a dev token: make token ARGS='--user alice --gm --campaign demo'"
-	@echo "make test        lint, then the whole test suite (Python, then the TypeScript client)"
+	@echo "make test        lint, then every test tier with branch coverage of app/, then the TypeScript client"
 	@echo "make test-ts     the TypeScript client's tests alone (needs Node.js)"
-	@echo "make lint        ruff, ruff format --check, mypy (strict on app/), hadolint"
+	@echo "make lint        ruff, ruff format --check, mypy (strict on app/ and tests/), hadolint"
 	@echo "make fmt         format and autofix with ruff"
 	@echo "make migrate     alembic upgrade head against DATABASE_URL (or ./vtt.db)"
 	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
@@ -62,14 +63,17 @@ lint: install
 	$(VENV)/bin/ruff check app tests migrations bench tools
 	$(VENV)/bin/ruff format --check app tests migrations bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
 	$(VENV)/bin/hadolint Dockerfile
 
 fmt: install
 	$(VENV)/bin/ruff format app tests migrations bench tools
 	$(VENV)/bin/ruff check --fix app tests migrations bench tools
 
+# Branch coverage of app/, subprocesses included ([tool.coverage.*] in pyproject.toml); a plain
+# `pytest` run measures nothing.
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --cov=app --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-ts
 
 # The TypeScript client's tests need Node.js: mandatory in CI, said plainly when skipped here.
@@ -98,4 +102,4 @@ migrate: install-run
 	$(VENV)/bin/alembic upgrade head
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

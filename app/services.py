@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import (
     Auth,
     KeySource,
-    RoleResolver,
     TokenVerifier,
     build_auth,
     check_cryptography_backend,
@@ -58,11 +57,6 @@ class Services:
     def verifier(self) -> TokenVerifier:
         """The JWT verifier."""
         return self.auth.verifier
-
-    @property
-    def roles(self) -> RoleResolver:
-        """Where campaign roles come from."""
-        return self.auth.roles
 
     @classmethod
     async def build(cls, settings: Settings) -> Services:

@@ -30,8 +30,8 @@ from app.persistence.chat import (
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, StoreUnavailable
-from tests.server.test_migrations import alembic
 from tests.support.harness import serve, settings_for
+from tests.support.sql import alembic
 from tests.support.tcpproxy import TcpProxy
 
 T = TypeVar("T")

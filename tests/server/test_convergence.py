@@ -1,10 +1,9 @@
-"""Many clients at once: their mirrors converge, racing joins share a session, joins are atomic."""
+"""Mirrors converge: every message type, many clients at once, racing joins, atomic joins."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,16 +19,11 @@ from tests.support.harness import (
     token_payload,
 )
 from tests.support.mirror import Mirror
+from tests.support.table import ZONE, act, new_campaign, news, snapshot, table, types
 
 pytestmark = pytest.mark.anyio
 
 CLIENTS = 20
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """One event loop for the module, so one server can serve every test."""
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +34,6 @@ async def fast(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runnin
     )
     async with serve(settings) as running:
         yield running
-
-
-def new_campaign() -> str:
-    """A campaign id no other test uses."""
-    return f"c-{uuid.uuid4().hex[:12]}"
-
-
-async def snapshot(server: RunningServer, campaign: str, role: Any) -> dict[str, Any]:
-    """The state.sync payload a fresh joiner of `role` receives."""
-    peer = await server.join(campaign, f"observer-{uuid.uuid4().hex[:8]}", role)
-    await peer.close()
-    return peer.sync["payload"]
 
 
 async def seat(server: RunningServer, campaign: str) -> list[Peer]:
@@ -209,3 +191,42 @@ async def test_a_client_joining_during_a_stream_of_moves_gets_each_later_event_e
         seqs = [frame["seq"] for frame in joiner.received[1:] if "seq" in frame]
         assert seqs == list(range(synced + 1, final + 1))
         assert Mirror.of(joiner.received).state == await snapshot(fast, campaign, "player")
+
+
+async def test_the_mirrors_of_a_gm_and_a_player_equal_fresh_state_syncs_after_every_message_type(
+    shared: RunningServer,
+) -> None:
+    gm, player, campaign = await table(shared)
+    metadata = {"lights": [{"position": {"x": 1, "y": 1}, "range": 4}]}
+    script: list[tuple[Peer, str, dict[str, Any]]] = [
+        (gm, "map.set", map_payload("m1", name="Tavern", map_metadata=metadata)),
+        (gm, "token.add", token_payload("t1")),
+        (gm, "token.add", token_payload("h1", visible=False)),
+        (player, "token.add", token_payload("p1", character_id="ch-9")),
+        (player, "token.move", {"token_id": "p1", "x": 5, "y": 6}),
+        (player, "token.update", {"token_id": "t1", "name": "Barkeep"}),
+        (gm, "token.update", {"token_id": "h1", "visible": True}),
+        (gm, "token.update", {"token_id": "t1", "visible": False}),
+        (gm, "token.move", {"token_id": "t1", "x": 1, "y": 1}),
+        (gm, "fog.update", {"zones": [ZONE]}),
+        (gm, "scene.darkness", {"darkness_level": 7}),
+        (gm, "map.set", map_payload("m2")),
+        (player, "token.add", token_payload("p2")),
+        (gm, "map.rename", {"map_id": "m1", "new_name": "Old Tavern"}),
+        (gm, "map.set", map_payload("m3", name="Crypt")),
+        (gm, "map.switch", {"map_id": "m1"}),
+        (player, "token.remove", {"token_id": "p1"}),
+        (gm, "map.set", map_payload("m1", width=99)),
+        (gm, "map.delete", {"map_id": "m2"}),
+        (gm, "token.remove", {"token_id": "h1"}),
+    ]
+    for peer, kind, payload in script:
+        frames = await act(peer, kind, payload)
+        assert "error" not in types(frames), (kind, frames)
+    await news(player)
+    for peer, role in ((gm, "gm"), (player, "player")):
+        mirror = Mirror.of(peer.received)
+        assert mirror.state == await snapshot(shared, campaign, role)
+        assert mirror.maps is not None
+        assert mirror.maps["active_map_id"] == "m1"
+        assert [m["name"] for m in mirror.maps["maps"]] == ["Old Tavern", "Crypt"]

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from tests.support.harness import Peer, RunningServer, serve, settings_for, token_payload
+from tests.support.table import frames_before_pong
 
 pytestmark = pytest.mark.anyio
 
 MOVE = ("token.move", {"x": 7, "y": 8})
 UPDATE = ("token.update", {"name": "Renamed"})
-REMOVE = ("token.remove", {})
+REMOVE: tuple[str, dict[str, Any]] = ("token.remove", {})
 REPLACE = ("token.add", {"name": "Replaced", "x": 0, "y": 0, "width": 1, "height": 1})
 ACTIONS = [MOVE, UPDATE, REMOVE, REPLACE]
 ACTION_IDS = ["move", "update", "remove", "replace"]
@@ -42,13 +43,6 @@ async def ask(peer: Peer, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     return await peer.until(
         lambda f: f["type"] == "error" or (f["type"] == kind and f.get("user_id") == me)
     )
-
-
-async def frames_before_pong(peer: Peer) -> list[dict[str, Any]]:
-    """Ping, and return what the peer received before the pong (state.saved aside)."""
-    start = len(peer.received)
-    await peer.roundtrip()
-    return [f for f in peer.received[start:-1] if f["type"] != "state.saved"]
 
 
 async def tokens_now(server: RunningServer, campaign: str) -> dict[str, Any]:
@@ -221,4 +215,8 @@ async def test_under_the_open_policy_a_player_may_touch_anyones_visible_token(
     for token_id in ("tok-gm", "tok-bob"):
         done = await ask(cat, *action(kind, fields, token_id))
         assert done["type"] == kind
-        assert (await gm.until(lambda f, d=done: f.get("seq") == d["seq"]))["type"] == kind
+
+        def echoes(frame: dict[str, Any], seq: int = done["seq"]) -> bool:
+            return frame.get("seq") == seq
+
+        assert (await gm.until(echoes))["type"] == kind

@@ -1,38 +1,34 @@
-"""The persistence layer on real SQLite and real Postgres: URLs, loads, batched saves, outages."""
+"""The persistence layer on real SQLite and real Postgres: engines, loads, saves, outages."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.persistence.database import async_url, create_engine
+from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
-from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable, batches
+from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable
 from app.persistence.tables import vtt_sessions
+from tests.support.loops import run
+from tests.support.poll import poll
 from tests.support.tcpproxy import TcpProxy
 
-T = TypeVar("T")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "go-vtt-sessions-state.json"
 # The outage tests use short timeouts so that a black hole costs seconds, not minutes.
 CONNECT_TIMEOUT = 1.5
 COMMAND_TIMEOUT = 2.0
 OUTAGE_BOUND = 8.0
-
-
-def run(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-    """Run a test scenario on a fresh event loop, failing it after `timeout` seconds."""
-    return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
 def state(campaign_id: str, **extra: object) -> bytes:
@@ -59,8 +55,18 @@ def state(campaign_id: str, **extra: object) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
+class Timeouts(TypedDict, total=False):
+    """The timeouts create_engine takes."""
+
+    connect_timeout: float
+    command_timeout: float
+    idle_ping_after: float
+
+
 @asynccontextmanager
-async def sql_store(url: str, **timeouts: float) -> AsyncIterator[tuple[SqlStore, AsyncEngine]]:
+async def sql_store(
+    url: str, **timeouts: Unpack[Timeouts]
+) -> AsyncIterator[tuple[SqlStore, AsyncEngine]]:
     """A migrated database's SqlStore and engine, closed afterwards."""
     # Migrating from a worker thread while this loop runs is how the server does it too.
     await asyncio.to_thread(upgrade_to_head, url)
@@ -73,66 +79,6 @@ async def sql_store(url: str, **timeouts: float) -> AsyncIterator[tuple[SqlStore
 
 
 # async_url and create_engine
-
-
-def test_no_database_url_means_the_sqlite_file() -> None:
-    assert async_url(None).render_as_string() == "sqlite+aiosqlite:///vtt.db"
-    assert async_url("", "/data/x.db").render_as_string() == "sqlite+aiosqlite:////data/x.db"
-
-
-def test_a_sqlite_url_gets_the_aiosqlite_driver() -> None:
-    assert async_url("sqlite:///tmp/a.db").drivername == "sqlite+aiosqlite"
-
-
-@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
-def test_postgres_schemes_get_the_asyncpg_driver_with_credentials_intact(scheme: str) -> None:
-    url = async_url(f"{scheme}://alice:p%40ss%3Aw0rd@db.example:6543/neondb")
-    assert url.drivername == "postgresql+asyncpg"
-    assert (url.username, url.password, url.host, url.port, url.database) == (
-        "alice",
-        "p@ss:w0rd",
-        "db.example",
-        6543,
-        "neondb",
-    )
-    assert dict(url.query) == {}
-
-
-def test_a_neon_url_has_sslmode_translated_and_channel_binding_dropped() -> None:
-    url = async_url(
-        "postgresql://u:pw@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/neondb"
-        "?sslmode=require&channel_binding=require"
-    )
-    assert url.drivername == "postgresql+asyncpg"
-    assert dict(url.query) == {"ssl": "require"}
-
-
-@pytest.mark.parametrize(
-    "sslmode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-)
-def test_every_libpq_sslmode_becomes_the_same_asyncpg_ssl_mode(sslmode: str) -> None:
-    assert dict(async_url(f"postgres://h/db?sslmode={sslmode}").query) == {"ssl": sslmode}
-
-
-def test_libpq_only_parameters_are_dropped_and_asyncpg_ones_kept() -> None:
-    url = async_url(
-        "postgres://h/db?application_name=x&options=endpoint%3Dep-1&connect_timeout=10"
-        "&target_session_attrs=read-write&sslrootcert=system"
-    )
-    assert dict(url.query) == {"target_session_attrs": "read-write"}
-
-
-def test_an_explicit_asyncpg_url_is_used_as_given() -> None:
-    given = "postgresql+asyncpg://h/db?ssl=require&prepared_statement_cache_size=0"
-    assert async_url(given) == make_url(given)
-
-
-@pytest.mark.parametrize(
-    "bad", ["mysql://h/db", "postgresql+psycopg://h/db", "postgres://h/db?sslmode=sometimes"]
-)
-def test_an_unsupported_url_is_refused_at_once(bad: str) -> None:
-    with pytest.raises(ValueError, match="unsupported"):
-        async_url(bad)
 
 
 def test_the_sqlite_engine_runs_in_wal_mode(tmp_path: Path) -> None:
@@ -169,26 +115,6 @@ def test_the_postgres_engine_never_creates_named_prepared_statements(postgres_ur
 
 
 # batches
-
-
-def test_batches_hold_at_most_500_rows() -> None:
-    rows = [(f"c{i:05d}", b"{}") for i in range(1200)]
-    assert [len(batch) for batch in batches(rows)] == [BATCH_ROWS, BATCH_ROWS, 200]
-
-
-def test_a_campaign_named_twice_in_one_save_keeps_its_last_state_once() -> None:
-    rows = [("b", b"1"), ("a", b"2"), ("b", b"3")]
-    assert list(batches(rows)) == [[("a", b"2"), ("b", b"3")]]
-
-
-def test_batches_also_stop_growing_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.persistence.store.BATCH_BYTES", 10)
-    rows = [("a", b"123456"), ("b", b"123456"), ("c", b"1")]
-    assert list(batches(rows)) == [[("a", b"123456")], [("b", b"123456"), ("c", b"1")]]
-
-
-def test_no_rows_make_no_batches() -> None:
-    assert list(batches([])) == []
 
 
 # SqlStore on both databases
@@ -252,7 +178,8 @@ def test_an_upsert_overwrites_the_state_and_bumps_updated_at(database_url: str) 
                 await connection.execute(update(vtt_sessions).values(updated_at=long_ago))
             await store.save_many([("c1", state("c1", seq=2))])
             async with engine.connect() as connection:
-                updated_at: datetime = await connection.scalar(select(vtt_sessions.c.updated_at))
+                updated_at = await connection.scalar(select(vtt_sessions.c.updated_at))
+            assert isinstance(updated_at, datetime)
             return await store.load("c1"), updated_at
 
     loaded, updated_at = run(scenario())
@@ -339,15 +266,15 @@ async def assert_every_call_fails_fast(store: SqlStore) -> None:
 
 async def wait_until_reachable(store: SqlStore, deadline: float = 10.0) -> None:
     """Poll ping until the database answers again."""
-    give_up = time.monotonic() + deadline
-    while True:
+
+    async def reachable() -> bool:
         try:
             await store.ping()
-            return
         except StoreUnavailable:
-            if time.monotonic() > give_up:
-                raise
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await poll(reachable, deadline, "the database to answer again", interval=0.05)
 
 
 @pytest.mark.postgres

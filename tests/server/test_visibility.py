@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-import app.session
 from app.config import Limits
-from app.protocol import Frame
+from app.protocol import Frame, encode_frame
 from tests.support.harness import (
     Peer,
     RunningServer,
@@ -20,6 +19,7 @@ from tests.support.harness import (
     token_payload,
     without,
 )
+from tests.support.table import frames_before_pong
 
 pytestmark = pytest.mark.anyio
 
@@ -31,13 +31,6 @@ LURKER = "tok-lurker-z9m"
 GUARD = "tok-guard-k2v"
 TORCH = "tok-torch-w4p"
 NOBODY = "tok-nobody-b3n"
-
-
-async def frames_before_pong(peer: Peer) -> list[dict[str, Any]]:
-    """Ping, and return what the peer received before the pong (state.saved aside)."""
-    start = len(peer.received)
-    await peer.roundtrip()
-    return [f for f in peer.received[start:-1] if f["type"] != "state.saved"]
 
 
 def mentions(peer: Peer, text: str) -> list[str]:
@@ -436,13 +429,12 @@ async def test_each_broadcast_is_encoded_once_per_audience_never_per_client(
     for peer in everyone:
         await peer.roundtrip()
     encoded: list[Frame] = []
-    real = app.session.encode_frame
 
-    def counting(frame: Frame) -> str:
+    def counting(frame: Frame) -> bytes:
         encoded.append(frame)
-        return real(frame)
+        return encode_frame(frame)
 
-    monkeypatch.setattr(app.session, "encode_frame", counting)
+    monkeypatch.setattr("app.session.encode_frame", counting)
 
     async def broadcast(kind: str, payload: dict[str, Any], answer: str) -> int:
         encoded.clear()

@@ -585,7 +585,8 @@ def test_every_player_mirror_equals_the_gms_state_filtered_to_what_they_may_see(
     world: World,
 ) -> None:
     run_state_machine_as_test(
-        lambda: VisibilityMachine(world),
+        # Any factory will do; hypothesis annotates the parameter as a class.
+        lambda: VisibilityMachine(world),  # type: ignore[arg-type]
         settings=settings(
             max_examples=25,
             stateful_step_count=30,

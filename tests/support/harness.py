@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.auth import DevKeys
 from app.config import Settings
+from app.errors import CloseConnection
 from app.main import create_app
 from app.model import Role
 from app.services import Services
 from app.transport.serve import Server, uvicorn_options
+from tests.support.poll import poll
 
 TIMEOUT = 10.0
 
@@ -83,15 +86,16 @@ async def serve(settings: Settings, *, freeze_gc: bool = False) -> AsyncIterator
     options.update(loop="asyncio", log_config=None, timeout_graceful_shutdown=5)
     config = uvicorn.Config(create_app(settings), **options)
     server = Server(config, freeze_gc=freeze_gc)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    def started() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during startup")
+        return server.started
+
     try:
-        async with asyncio.timeout(TIMEOUT):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("server exited during startup")
-                await asyncio.sleep(0.01)
+        await poll(started, TIMEOUT, "the server to start")
         yield RunningServer(port, settings, server, DevKeys(settings.dev_key_dir))
     finally:
         server.should_exit = True
@@ -196,6 +200,14 @@ class Peer:
         """Close from our side."""
         async with asyncio.timeout(TIMEOUT):
             await self.ws.close()
+
+
+async def refused(awaitable: Awaitable[Any]) -> CloseConnection:
+    """The CloseConnection `awaitable` raises (it must raise one)."""
+    with pytest.raises(CloseConnection) as caught:
+        async with asyncio.timeout(TIMEOUT):
+            await awaitable
+    return caught.value
 
 
 def token_payload(token_id: str, **fields: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import httpx
 
 from app.auth import DevKeys
 from app.model import Role
+from tests.support.poll import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
@@ -75,19 +76,22 @@ class ServerProcess:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
+        proc = self.proc
         async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
+
+            async def healthy() -> bool:
+                if proc.returncode is not None:
                     raise RuntimeError(f"server exited during startup:\n{self.output()}")
                 try:
                     response = await client.get(f"http://127.0.0.1:{self.port}/health")
-                    if response.status_code == 200:
-                        return
                 except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise TimeoutError(f"server did not start:\n{self.output()}")
+                    return False
+                return response.status_code == 200
+
+            try:
+                await poll(healthy, STARTUP_TIMEOUT, "/health to answer", interval=0.05)
+            except AssertionError as timed_out:
+                raise TimeoutError(f"{timed_out}; the server printed:\n{self.output()}") from None
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> float:
         """Send `sig` and wait for the exit; return how long the exit took."""

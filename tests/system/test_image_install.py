@@ -12,10 +12,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +21,9 @@ import pytest
 
 from app.config import Settings
 from app.transport.serve import banner
+from tests.support.loops import run
+from tests.support.poll import poll
+from tests.support.process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UV = ROOT / ".tools" / "bin" / "uv"
@@ -79,25 +80,14 @@ def _image_tree(work: Path) -> Path:
     return work
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_health(url: str, proc: subprocess.Popen[str], deadline: float) -> httpx.Response:
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited before /health answered"
-        try:
-            response = httpx.get(url, timeout=1.0)
-        except httpx.TransportError:
-            time.sleep(0.1)
-            continue
-        if response.status_code == 200:
-            return response
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer 200 in time")
+async def _healthy(url: str, proc: subprocess.Popen[str]) -> bool:
+    assert proc.poll() is None, "the server exited before /health answered"
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            response = await http.get(url)
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
 
 
 @pytest.mark.timeout(300)
@@ -109,7 +99,7 @@ def test_the_image_install_has_no_dev_tools_and_serves_health_on_port(tmp_path: 
     assert installed >= set(RUNTIME)
 
     work = _image_tree(tmp_path / "image")
-    port = _free_port()
+    port = free_port()
     # Only what a container would have: no developer .env, no VTT_*/CLERK_* settings.
     env = {
         "PATH": f"{python.parent}:/usr/bin:/bin",
@@ -127,8 +117,9 @@ def test_the_image_install_has_no_dev_tools_and_serves_health_on_port(tmp_path: 
         text=True,
     )
     try:
-        response = _wait_for_health(f"http://127.0.0.1:{port}/health", proc, time.monotonic() + 60)
-        assert response.json()["status"] == "ok"
+        url = f"http://127.0.0.1:{port}/health"
+        run(poll(lambda: _healthy(url, proc), 60, "/health to answer 200", interval=0.1))
+        assert httpx.get(url, timeout=5.0).json()["status"] == "ok"
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)

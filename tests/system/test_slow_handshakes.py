@@ -13,15 +13,17 @@ import json
 import os
 import resource
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from tests.support.harness import TIMEOUT, Peer, serve, settings_for, token_payload
-from tests.support.jwks_server import JwksServer, poll, signing_key
+from tests.support.jwks_server import JwksServer, signing_key
+from tests.support.poll import poll
 from tests.support.process import ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -131,6 +133,11 @@ async def trickle(sockets: list[Socket], stop: asyncio.Event) -> None:
             continue
 
 
+def moved_to(x: int) -> Callable[[dict[str, Any]], bool]:
+    """Whether a frame is the move of a token to `x`."""
+    return lambda frame: frame["type"] == "token.move" and frame["payload"]["x"] == x
+
+
 async def drag_round_trips(server: ServerProcess, moves: int) -> list[float]:
     """A GM and a player join; the GM drags; each move's time until the player sees it."""
     gm_url = server.ws_url("demo", server.token("gm", "gm"))
@@ -149,9 +156,7 @@ async def drag_round_trips(server: ServerProcess, moves: int) -> list[float]:
         for index in range(moves):
             started = time.monotonic()
             await gm.send("token.move", {"token_id": "t1", "x": index, "y": 0})
-            await player.until(
-                lambda frame, x=index: frame["type"] == "token.move" and frame["payload"]["x"] == x
-            )
+            await player.until(moved_to(index))
             latencies.append(time.monotonic() - started)
     return latencies
 

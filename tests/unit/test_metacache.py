@@ -61,13 +61,15 @@ def test_packing_leaves_the_live_state_untouched() -> None:
 def test_each_metadata_is_encoded_once_until_it_is_replaced() -> None:
     cache = MetadataCache()
     state = state_with_maps()
-    first = cache.pack(state).map_metadata
+    first: object = cache.pack(state).map_metadata
     assert isinstance(first, Raw)
-    assert cache.pack(state).map_metadata is first
+    again: object = cache.pack(state).map_metadata
+    assert again is first
     state.map_metadata = metadata(5)
-    replaced = cache.pack(state).map_metadata
+    replaced: object = cache.pack(state).map_metadata
     assert replaced is not first
-    assert bytes(replaced) == encode(metadata(5))  # type: ignore[arg-type]
+    assert isinstance(replaced, Raw)
+    assert bytes(replaced) == encode(metadata(5))
 
 
 def test_metadata_no_longer_in_the_state_is_forgotten() -> None:

@@ -1,24 +1,16 @@
-"""JSON log lines and redaction: the formatter and filter alone, then uvicorn end to end."""
+"""JSON log lines and redaction: the formatter, the filter and the logging config, in-process."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
-import socket
-import subprocess
 import sys
-import textwrap
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from websockets.sync.client import connect
 
 from app.logs import (
     AccessJsonFormatter,
@@ -28,7 +20,6 @@ from app.logs import (
     redact,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "SeCrEt-" + uuid.uuid4().hex
 # A JWT-shaped value (header {"alg":"RS256"}, a payload, a signature) made of the secret.
 JWT = f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyXzEifQ.{SECRET}"
@@ -271,111 +262,46 @@ def test_log_config_sends_uvicorns_loggers_through_the_json_formatter_and_the_fi
     assert config["disable_existing_loggers"] is False
 
 
-SERVER = textwrap.dedent(
-    """
-    import logging
-    import sys
-
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route, WebSocketRoute
-
-    from app.logs import configure_logging, log_config
-
-    log = logging.getLogger("app.endpoints")
-
-
-    async def hello(request):
-        log.info("request headers %s", dict(request.headers), extra={"campaign_id": "c1"})
-        return PlainTextResponse("ok")
-
-
-    async def ws(websocket):
-        log.info("handshake %s", websocket.url, extra={"user_id": "user_1"})
-        await websocket.accept()
-        text = await websocket.receive_text()
-        log.debug("frame %s", text)
-        await websocket.send_text("bye")
-        await websocket.close(1000)
-
-
-    app = Starlette(routes=[Route("/hello", hello), WebSocketRoute("/ws", ws)])
-    configure_logging("debug")
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        ws=sys.argv[2],
-        log_config=log_config("debug"),
-    )
-    """
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen[str], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited before it answered"
-        try:
-            httpx.get(url, timeout=1.0)
-        except httpx.TransportError:
-            time.sleep(0.05)
-        else:
-            return
-    raise AssertionError(f"{url} did not answer in time")
-
-
-@pytest.mark.parametrize("ws_impl", ["websockets-sansio", "websockets"])
-def test_uvicorn_with_log_config_never_prints_the_token_and_prints_only_json(
-    tmp_path: Path, ws_impl: str
+def test_an_allowed_extra_that_is_neither_text_nor_a_number_becomes_redacted_text(
+    app_log: Capture,
 ) -> None:
-    script = tmp_path / "server.py"
-    script.write_text(SERVER)
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(port), ws_impl],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_until_up(f"{base}/hello", proc, time.monotonic() + 20)
-        response = httpx.get(
-            f"{base}/hello?token={SECRET}",
-            headers={"Authorization": f"Bearer {JWT}"},
-            timeout=5.0,
-        )
-        assert response.status_code == 200
-        with connect(
-            f"ws://127.0.0.1:{port}/ws?campaign=c1&token={SECRET}",
-            additional_headers={"Authorization": f"Bearer {JWT}"},
-            open_timeout=5,
-            close_timeout=5,
-        ) as websocket:
-            websocket.send(json.dumps({"type": "auth.refresh", "payload": {"token": JWT}}))
-            assert websocket.recv(timeout=5) == "bye"
-    finally:
-        proc.terminate()
-        stdout, stderr = proc.communicate(timeout=20)
+    app_log.logger.warning("refused", extra={"reason": {"token": SECRET}, "rows": 3})
 
-    output = stdout + stderr
-    assert SECRET not in output
-    assert "eyJ" not in output
-    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
-    events = [line["event"] for line in lines]
-    assert any("WebSocket /ws?campaign=c1&token=[redacted]" in event for event in events)
-    access = [line for line in lines if line["logger"] == "uvicorn.access"]
-    assert any(line["full_path"] == "/hello?token=[redacted]" for line in access)
-    assert any(line.get("campaign_id") == "c1" for line in lines)
-    assert any(line.get("user_id") == "user_1" for line in lines)
+    line = app_log.only()
+    assert line["reason"] == "{'token': '[redacted]'}"
+    assert line["rows"] == 3
+
+
+def test_a_stack_is_rendered_as_a_redacted_string_field(app_log: Capture) -> None:
+    record = app_log.logger.makeRecord(
+        app_log.logger.name, logging.INFO, __file__, 1, "tick", (), None
+    )
+    record.stack_info = f"Stack (most recent call last):\n  token={SECRET}"
+
+    app_log.logger.handle(record)
+
+    assert app_log.only()["stack"] == "Stack (most recent call last):\n  token=[redacted]"
+
+
+def test_the_json_formatter_alone_renders_an_exception_it_is_handed() -> None:
+    try:
+        raise KeyError("t1")
+    except KeyError:
+        record = logging.LogRecord(
+            "vtt", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+        )
+
+    line = json.loads(JsonFormatter().format(record))
+
+    assert line["exception"].startswith("Traceback")
+    assert line["exception"].endswith("KeyError: 't1'")
+
+
+def test_an_access_record_of_another_shape_keeps_only_the_common_fields(
+    access_log: Capture,
+) -> None:
+    access_log.logger.info("%s - %s", "127.0.0.1:5000", "GET /health")
+
+    line = access_log.only()
+    assert line["event"] == "127.0.0.1:5000 - GET /health"
+    assert "method" not in line

@@ -1,0 +1,522 @@
+"""app.manager.SessionManager on fakes: single-flight loads, refusals, eviction, flushes, close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.errors import CloseCode, CloseConnection
+from app.manager import MAX_FLUSH_BACKOFF, SNAPSHOT_SLICE, SessionManager
+from app.metrics import Metrics
+from app.protocol import TokenAddMsg, decode_client_message
+from app.session import Session
+from tests.support.fakes import FakeMember, RecordingStore, change
+from tests.support.harness import TIMEOUT, token_payload
+from tests.support.loops import VirtualClockLoop
+from tests.support.poll import poll
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = Settings(env="test")
+STORED = json.dumps({"campaign_id": "c1", "tokens": {"t1": token_payload("t1", x=7)}, "seq": 7})
+
+
+def manager_of(**overrides: Any) -> tuple[SessionManager, RecordingStore]:
+    """A manager over an empty RecordingStore; its flush loop is not started."""
+    store = RecordingStore()
+    return SessionManager(replace(SETTINGS, **overrides), store, Metrics()), store
+
+
+async def edited(session: Session, member: FakeMember, token_id: str = "t1") -> None:
+    """Add a token as `member`, making `session` dirty."""
+    await session.submit(member, change("token.add", token_payload(token_id)))
+
+
+async def refusal(manager: SessionManager, campaign: str, member: FakeMember) -> CloseConnection:
+    """The CloseConnection a join raises (it must raise one)."""
+    with pytest.raises(CloseConnection) as caught:
+        async with asyncio.timeout(TIMEOUT):
+            await manager.join(campaign, member)
+    return caught.value
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+async def test_the_first_join_loads_the_campaign_and_later_joins_share_its_session() -> None:
+    manager, store = manager_of()
+
+    first, resumed = await manager.join("c1", FakeMember("gm-ada", "gm"))
+    second, _ = await manager.join("c1", FakeMember("pl-bo"))
+
+    assert resumed is False
+    assert second is first
+    assert manager.sessions == {"c1": first}
+    assert store.loads == 1
+
+
+async def test_joins_racing_for_an_unloaded_campaign_share_one_load() -> None:
+    manager, store = manager_of()
+    store.load_gate.clear()
+    members = [FakeMember(f"pl-{index}") for index in range(5)]
+
+    joins = [asyncio.create_task(manager.join("c1", member)) for member in members]
+    await poll(lambda: store.loads == 1, TIMEOUT, "the load to start")
+    assert manager.sessions == {}
+    store.load_gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        results = await asyncio.gather(*joins)
+
+    assert store.loads == 1
+    assert len({id(session) for session, _ in results}) == 1
+    assert all(member.types == ["state.sync", "map.list"] for member in members)
+
+
+async def test_a_session_starts_from_the_stored_state() -> None:
+    manager, store = manager_of()
+    store.rows["c1"] = STORED.encode()
+    gm = FakeMember("gm-ada", "gm")
+
+    await manager.join("c1", gm)
+
+    sync = gm.received[0]
+    assert sync["seq"] == 7
+    assert sync["payload"]["tokens"]["t1"]["x"] == 7
+
+
+async def test_a_failed_load_refuses_every_racing_join_with_1013_and_creates_nothing() -> None:
+    manager, store = manager_of()
+    store.rows["c1"] = STORED.encode()
+    store.outage = True
+    members = [FakeMember(f"pl-{index}") for index in range(3)]
+
+    async with asyncio.timeout(TIMEOUT):
+        outcomes = await asyncio.gather(
+            *(manager.join("c1", member) for member in members), return_exceptions=True
+        )
+
+    assert store.loads == 1
+    for outcome in outcomes:
+        assert isinstance(outcome, CloseConnection)
+        assert (outcome.code, outcome.reason) == (
+            CloseCode.TRY_AGAIN_LATER,
+            "state could not be loaded",
+        )
+    assert manager.sessions == {}
+    assert all(member.received == [] for member in members)
+    assert await manager.flush()
+    assert store.saves == 0
+    assert store.rows == {"c1": STORED.encode()}
+
+
+async def test_after_a_failed_load_the_next_join_loads_again() -> None:
+    manager, store = manager_of()
+    store.rows["c1"] = STORED.encode()
+    store.outage = True
+    await refusal(manager, "c1", FakeMember("pl-bo"))
+
+    store.outage = False
+    session, _ = await manager.join("c1", FakeMember("pl-bo"))
+
+    assert store.loads == 2
+    assert session.state.seq == 7
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b'{"grid_size": "big"}', b"[1, 2]", b"not json"],
+    ids=["a wrong type", "not an object", "not JSON"],
+)
+async def test_an_unreadable_stored_state_refuses_the_join_with_1011_and_creates_nothing(
+    stored: bytes,
+) -> None:
+    manager, store = manager_of()
+    store.rows["c1"] = stored
+
+    failure = await refusal(manager, "c1", FakeMember("gm-ada", "gm"))
+
+    assert (failure.code, failure.reason) == (
+        CloseCode.INTERNAL_ERROR,
+        "stored state is unreadable",
+    )
+    assert manager.sessions == {}
+    assert await manager.flush()
+    assert store.rows == {"c1": stored}
+
+
+async def test_a_join_that_finds_its_session_evicted_while_it_waited_gets_a_fresh_one() -> None:
+    manager, store = manager_of(evict_grace=0.0)
+    gm = FakeMember("gm-ada", "gm")
+    old, _ = await manager.join("c1", gm)
+    await old.leave(gm)
+
+    async with old.lock:
+        joining = asyncio.create_task(manager.join("c1", FakeMember("pl-bo")))
+        manager.released(old)
+        await poll(lambda: "c1" not in manager.sessions, TIMEOUT, "the eviction")
+    async with asyncio.timeout(TIMEOUT):
+        fresh, _ = await joining
+
+    assert old.closed
+    assert fresh is not old
+    assert manager.sessions == {"c1": fresh}
+    assert store.loads == 2
+
+
+# --- eviction -----------------------------------------------------------------------------------
+
+
+async def test_a_clean_session_left_by_its_last_member_is_evicted_without_a_write() -> None:
+    manager, store = manager_of(evict_grace=0.0)
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+
+    await session.leave(gm)
+    manager.released(session)
+    await poll(lambda: "c1" not in manager.sessions, TIMEOUT, "the eviction")
+
+    assert session.closed
+    assert store.saves == 0
+
+
+async def test_a_dirty_idle_session_is_written_before_it_is_evicted() -> None:
+    manager, store = manager_of(evict_grace=0.0)
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await edited(session, gm)
+
+    await session.leave(gm)
+    manager.released(session)
+    await poll(lambda: "c1" not in manager.sessions, TIMEOUT, "the eviction")
+
+    assert store.saves == 1
+    assert "t1" in json.loads(store.rows["c1"])["tokens"]
+
+
+async def test_a_session_rejoined_within_the_grace_period_is_kept() -> None:
+    manager, _ = manager_of(evict_grace=0.05)
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await session.leave(gm)
+    manager.released(session)
+    evictor = manager._evicting["c1"]
+
+    again, _ = await manager.join("c1", FakeMember("gm-ada", "gm"))
+    async with asyncio.timeout(TIMEOUT):
+        await evictor
+
+    assert again is session
+    assert manager.sessions == {"c1": session}
+    assert not session.closed
+
+
+async def test_no_eviction_starts_while_members_remain_nor_twice_and_close_cancels_it() -> None:
+    manager, _ = manager_of(evict_grace=3600.0)
+    gm, player = FakeMember("gm-ada", "gm"), FakeMember("pl-bo")
+    session, _ = await manager.join("c1", gm)
+    await manager.join("c1", player)
+
+    await session.leave(player)
+    manager.released(session)
+    assert manager._evicting == {}
+    await session.leave(gm)
+    manager.released(session)
+    evictor = manager._evicting["c1"]
+    manager.released(session)
+
+    assert manager._evicting == {"c1": evictor}
+    assert await manager.close(asyncio.get_running_loop().time() + TIMEOUT)
+    await asyncio.wait([evictor], timeout=TIMEOUT)
+    assert evictor.cancelled()
+    assert manager.sessions == {"c1": session}
+
+
+# --- flushing -----------------------------------------------------------------------------------
+
+
+async def test_a_flush_writes_every_dirty_session_in_one_save_and_tells_their_members() -> None:
+    manager, store = manager_of()
+    members = {campaign: FakeMember("gm-ada", "gm") for campaign in ("c1", "c2", "c3")}
+    for campaign, member in members.items():
+        session, _ = await manager.join(campaign, member)
+        if campaign != "c3":
+            await edited(session, member)
+        member.take()
+
+    assert await manager.flush()
+
+    assert store.saves == 1
+    assert store.rows.keys() == {"c1", "c2"}
+    assert members["c1"].take() == [
+        {"type": "state.saved", "campaign_id": "c1", "user_id": "gm-ada", "payload": {"seq": 1}}
+    ]
+    assert members["c2"].types == ["state.saved"]
+    assert members["c3"].take() == []
+    assert not any(session.dirty for session in manager.sessions.values())
+
+
+async def test_a_flush_with_nothing_dirty_writes_nothing() -> None:
+    manager, store = manager_of()
+    await manager.join("c1", FakeMember("gm-ada", "gm"))
+
+    assert await manager.flush()
+
+    assert store.attempts.empty()
+
+
+async def test_a_failed_flush_keeps_sessions_dirty_tells_nobody_and_the_next_one_writes() -> None:
+    manager, store = manager_of()
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await edited(session, gm)
+    gm.take()
+    store.outage = True
+
+    assert not await manager.flush()
+    assert session.dirty
+    assert gm.take() == []
+
+    store.outage = False
+    assert await manager.flush()
+    assert not session.dirty
+    assert gm.types == ["state.saved"]
+
+
+async def test_a_flush_of_more_sessions_than_a_slice_writes_and_acknowledges_them_all() -> None:
+    manager, store = manager_of()
+    campaigns = [f"c{index}" for index in range(SNAPSHOT_SLICE * 2 + 1)]
+    members = [FakeMember("gm-ada", "gm") for _ in campaigns]
+    for campaign, member in zip(campaigns, members, strict=True):
+        session, _ = await manager.join(campaign, member)
+        await edited(session, member)
+        member.take()
+
+    assert await manager.flush()
+
+    assert store.rows.keys() == set(campaigns)
+    assert all(member.types == ["state.saved"] for member in members)
+
+
+async def test_a_change_made_while_a_flush_writes_keeps_the_session_dirty() -> None:
+    manager, store = manager_of()
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await edited(session, gm)
+    store.gate.clear()
+
+    flushing = asyncio.create_task(manager.flush())
+    await poll(lambda: store.attempts.qsize() == 1, TIMEOUT, "the write to start")
+    await edited(session, gm, "t2")
+    store.gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing
+
+    assert session.dirty
+    assert "t2" not in json.loads(store.rows["c1"])["tokens"]
+    assert await manager.flush()
+    assert not session.dirty
+    assert "t2" in json.loads(store.rows["c1"])["tokens"]
+
+
+async def test_a_flush_asked_for_while_another_writes_waits_and_writes_nothing_twice() -> None:
+    manager, store = manager_of()
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await edited(session, gm)
+    store.gate.clear()
+
+    first = asyncio.create_task(manager.flush())
+    await poll(lambda: store.attempts.qsize() == 1, TIMEOUT, "the first write to start")
+    second = asyncio.create_task(manager.flush())
+    store.gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert list(await asyncio.gather(first, second)) == [True, True]
+
+    assert store.saves == 1
+
+
+async def test_the_session_gauges_count_live_and_dirty_sessions_at_each_scrape() -> None:
+    metrics = Metrics()
+    manager = SessionManager(SETTINGS, RecordingStore(), metrics)
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await manager.join("c2", FakeMember("gm-ada", "gm"))
+    await edited(session, gm)
+
+    assert metrics.registry.get_sample_value("vtt_live_sessions") == 2
+    assert metrics.registry.get_sample_value("vtt_dirty_sessions") == 1
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+async def test_close_writes_everything_dirty_stops_the_flush_loop_and_refuses_joins() -> None:
+    manager, store = manager_of()
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    await edited(session, gm)
+    manager.start()
+
+    assert await manager.close(asyncio.get_running_loop().time() + TIMEOUT)
+
+    assert not session.dirty
+    assert "t1" in json.loads(store.rows["c1"])["tokens"]
+    failure = await refusal(manager, "c2", FakeMember("gm-ada", "gm"))
+    assert (failure.code, failure.reason) == (CloseCode.SERVICE_RESTART, "server restarting")
+
+
+def test_close_gives_up_at_its_deadline_when_the_store_keeps_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        manager, store = manager_of()
+        gm = FakeMember("gm-ada", "gm")
+        session, _ = await manager.join("c1", gm)
+        await edited(session, gm)
+        store.outage = True
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + 5.0
+
+        assert not await manager.close(deadline, clock=clock)
+
+        assert deadline - 2.0 <= clock() < deadline
+        assert session.dirty
+        assert store.attempts.qsize() > 1
+
+    loop = VirtualClockLoop()
+    try:
+        with caplog.at_level("ERROR", logger="vtt.manager"):
+            loop.run_until_complete(asyncio.wait_for(scenario(), timeout=3600))
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records][-1] == (
+        "shutdown with unsaved state: the store kept failing"
+    )
+
+
+# --- the flush loop on a virtual clock ----------------------------------------------------------
+
+
+def test_a_failing_flush_loop_backs_off_to_the_cap_and_logs_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        settings = Settings(env="test")
+        interval = settings.flush_interval
+        store = RecordingStore()
+        metrics = Metrics()
+        manager = SessionManager(settings, store, metrics)
+        gm = FakeMember("gm1", "gm")
+        session, _ = await manager.join("c1", gm)
+        clock = asyncio.get_running_loop().time
+
+        async def edit(x: int) -> None:
+            message = {"type": "token.add", "payload": token_payload(f"t{x}", x=x)}
+            decoded = decode_client_message(json.dumps(message))
+            assert isinstance(decoded, TokenAddMsg)
+            await session.submit(gm, decoded)
+
+        async def gaps(count: int) -> list[float]:
+            """The delays before each of the next `count` write attempts."""
+            found, last = [], clock()
+            for _ in range(count):
+                async with asyncio.timeout(MAX_FLUSH_BACKOFF * 2):
+                    attempt = await store.attempts.get()
+                found.append(attempt - last)
+                last = attempt
+            return found
+
+        def logged(message: str) -> int:
+            return sum(1 for r in caplog.records if r.getMessage().startswith(message))
+
+        await edit(1)
+        store.outage = True
+        manager.start()
+        backoff = [min(interval * 2**n, MAX_FLUSH_BACKOFF) for n in range(8)]
+        assert await gaps(8) == pytest.approx(backoff)
+        assert session.dirty
+        assert metrics.registry.get_sample_value("vtt_flush_failures_total") == 8
+        assert logged("flush failed") == 1
+        assert logged("flush recovered") == 0
+
+        store.outage = False
+        assert await gaps(1) == pytest.approx([MAX_FLUSH_BACKOFF])
+        assert not session.dirty
+        assert store.rows.keys() == {"c1"}
+        assert gm.received[-1]["type"] == "state.saved"
+        assert logged("flush recovered") == 1
+
+        await edit(2)
+        assert await gaps(1) == pytest.approx([interval]), "a success resets the backoff"
+        store.outage = True
+        await edit(3)
+        assert await gaps(3) == pytest.approx([interval, interval * 2, interval * 4])
+        assert logged("flush failed") == 2, "a second outage is logged once more"
+
+        store.outage = False
+        assert await manager.close(clock() + MAX_FLUSH_BACKOFF, clock=clock)
+        assert not session.dirty
+        assert logged("flush failed") == 2
+        assert logged("flush recovered") == 2
+
+    loop = VirtualClockLoop()
+    try:
+        with caplog.at_level("INFO", logger="vtt.manager"):
+            loop.run_until_complete(asyncio.wait_for(scenario(), timeout=3600))
+    finally:
+        loop.close()
+
+
+def test_a_session_waiting_for_eviction_during_an_outage_adds_no_writes_to_the_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        settings = Settings(env="test", evict_grace=0.0)
+        interval = settings.flush_interval
+        store = RecordingStore()
+        manager = SessionManager(settings, store, Metrics())
+        gm = FakeMember("gm1", "gm")
+        session, _ = await manager.join("c1", gm)
+        clock = asyncio.get_running_loop().time
+        message = {"type": "token.add", "payload": token_payload("t1")}
+        decoded = decode_client_message(json.dumps(message))
+        assert isinstance(decoded, TokenAddMsg)
+        await session.submit(gm, decoded)
+
+        store.outage = True
+        manager.start()
+        async with asyncio.timeout(interval * 2):
+            first = await store.attempts.get()
+        assert first == pytest.approx(interval)
+        await session.leave(gm)
+        manager.released(session)
+
+        attempts = []
+        for _ in range(5):
+            async with asyncio.timeout(MAX_FLUSH_BACKOFF * 2):
+                attempts.append(await store.attempts.get())
+        gaps = [b - a for a, b in zip([first, *attempts], attempts, strict=False)]
+        assert gaps == pytest.approx([interval * 2, interval * 4, interval * 8, 60.0, 60.0])
+        assert manager.sessions.keys() == {"c1"}, "unsaved: kept in memory"
+
+        evictor = manager._evicting["c1"]
+        store.outage = False
+        async with asyncio.timeout(MAX_FLUSH_BACKOFF * 2):
+            await store.attempts.get()
+            await evictor
+        assert "c1" not in manager.sessions
+        assert store.rows.keys() == {"c1"}
+        assert session.closed
+        assert await manager.close(clock() + 1.0, clock=clock)
+
+    loop = VirtualClockLoop()
+    try:
+        with caplog.at_level("INFO", logger="vtt.manager"):
+            loop.run_until_complete(asyncio.wait_for(scenario(), timeout=3600))
+    finally:
+        loop.close()

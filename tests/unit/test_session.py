@@ -1,0 +1,419 @@
+"""app.session.Session on fake members: joins, seq, fan-out per audience, resume, caps, saving."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+import pytest
+from msgspec import UNSET
+
+from app.config import Settings
+from app.errors import CloseCode, CloseConnection
+from app.metrics import Metrics
+from app.protocol import decode_stored_state
+from app.rules import new_state
+from app.session import Session, SessionClosed
+from tests.support.fakes import FakeMember, change
+from tests.support.harness import map_payload, token_payload
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = Settings(env="test")
+
+
+def session_of(**overrides: Any) -> Session:
+    """A session of a fresh campaign `c1`."""
+    return Session(new_state("c1"), replace(SETTINGS, **overrides), Metrics())
+
+
+async def seated(session: Session, member: FakeMember) -> FakeMember:
+    """`member`, joined, with its greeting taken."""
+    await session.join(member)
+    member.take()
+    return member
+
+
+async def table(session: Session) -> tuple[FakeMember, FakeMember]:
+    """A GM and a player joined to `session`, greetings taken."""
+    gm = await seated(session, FakeMember("gm-ada", "gm"))
+    player = await seated(session, FakeMember("pl-bo"))
+    return gm, player
+
+
+# --- joining and leaving ------------------------------------------------------------------------
+
+
+async def test_a_joining_member_gets_the_state_at_the_current_seq_then_the_map_list() -> None:
+    session = session_of()
+    gm = FakeMember("gm-ada", "gm")
+
+    resumed = await session.join(gm)
+
+    assert resumed is False
+    sync, listing = gm.received
+    assert (sync["type"], sync["campaign_id"], sync["user_id"], sync["seq"]) == (
+        "state.sync",
+        "c1",
+        "gm-ada",
+        0,
+    )
+    assert sync["payload"]["epoch"] == session.epoch
+    assert listing == {
+        "type": "map.list",
+        "campaign_id": "c1",
+        "user_id": "gm-ada",
+        "payload": {"maps": []},
+    }
+
+
+async def test_a_gm_joins_with_the_map_library_and_a_player_without_it() -> None:
+    session = session_of()
+    gm, player = FakeMember("gm-ada", "gm"), FakeMember("pl-bo")
+
+    await session.join(gm)
+    await session.join(player)
+
+    assert gm.received[0]["payload"]["saved_maps"] == {}
+    assert "saved_maps" not in player.received[0]["payload"]
+
+
+async def test_a_member_that_left_receives_nothing_more_and_leaving_again_changes_nothing() -> None:
+    session = session_of()
+    gm, player = await table(session)
+
+    await session.leave(player)
+    await session.leave(player)
+    await session.submit(gm, change("token.add", token_payload("t1")))
+
+    assert player.take() == []
+    assert [member.actor.user_id for member in session.members] == ["gm-ada"]
+
+
+async def test_a_session_evicted_while_a_join_waited_refuses_that_join() -> None:
+    session = session_of()
+    session.closed = True
+
+    with pytest.raises(SessionClosed):
+        await session.join(FakeMember("gm-ada", "gm"))
+
+    assert not session.members
+
+
+async def test_a_state_loaded_without_a_library_gets_an_empty_one_and_a_fresh_epoch() -> None:
+    state = new_state("c1")
+    state.saved_maps = UNSET
+    first = Session(state, SETTINGS, Metrics())
+    epoch = first.epoch
+    second = Session(state, SETTINGS, Metrics())
+
+    assert first.state.saved_maps == {}
+    assert second.epoch != epoch
+
+
+# --- caps ---------------------------------------------------------------------------------------
+
+
+async def test_a_users_connection_past_the_per_user_cap_is_refused_4429_and_not_added() -> None:
+    session = session_of(max_connections_per_user=2)
+    for _ in range(2):
+        await session.join(FakeMember("pl-bo"))
+
+    with pytest.raises(CloseConnection) as caught:
+        await session.join(FakeMember("pl-bo"))
+    await session.join(FakeMember("pl-cy"))
+
+    assert caught.value.code == CloseCode.TOO_MANY_CONNECTIONS
+    assert caught.value.reason == "too many connections for user"
+    assert len(session.members) == 3
+
+
+async def test_a_connection_past_the_per_campaign_cap_is_refused_4429_and_not_added() -> None:
+    session = session_of(max_connections_per_campaign=2)
+    await session.join(FakeMember("gm-ada", "gm"))
+    await session.join(FakeMember("pl-bo"))
+    late = FakeMember("pl-cy")
+
+    with pytest.raises(CloseConnection) as caught:
+        await session.join(late)
+
+    assert caught.value.code == CloseCode.TOO_MANY_CONNECTIONS
+    assert caught.value.reason == "too many connections to campaign"
+    assert late not in session.members
+    assert late.received == []
+
+
+# --- seq and fan-out ----------------------------------------------------------------------------
+
+
+async def test_each_applied_change_takes_the_next_seq_and_marks_the_session_dirty() -> None:
+    session = session_of()
+    gm, _ = await table(session)
+    assert not session.dirty
+
+    await session.submit(gm, change("token.add", token_payload("t1")))
+    await session.submit(gm, change("token.move", {"token_id": "t1", "x": 1, "y": 2}))
+    await session.submit(gm, change("scene.darkness", {"darkness_level": 0.5}))
+
+    assert [message["seq"] for message in gm.received] == [1, 2, 3]
+    assert session.state.seq == 3
+    assert session.version == 3
+    assert session.dirty
+
+
+async def test_a_broadcast_reaches_every_member_of_both_audiences_the_sender_included() -> None:
+    session = session_of()
+    gm, player = await table(session)
+    other = await seated(session, FakeMember("pl-cy"))
+
+    await session.submit(player, change("token.add", token_payload("t1")))
+
+    for member in (gm, player, other):
+        (added,) = member.take()
+        assert (added["type"], added["user_id"], added["seq"]) == ("token.add", "pl-bo", 1)
+        assert added["payload"]["owner_id"] == "pl-bo"
+
+
+async def test_a_change_to_a_hidden_token_reaches_the_gms_only_yet_takes_a_seq() -> None:
+    session = session_of()
+    gm, player = await table(session)
+
+    await session.submit(gm, change("token.add", token_payload("h1", visible=False)))
+    await session.submit(gm, change("token.move", {"token_id": "h1", "x": 3, "y": 3}))
+
+    assert [(m["type"], m["seq"]) for m in gm.take()] == [("token.add", 1), ("token.move", 2)]
+    assert player.take() == []
+
+
+async def test_hiding_a_token_sends_players_a_token_remove_under_the_gms_seq() -> None:
+    session = session_of()
+    gm, player = await table(session)
+    await session.submit(gm, change("token.add", token_payload("t1")))
+    gm.take()
+    player.take()
+
+    await session.submit(gm, change("token.update", {"token_id": "t1", "visible": False}))
+
+    (update,) = gm.take()
+    (remove,) = player.take()
+    assert (update["type"], remove["type"]) == ("token.update", "token.remove")
+    assert remove["payload"] == {"token_id": "t1"}
+    assert remove["seq"] == update["seq"] == 2
+
+
+async def test_a_move_is_handed_over_as_conflatable_under_its_token_and_nothing_else_is() -> None:
+    session = session_of()
+    gm, player = await table(session)
+
+    await session.submit(gm, change("token.add", token_payload("t1")))
+    await session.submit(gm, change("token.move", {"token_id": "t1", "x": 1, "y": 1}))
+    await session.submit(gm, change("fog.update", {"zones": []}))
+
+    for member in (gm, player):
+        assert [(d.token_id, d.conflates) for d in member.deliveries] == [
+            ("t1", False),
+            ("t1", True),
+            (None, False),
+        ]
+
+
+async def test_a_map_switch_sends_each_audience_its_own_state_sync() -> None:
+    session = session_of()
+    gm, player = await table(session)
+    await session.submit(gm, change("map.set", map_payload("m1")))
+    await session.submit(gm, change("token.add", token_payload("h1", visible=False)))
+    await session.submit(gm, change("map.set", map_payload("m2")))
+    gm.take()
+    player.take()
+
+    await session.submit(gm, change("map.switch", {"map_id": "m1"}))
+
+    gm_sync, player_sync = gm.take()[0], player.take()[0]
+    assert gm_sync["type"] == player_sync["type"] == "state.sync"
+    assert gm_sync["seq"] == player_sync["seq"] == gm_sync["payload"]["seq"]
+    assert list(gm_sync["payload"]["tokens"]) == ["h1"]
+    assert player_sync["payload"]["tokens"] == {}
+
+
+async def test_a_refused_change_answers_the_sender_alone_and_takes_no_seq() -> None:
+    session = session_of()
+    gm, player = await table(session)
+
+    await session.submit(player, change("scene.darkness", {"darkness_level": 1}))
+
+    (error,) = player.take()
+    assert error["type"] == "error"
+    assert error["payload"]["code"] == "forbidden"
+    assert "seq" not in error
+    assert gm.take() == []
+    assert session.state.seq == 0
+    assert not session.dirty
+
+
+async def test_a_pong_goes_to_the_pinging_member_alone_without_a_seq() -> None:
+    session = session_of()
+    gm, player = await table(session)
+
+    session.pong(player)
+
+    assert player.take() == [
+        {"type": "pong", "campaign_id": "c1", "user_id": "pl-bo", "payload": {}}
+    ]
+    assert gm.take() == []
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+async def played(session: Session, moves: int) -> FakeMember:
+    """A GM who added `t1` (visible) and `h1` (hidden), then moved each `moves` times."""
+    gm = await seated(session, FakeMember("gm-ada", "gm"))
+    await session.submit(gm, change("token.add", token_payload("t1")))
+    await session.submit(gm, change("token.add", token_payload("h1", visible=False)))
+    for step in range(moves):
+        for token_id in ("t1", "h1"):
+            move = {"token_id": token_id, "x": step, "y": step}
+            await session.submit(gm, change("token.move", move))
+    return gm
+
+
+async def test_a_resume_within_the_history_gets_a_marker_then_exactly_the_missed_events() -> None:
+    session = session_of()
+    await played(session, moves=2)
+    back = FakeMember("gm-ada", "gm")
+
+    resumed = await session.join(back, since=2, epoch=session.epoch)
+
+    assert resumed is True
+    marker, *missed = back.received
+    assert marker["type"] == "state.resume"
+    assert marker["payload"] == {"from_seq": 3, "to_seq": 6, "epoch": session.epoch}
+    assert [(m["type"], m["seq"]) for m in missed] == [("token.move", seq) for seq in range(3, 7)]
+    assert [d.conflates for d in back.deliveries[1:]] == [True] * 4
+
+
+async def test_a_players_resume_leaves_out_what_players_may_not_see() -> None:
+    session = session_of()
+    await played(session, moves=2)
+    back = FakeMember("pl-bo")
+
+    assert await session.join(back, since=1, epoch=session.epoch)
+
+    marker, *missed = back.received
+    assert marker["payload"]["to_seq"] == 6
+    assert [(m["payload"]["token_id"], m["seq"]) for m in missed] == [("t1", 3), ("t1", 5)]
+
+
+async def test_a_resume_with_nothing_missed_gets_an_empty_range_only() -> None:
+    session = session_of()
+    await played(session, moves=1)
+    back = FakeMember("gm-ada", "gm")
+
+    assert await session.join(back, since=4, epoch=session.epoch)
+
+    assert back.received == [
+        {
+            "type": "state.resume",
+            "campaign_id": "c1",
+            "user_id": "gm-ada",
+            "seq": 4,
+            "payload": {"from_seq": 5, "to_seq": 4, "epoch": session.epoch},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("since", "epoch"),
+    [(2, "another"), (2, None), (7, "current"), (-1, "current"), (1, "current")],
+    ids=["another epoch", "no epoch", "ahead of the seq", "negative", "past the history"],
+)
+async def test_a_resume_the_history_cannot_serve_gets_a_full_state_sync(
+    since: int, epoch: str | None
+) -> None:
+    session = session_of(resume_buffer=4)
+    await played(session, moves=2)
+    back = FakeMember("gm-ada", "gm")
+
+    resumed = await session.join(back, since, session.epoch if epoch == "current" else epoch)
+
+    assert resumed is False
+    assert [m["type"] for m in back.received] == ["state.sync", "map.list"]
+    assert back.received[0]["seq"] == 6
+
+
+async def test_a_resume_across_a_map_switch_gets_a_full_state_sync() -> None:
+    session = session_of()
+    gm = await seated(session, FakeMember("gm-ada", "gm"))
+    await session.submit(gm, change("map.set", map_payload("m1")))
+    since = session.state.seq
+    await session.submit(gm, change("map.set", map_payload("m2")))
+    await session.submit(gm, change("map.switch", {"map_id": "m1"}))
+    back = FakeMember("gm-ada", "gm")
+
+    assert not await session.join(back, since=since, epoch=session.epoch)
+
+    assert [m["type"] for m in back.received] == ["state.sync", "map.list"]
+
+
+# --- snapshots and saving -----------------------------------------------------------------------
+
+
+async def test_a_snapshot_is_none_while_nothing_changed() -> None:
+    session = session_of()
+    await table(session)
+
+    assert await session.snapshot() is None
+
+
+async def test_a_snapshot_holds_the_stored_state_at_its_version_and_seq_without_the_epoch() -> None:
+    session = session_of()
+    gm, _ = await table(session)
+    await session.submit(gm, change("token.add", token_payload("t1", x=4)))
+    await session.submit(gm, change("token.move", {"token_id": "t1", "x": 9, "y": 9}))
+
+    snapshot = await session.snapshot()
+
+    assert snapshot is not None
+    assert (snapshot.campaign_id, snapshot.version, snapshot.seq) == ("c1", 2, 2)
+    assert "epoch" not in msgspec.json.decode(snapshot.data)
+    stored = decode_stored_state(snapshot.data, "c1")
+    assert stored.tokens["t1"].x == 9
+    assert stored.seq == 2
+
+
+async def test_marking_a_snapshot_saved_cleans_the_session_and_tells_every_member_its_seq() -> None:
+    session = session_of()
+    gm, player = await table(session)
+    await session.submit(gm, change("token.add", token_payload("t1")))
+    gm.take()
+    player.take()
+    snapshot = await session.snapshot()
+    assert snapshot is not None
+
+    session.mark_saved(snapshot)
+
+    assert not session.dirty
+    for member in (gm, player):
+        (saved,) = member.take()
+        assert (saved["type"], saved["payload"]) == ("state.saved", {"seq": 1})
+        assert "seq" not in saved
+
+
+async def test_a_change_after_the_snapshot_keeps_the_session_dirty_once_that_one_is_saved() -> None:
+    session = session_of()
+    gm, _ = await table(session)
+    await session.submit(gm, change("token.add", token_payload("t1")))
+    first = await session.snapshot()
+    await session.submit(gm, change("token.add", token_payload("t2")))
+    second = await session.snapshot()
+    assert first is not None
+    assert second is not None
+
+    session.mark_saved(first)
+    assert session.dirty
+    session.mark_saved(second)
+    session.mark_saved(first)
+
+    assert not session.dirty
+    assert session.saved_version == 2
