@@ -50,7 +50,7 @@ async def test_a_client_joining_a_fresh_campaign_gets_its_empty_state_then_the_m
         "seq": 0,
     }
     assert listing["type"] == "map.list"
-    assert listing["payload"] == {"maps": []}
+    assert listing["payload"] == {"maps": [], "active_map_id": ""}
     assert "saved_maps" not in player.sync["payload"]
     assert player.sync["payload"]["epoch"] == epoch
 

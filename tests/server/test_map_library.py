@@ -26,6 +26,8 @@ async def test_map_set_of_a_new_map_sends_everyone_map_set_with_its_stored_name_
 ) -> None:
     gm, player, campaign = await table(shared)
     metadata = {"walls": [[{"x": 0, "y": 0}, {"x": 3, "y": 0}]]}
+    # What the Go service always sent: `environment` with its zero values, when none was given.
+    stored = {**metadata, "environment": {"baked_lighting": False, "ambient_light": ""}}
     mine = await act(gm, "map.set", map_payload("m1", map_metadata=metadata))
     theirs = await news(player)
     listing = {
@@ -35,7 +37,7 @@ async def test_map_set_of_a_new_map_sends_everyone_map_set_with_its_stored_name_
     for frames in (mine, theirs):
         assert types(frames) == ["map.set", "map.list"]
         assert frames[0]["payload"] == {
-            **map_payload("m1", map_metadata=metadata),
+            **map_payload("m1", map_metadata=stored),
             "name": "Map 1",
         }
         assert frames[1]["payload"] == listing
@@ -44,7 +46,7 @@ async def test_map_set_of_a_new_map_sends_everyone_map_set_with_its_stored_name_
     assert (state["map_id"], state["map_url"], state["map_metadata"]) == (
         "m1",
         map_payload("m1")["image_url"],
-        metadata,
+        stored,
     )
 
 
