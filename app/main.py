@@ -15,7 +15,6 @@ from app.config import Settings
 from app.endpoints import WebSocketEndpoint, health, metrics, ready
 from app.logs import install_redaction
 from app.services import Services
-from app.transport.adapter import RawSendMiddleware
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -43,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes += _dev_routes()
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RawSendMiddleware), Middleware(AuthMiddleware)],
+        middleware=[Middleware(AuthMiddleware)],
         lifespan=lifespan,
     )
 

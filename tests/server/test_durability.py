@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
+from app.connection import text_of
 from app.manager import MAX_FLUSH_BACKOFF, SessionManager
 from app.metrics import Metrics
 from app.model import Actor
@@ -25,6 +26,7 @@ from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import MemoryStore, SqlStore
 from app.protocol import TokenAddMsg, decode_client_message
+from app.session import Outgoing
 from tests.support.harness import Peer, RunningServer, serve, settings_for, token_payload
 from tests.support.process import ServerProcess
 from tests.support.tcpproxy import TcpProxy
@@ -398,15 +400,9 @@ class Listener:
         self.actor = actor
         self.frames: list[dict[str, Any]] = []
 
-    def deliver(
-        self,
-        text: str,
-        token_id: str | None = None,
-        is_move: bool = False,
-        frame: bytes | None = None,
-    ) -> None:
+    def deliver(self, outgoing: Outgoing) -> None:
         """Keep the message."""
-        self.frames.append(json.loads(text))
+        self.frames.append(json.loads(text_of(outgoing.frame)))
 
 
 def test_a_failing_flush_loop_backs_off_to_the_cap_and_logs_once_per_outage(

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from app.config import Limits, Settings
-from app.connection import Client
+from app.connection import Connection
 from app.model import Role
 from app.transport.serve import uvicorn_options
 from tests.support.harness import (
@@ -59,12 +59,12 @@ async def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def clients_of(server: RunningServer, campaign: str) -> list[Client]:
+def clients_of(server: RunningServer, campaign: str) -> list[Connection]:
     """The clients the server holds in `campaign`'s session right now."""
     session = server.services.manager.sessions.get(campaign)
     if session is None:
         return []
-    return [member for member in session.members if isinstance(member, Client)]
+    return [member for member in session.members if isinstance(member, Connection)]
 
 
 def users_of(server: RunningServer, campaign: str) -> list[str]:
@@ -72,9 +72,9 @@ def users_of(server: RunningServer, campaign: str) -> list[str]:
     return sorted(client.actor.user_id for client in clients_of(server, campaign))
 
 
-async def client_of(server: RunningServer, campaign: str, user: str) -> Client:
+async def client_of(server: RunningServer, campaign: str, user: str) -> Connection:
     """The server's client object of `user` in `campaign`, once it has joined."""
-    found: list[Client] = []
+    found: list[Connection] = []
 
     def joined() -> bool:
         found[:] = [c for c in clients_of(server, campaign) if c.actor.user_id == user]
@@ -427,7 +427,7 @@ async def send_fog(gm: Peer, readers: list[Peer]) -> None:
         peer.raw.clear()
 
 
-async def fill_pipe(gm: Peer, readers: list[Peer], slow: Client, limit: int = 60) -> int:
+async def fill_pipe(gm: Peer, readers: list[Peer], slow: Connection, limit: int = 60) -> int:
     """Send big fog updates until the slow client's socket takes no more; how many it took."""
     # The kernel's buffers (several MB on loopback) must be full before the server's own
     # queue has anything to conflate or bound.
