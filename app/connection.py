@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from typing import Protocol
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from app.auth import Auth, Identity
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
-from app.protocol import AuthRefreshMsg, DecodeFailure, PingMsg, decode_client_message
+from app.protocol import (
+    AuthRefreshMsg,
+    ClientMessage,
+    DecodeFailure,
+    PingMsg,
+    TokenMoveMsg,
+    decode_client_message,
+)
 from app.ratelimit import TokenBucket, Verdict
 from app.services import Services
 from app.session import Outgoing, Session
@@ -27,6 +35,19 @@ log = logging.getLogger("vtt.connection")
 SOCKET_EXTENSION = "vtt.socket"
 # How long a slow client's close may wait for its socket to drain before the socket is dropped.
 CLOSE_DEADLINE = 5.0
+
+# Inbound moves beyond the rate are merged per token instead of refused. Only a frame this
+# small is decoded to see whether it is one (no valid move is bigger), so merging never
+# decodes much; a connection whose moves were merged this recently is dragging, and its other
+# messages then wait for the bucket instead of being refused; and merged moves are read no
+# faster than a rate far above any pointer's, so that TCP pushes back on a sender of moves
+# flat out as it does on other flooders.
+MOVE = str(TokenMoveMsg.__struct_config__.tag)
+MOVE_FRAME_MAX = 2048
+DRAG_QUIET = 1.0
+MERGED_MOVES_PER_SECOND = 1000.0
+_MOVE_TEXT = f'"{MOVE}"'
+_MOVE_BYTES = _MOVE_TEXT.encode()
 
 
 class FrameSocket(Protocol):
@@ -129,8 +150,11 @@ class Connection:
 
     __slots__ = (
         "_bucket",
+        "_dragging_until",
         "_expiry",
+        "_merge_pace",
         "_outbox",
+        "_pending",
         "_reader",
         "_send",
         "abandoned",
@@ -179,11 +203,21 @@ class Connection:
             time.monotonic(),
         )
         self._expiry: asyncio.TimerHandle | None = None
+        # Merged moves: each token's latest position waiting for the bucket, in the order the
+        # tokens first waited; until when the connection counts as dragging; the read pace.
+        self._pending: dict[str, TokenMoveMsg] = {}
+        self._dragging_until = 0.0
+        self._merge_pace: TokenBucket | None = None
 
     @property
     def queued(self) -> int:
         """How many messages wait in the outbox."""
         return len(self._outbox)
+
+    @property
+    def merging(self) -> int:
+        """How many tokens have a merged move waiting for the bucket."""
+        return len(self._pending)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -289,9 +323,17 @@ class Connection:
     async def _read(self, receive: Receive, session: Session, auth: Auth) -> None:
         max_bytes = self.settings.limits.max_frame_bytes
         bucket = self._bucket
+        pending = self._pending
         while True:
-            message = await receive()
+            if pending and self.closing is None:
+                message = await self._receive_until_due(receive)
+                if message is None:
+                    await self._apply_due(session, auth, time.monotonic())
+                    continue
+            else:
+                message = await receive()
             if message["type"] != "websocket.receive":
+                await self._apply_pending(session, auth)
                 return
             if self.closing is not None:
                 continue
@@ -301,22 +343,88 @@ class Connection:
             if _too_big(data, max_bytes):
                 self.close(CloseConnection(CloseCode.TOO_BIG, "frame too large"))
                 continue
-            verdict = bucket.take(time.monotonic())
-            if verdict is not Verdict.ACCEPT:
-                self._limited(verdict, session)
-                # Reading no faster than the rate lets TCP push back on a flooder, instead
-                # of this loop parsing and dropping its frames ahead of everyone else.
-                await asyncio.sleep(1.0 / self.settings.rate_per_second)
-                continue
-            try:
+            now = time.monotonic()
+            if pending:
+                await self._apply_due(session, auth, now)
+            if not pending and bucket.try_take(now):
                 await self._handle(data, session, auth)
-            except Exception:
-                # A bug must cost one message, never the session or the connection.
-                log.exception(
-                    "message handling failed",
-                    extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
-                )
-                session.reply_error(self, "internal", "internal error; not applied")
+            else:
+                await self._over_rate(data, session, auth, now)
+
+    async def _over_rate(self, data: str | bytes, session: Session, auth: Auth, now: float) -> None:
+        """A message the bucket cannot take now: merged (a move), kept waiting, or refused."""
+        move = _move_in(data)
+        if move is not None:
+            self.metrics.message_in(MOVE)
+            if self._merge(move, now):
+                await self._pace_merges(now)
+                return
+        if self._pending or now < self._dragging_until:
+            if await self._wait_turn(session, auth):
+                await self._handle(move or data, session, auth)
+            return
+        self._limited(self._bucket.take(now), session)
+        # Reading no faster than the rate lets TCP push back on a flooder, instead of this
+        # loop parsing and dropping its frames ahead of everyone else.
+        await asyncio.sleep(1.0 / self.settings.rate_per_second)
+
+    def _merge(self, move: TokenMoveMsg, now: float) -> bool:
+        """Keep `move` as its token's pending position; False when too many tokens pend."""
+        pending = self._pending
+        token_id = move.payload.token_id
+        if token_id not in pending and len(pending) >= self.settings.limits.max_tokens:
+            return False
+        # A token keeps its place among the pending: moves of different tokens commute.
+        pending[token_id] = move
+        self._dragging_until = now + DRAG_QUIET
+        return True
+
+    async def _pace_merges(self, now: float) -> None:
+        """Read merged moves no faster than MERGED_MOVES_PER_SECOND."""
+        pace = self._merge_pace
+        if pace is None:
+            burst = int(MERGED_MOVES_PER_SECOND // 10)
+            pace = self._merge_pace = TokenBucket(MERGED_MOVES_PER_SECOND, burst, math.inf, now)
+        if not pace.try_take(now):
+            await asyncio.sleep(pace.delay(now))
+
+    async def _receive_until_due(self, receive: Receive) -> Message | None:
+        """The next message, or None once the bucket can take the oldest pending move."""
+        delay = self._bucket.delay(time.monotonic())
+        if delay <= 0.0:
+            return None
+        try:
+            async with asyncio.timeout(delay):
+                return await receive()
+        except TimeoutError:
+            return None
+
+    async def _apply_due(self, session: Session, auth: Auth, now: float) -> None:
+        """Apply pending moves, oldest first, as far as the bucket allows at `now`."""
+        pending = self._pending
+        while pending and self.closing is None and self._bucket.try_take(now):
+            await self._handle(pending.pop(next(iter(pending))), session, auth)
+
+    async def _apply_pending(self, session: Session, auth: Auth) -> None:
+        """Apply every pending move now: the peer has gone, and its last positions must land."""
+        pending = self._pending
+        while pending and self.closing is None:
+            await self._handle(pending.pop(next(iter(pending))), session, auth)
+
+    async def _wait_turn(self, session: Session, auth: Auth) -> bool:
+        """Wait until the pending moves are applied and the bucket takes one message more.
+
+        False when the connection started closing meanwhile.
+        """
+        bucket = self._bucket
+        while True:
+            now = time.monotonic()
+            await self._apply_due(session, auth, now)
+            if self.closing is not None:
+                return False
+            if not self._pending and bucket.try_take(now):
+                return True
+            await asyncio.sleep(bucket.delay(now))
 
     def _limited(self, verdict: Verdict, session: Session) -> None:
         if verdict is Verdict.CLOSE:
@@ -328,23 +436,36 @@ class Connection:
         elif verdict is Verdict.DROP_AND_TELL:
             session.reply_error(self, "rate_limited", "too many messages; slow down")
 
-    async def _handle(self, data: str | bytes, session: Session, auth: Auth) -> None:
+    async def _handle(
+        self, data: str | bytes | ClientMessage, session: Session, auth: Auth
+    ) -> None:
+        """Decode (unless done already) and apply one message; a bug costs only this message."""
         started = time.perf_counter()
         try:
-            message = decode_client_message(data)
-        except DecodeFailure as failure:
-            self.metrics.message_in("unknown")
-            session.reply_error(self, failure.code, failure.message)
-            return
-        self.metrics.message_in(str(message.__struct_config__.tag))
-        match message:
-            case PingMsg():
-                session.pong(self)
-            case AuthRefreshMsg(payload=refresh):
-                await self._refresh(refresh.token, auth)
-            case _:
-                await session.submit(self, message)
-                self.metrics.counts.observe_broadcast(time.perf_counter() - started)
+            if isinstance(data, str | bytes):
+                try:
+                    message = decode_client_message(data)
+                except DecodeFailure as failure:
+                    self.metrics.message_in("unknown")
+                    session.reply_error(self, failure.code, failure.message)
+                    return
+                self.metrics.message_in(str(message.__struct_config__.tag))
+            else:
+                message = data
+            match message:
+                case PingMsg():
+                    session.pong(self)
+                case AuthRefreshMsg(payload=refresh):
+                    await self._refresh(refresh.token, auth)
+                case _:
+                    await session.submit(self, message)
+                    self.metrics.counts.observe_broadcast(time.perf_counter() - started)
+        except Exception:
+            log.exception(
+                "message handling failed",
+                extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
+            )
+            session.reply_error(self, "internal", "internal error; not applied")
 
     async def _refresh(self, token: str, auth: Auth) -> None:
         try:
@@ -375,6 +496,19 @@ class Connection:
 
     def _expired(self) -> None:
         self.close(CloseConnection(CloseCode.UNAUTHORIZED, "token expired; refresh it"))
+
+
+def _move_in(data: str | bytes) -> TokenMoveMsg | None:
+    """`data` decoded, when it is a token.move small enough to merge."""
+    if len(data) > MOVE_FRAME_MAX:
+        return None
+    if not (_MOVE_TEXT in data if isinstance(data, str) else _MOVE_BYTES in data):
+        return None
+    try:
+        message = decode_client_message(data)
+    except DecodeFailure:
+        return None
+    return message if isinstance(message, TokenMoveMsg) else None
 
 
 def text_of(frame: bytes) -> str:

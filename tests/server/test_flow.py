@@ -270,16 +270,22 @@ class RawTranscript:
 # --- inbound: a flooder beside a normal client ------------------------------------------------
 
 
+FLOODS = {
+    "token.update": {"type": "token.update", "payload": {"token_id": "dragged", "name": "n"}},
+    "token.move": {"type": "token.move", "payload": {"token_id": "dragged", "x": 1, "y": 2}},
+}
+
+
 def flood() -> None:
-    """Flood as a child process (argv: URL, time limit): send moves flat out, print a JSON log."""
+    """Flood as a child process (argv: URL, time limit, FLOODS key): send flat out, log JSON."""
     # A separate process, so that the flooder's own CPU use cannot slow the server's event
     # loop, and a bare socket read by its own thread, so that a send blocked by TCP cannot
     # delay when an error is seen: what the normal client measures is the server's doing.
-    url, limit = sys.argv[1], float(sys.argv[2])
+    url, limit, kind = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     parts = urlsplit(url)
     log: dict[str, Any] = {"errors": [], "sent": 0, "close_code": None}
-    move = json.dumps({"type": "token.move", "payload": {"token_id": "dragged", "x": 1, "y": 2}})
-    batch = b"".join(masked_text_frame(move.encode()) for _ in range(64))
+    message = json.dumps(FLOODS[kind]).encode()
+    batch = b"".join(masked_text_frame(message) for _ in range(64))
     sock = socket.create_connection((parts.hostname, parts.port), timeout=TIMEOUT)
     sock.sendall(upgrade_request(url))
     response = b""
@@ -321,7 +327,7 @@ def flood() -> None:
     print(json.dumps(log), flush=True)
 
 
-async def run_flooder(url: str, limit: float) -> dict[str, Any]:
+async def run_flooder(url: str, limit: float, kind: str = "token.update") -> dict[str, Any]:
     """Run `flood` in a child process and return its log."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -329,6 +335,7 @@ async def run_flooder(url: str, limit: float) -> dict[str, Any]:
         "from tests.server.test_flow import flood; flood()",
         url,
         str(limit),
+        kind,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -399,6 +406,39 @@ async def test_a_flooder_is_told_once_a_second_then_closed_1008_while_a_normal_c
         await gone(server, "c1", "mallory")
         assert users_of(server, "c1") == ["alice"]
         await normal.roundtrip()
+
+
+async def test_a_sender_of_moves_flat_out_is_never_refused_or_closed_and_a_normal_client_is_unhurt(
+    tmp_path: Path,
+) -> None:
+    # Moves beyond the rate are merged; TCP pushes back on the sender, who is never refused.
+    seconds = 5.0
+    async with serve(settings_for(tmp_path, flood_close_seconds=1.0)) as server:
+        normal = await server.join("c1", "alice", "gm")
+        await normal.request("token.add", token_payload("dragged"))
+        stop = asyncio.Event()
+        pinger = asyncio.create_task(ping_until(normal, stop, gap=0.02))
+        try:
+            url = server.ws_url("c1", server.token("mallory"))
+            log = await run_flooder(url, limit=seconds, kind="token.move")
+        finally:
+            stop.set()
+            async with asyncio.timeout(TIMEOUT):
+                samples = await pinger
+
+        print(
+            f"\nmover: {log['sent']} moves in {log['stopped_at'] - log['started_at']:.2f} s, "
+            f"errors {log['errors']}, closed {log['close_code']}"
+        )
+        rtts = [rtt for _, rtt in samples]
+        print(summary("normal client ping during the moves (target p99 < 50 ms)", rtts))
+        assert log["close_code"] is None, log
+        assert log["errors"] == []
+        assert log["sent"] > 10 * 120, "the sender should have sent far past its burst"
+        assert percentile(rtts, 0.99) < LATENCY_CEILING
+        await gone(server, "c1", "mallory")
+        moved = await normal.until(lambda f: f["type"] == "token.move")
+        assert moved["payload"]["x"] == 1
 
 
 async def test_a_frame_over_the_size_limit_closes_with_1009(tmp_path: Path) -> None:
