@@ -731,8 +731,9 @@ async def test_a_peer_that_stops_reading_and_answering_pings_is_dropped_though_i
     tmp_path: Path,
 ) -> None:
     # A peer that vanished mid-drag leaves the server's socket backed up; the ping cannot go out
-    # and the closing handshake cannot either, but the peer must still leave the session.
-    interval = timeout = 0.5
+    # and the closing handshake cannot either, but the peer must still leave the session. The
+    # first ping comes late enough for the pipe to fill first, even on a loaded machine.
+    interval, timeout = 3.0, 0.5
     settings = settings_for(tmp_path, ping_interval=interval, ping_timeout=timeout)
     async with serve(settings) as server:
         gm = await server.join("c1", "gm", "gm")
