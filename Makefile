@@ -21,7 +21,7 @@ help:
 	@echo "make fmt         format and autofix with ruff"
 	@echo "make migrate     alembic upgrade head against DATABASE_URL (or ./vtt.db)"
 	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
-	@echo "make bench       quick benchmark; make bench-full for everything"
+	@echo "make bench       quick benchmark and the drag bench; make bench-full for everything"
 	@echo "make install     the development environment (server, tests, linters)"
 	@echo "make install-run the server's own dependencies only (what make run needs)"
 	@echo "make install-bench  the benchmark's extra packages"
@@ -94,9 +94,11 @@ schema: install
 
 bench: install-bench
 	$(PY) -m bench.run --quick
+	$(PY) -m bench.drag
 
 bench-full: install-bench
 	$(PY) -m bench.run --full
+	$(PY) -m bench.drag
 
 migrate: install-run
 	$(VENV)/bin/alembic upgrade head

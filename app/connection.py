@@ -1,135 +1,112 @@
-"""One WebSocket: a bounded outbox drained by its own writer task, and the read loop."""
+"""One admitted WebSocket from join to leave: its reader, its writer and outbox, its deadlines."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
+from typing import Protocol
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
-from app.auth import Identity
+from app.auth import Auth, Identity
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
-from app.protocol import AuthRefreshMsg, DecodeFailure, PingMsg, decode_client_message
+from app.protocol import (
+    AuthRefreshMsg,
+    ClientMessage,
+    DecodeFailure,
+    PingMsg,
+    TokenMoveMsg,
+    decode_client_message,
+)
 from app.ratelimit import TokenBucket, Verdict
 from app.services import Services
-from app.session import Session
-from app.transport.adapter import DirectSocket
+from app.session import Outgoing, Session
 
 log = logging.getLogger("vtt.connection")
 
+# Where a WebSocket server that can take ready-made frames puts its FrameSocket in the scope.
+SOCKET_EXTENSION = "vtt.socket"
 # How long a slow client's close may wait for its socket to drain before the socket is dropped.
 CLOSE_DEADLINE = 5.0
 
+# Inbound moves beyond the rate are merged per token instead of refused. Only a frame this
+# small is decoded to see whether it is one (no valid move is bigger), so merging never
+# decodes much; a connection whose moves were merged this recently is dragging, and its other
+# messages then wait for the bucket instead of being refused; and merged moves are read no
+# faster than a rate far above any pointer's, so that TCP pushes back on a sender of moves
+# flat out as it does on other flooders.
+MOVE = str(TokenMoveMsg.__struct_config__.tag)
+MOVE_FRAME_MAX = 2048
+DRAG_QUIET = 1.0
+MERGED_MOVES_PER_SECOND = 1000.0
+_MOVE_TEXT = f'"{MOVE}"'
+_MOVE_BYTES = _MOVE_TEXT.encode()
+
+
+class FrameSocket(Protocol):
+    """A socket that takes ready-made frames: what the transport adapter publishes."""
+
+    def writable(self) -> bool:
+        """Whether a frame written now goes out at once, in order, on an open connection."""
+        ...
+
+    async def wait_writable(self) -> None:
+        """Wait until the socket can take more, or has ended."""
+        ...
+
+    def write(self, frame: bytes) -> None:
+        """Hand one frame to the socket."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever is still buffered."""
+        ...
+
 
 class _Entry:
-    """One queued frame; a queued move is rewritten when a newer move of its token arrives."""
+    """One queued message; a queued move is replaced when a newer move of its token arrives."""
 
-    __slots__ = ("move_of", "text")
+    __slots__ = ("outgoing",)
 
-    def __init__(self, text: str, move_of: str | None) -> None:
-        self.text = text
-        self.move_of = move_of
+    def __init__(self, outgoing: Outgoing) -> None:
+        self.outgoing = outgoing
 
 
-class Client:
-    """A session member backed by one socket; delivering never waits on the socket.
+class Outbox:
+    """Messages waiting for the socket, in order, with the queued move of each token."""
 
-    Frames go straight to an idle socket. Otherwise they queue in the outbox, drained by a
-    writer task that exists only while there is something to send, in order.
-    """
+    __slots__ = ("_entries", "_moves", "_next_key", "bytes")
 
-    __slots__ = (
-        "_bytes",
-        "_moves",
-        "_next_key",
-        "_outbox",
-        "_send",
-        "abandoned",
-        "actor",
-        "campaign_id",
-        "closing",
-        "direct",
-        "identity",
-        "metrics",
-        "reader",
-        "settings",
-        "writer",
-    )
-
-    def __init__(
-        self,
-        send: Send,
-        actor: Actor,
-        identity: Identity,
-        campaign_id: str,
-        settings: Settings,
-        metrics: Metrics,
-    ) -> None:
-        self._send = send
-        self.metrics = metrics
-        self.actor = actor
-        self.identity = identity
-        self.campaign_id = campaign_id
-        self.settings = settings
-        # Outbox: frames in seq order by a running key, the key of each token's queued move,
-        # and the bytes held; the writer drains it.
-        self._outbox: OrderedDict[int, _Entry] = OrderedDict()
+    def __init__(self) -> None:
+        # A running key keeps the order; `_moves` maps a token to its queued move's key.
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next_key = 0
         self._moves: dict[str, int] = {}
-        self._bytes = 0
-        self.writer: asyncio.Task[None] | None = None
-        self.direct: DirectSocket | None = None
-        # Closing: set once; the writer sends the close frame after what it is sending now.
-        # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: the reader
-        # and the writer are cancelled and the socket dropped.
-        self.closing: CloseConnection | None = None
-        self.abandoned = False
-        self.reader: asyncio.Task[None] | None = None
+        self.bytes = 0
 
-    @property
-    def queued(self) -> int:
-        """How many frames wait in the outbox."""
-        return len(self._outbox)
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def deliver(
-        self,
-        text: str,
-        token_id: str | None = None,
-        is_move: bool = False,
-        frame: bytes | None = None,
-    ) -> None:
-        """Send `text` now when the socket is idle, else queue it (conflating queued moves).
-
-        `frame` is `text` as a ready-made WebSocket frame, shared by every recipient.
-        """
-        if self.closing is not None:
-            return
-        direct = self.direct
-        if (
-            frame is not None
-            and self.writer is None
-            and direct is not None
-            and direct.shares_frames
-            and direct.writable()
-        ):
-            direct.write(frame)
-            return
-        if is_move and token_id is not None:
+    def put(self, outgoing: Outgoing) -> None:
+        """Queue `outgoing` last, or in place of the queued move it supersedes."""
+        token_id = outgoing.token_id
+        if outgoing.conflates and token_id is not None:
             key = self._moves.get(token_id)
             if key is not None:
-                # Conflation: the newer move replaces the queued one and goes last, so seqs
-                # stay in order; nothing after the old one concerns this token (any other
-                # event about it, or any non-token event, ends the token's conflation).
-                queued = self._outbox[key]
-                self._bytes += len(text) - len(queued.text)
-                queued.text = text
-                self._outbox.move_to_end(key)
+                # The newer move replaces the queued one and goes last, so seqs stay in order;
+                # nothing after the old one concerns this token (any other event about it, or
+                # any non-token event, ends the token's conflation).
+                queued = self._entries[key]
+                self.bytes += len(outgoing.frame) - len(queued.outgoing.frame)
+                queued.outgoing = outgoing
+                self._entries.move_to_end(key)
                 return
         elif token_id is None:
             if self._moves:
@@ -138,13 +115,125 @@ class Client:
             self._moves.pop(token_id, None)
         key = self._next_key
         self._next_key += 1
-        self._outbox[key] = _Entry(text, token_id if is_move else None)
-        if is_move and token_id is not None:
+        self._entries[key] = _Entry(outgoing)
+        if outgoing.conflates and token_id is not None:
             self._moves[token_id] = key
-        self._bytes += len(text)
+        self.bytes += len(outgoing.frame)
+
+    def pop(self) -> Outgoing | None:
+        """The oldest message, taken out (no newer move replaces it from here on)."""
+        if not self._entries:
+            return None
+        key, entry = self._entries.popitem(last=False)
+        outgoing = entry.outgoing
+        self.bytes -= len(outgoing.frame)
+        token_id = outgoing.token_id
+        if token_id is not None and self._moves.get(token_id) == key:
+            del self._moves[token_id]
+        return outgoing
+
+    def clear(self) -> None:
+        """Drop everything queued."""
+        self._entries.clear()
+        self._moves.clear()
+        self.bytes = 0
+
+
+class Connection:
+    """One client from admission to leave: a session member backed by one socket.
+
+    Delivering never waits on the socket: a frame goes straight to an idle writable socket,
+    else it queues in the bounded outbox, drained in order by a writer task that exists only
+    while there is something to send. The reader (the task running `run`) applies the
+    client's messages; when it ends, the connection leaves its session and the writer stops.
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_dragging_until",
+        "_expiry",
+        "_merge_pace",
+        "_outbox",
+        "_pending",
+        "_reader",
+        "_send",
+        "abandoned",
+        "actor",
+        "campaign_id",
+        "closing",
+        "identity",
+        "metrics",
+        "settings",
+        "socket",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        socket: FrameSocket | None,
+        actor: Actor,
+        identity: Identity,
+        campaign_id: str,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self._send = send
+        # None when the server cannot take ready-made frames: then everything goes through
+        # the ASGI `send`.
+        self.socket = socket
+        self.actor = actor
+        self.identity = identity
+        self.campaign_id = campaign_id
+        self.settings = settings
+        self.metrics = metrics
+        self._outbox = Outbox()
+        self.writer: asyncio.Task[None] | None = None
+        # Closing: set once; the writer sends the close frame after what it is sending now.
+        # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: the reader
+        # and the writer are cancelled and the socket dropped.
+        self.closing: CloseConnection | None = None
+        self.abandoned = False
+        # The reader: the task running `run`, its flow control, its token's deadline.
+        self._reader: asyncio.Task[None] | None = None
+        self._bucket = TokenBucket(
+            settings.rate_per_second,
+            settings.rate_burst,
+            settings.flood_close_seconds,
+            time.monotonic(),
+        )
+        self._expiry: asyncio.TimerHandle | None = None
+        # Merged moves: each token's latest position waiting for the bucket, in the order the
+        # tokens first waited; until when the connection counts as dragging; the read pace.
+        self._pending: dict[str, TokenMoveMsg] = {}
+        self._dragging_until = 0.0
+        self._merge_pace: TokenBucket | None = None
+
+    @property
+    def queued(self) -> int:
+        """How many messages wait in the outbox."""
+        return len(self._outbox)
+
+    @property
+    def merging(self) -> int:
+        """How many tokens have a merged move waiting for the bucket."""
+        return len(self._pending)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def deliver(self, outgoing: Outgoing) -> None:
+        """Send `outgoing` now when the socket is idle, else queue it for the writer."""
+        if self.closing is not None:
+            return
+        socket = self.socket
+        if self.writer is None and socket is not None and socket.writable():
+            socket.write(outgoing.frame)
+            return
+        outbox = self._outbox
+        outbox.put(outgoing)
         if (
-            len(self._outbox) > self.settings.outbox_max_messages
-            or self._bytes > self.settings.outbox_max_bytes
+            len(outbox) > self.settings.outbox_max_messages
+            or outbox.bytes > self.settings.outbox_max_bytes
         ):
             self.metrics.slow_client_closes.inc()
             self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
@@ -157,35 +246,17 @@ class Client:
             return
         self.closing = reason
         self._outbox.clear()
-        self._moves.clear()
-        self._bytes = 0
         self._start_writer()
         asyncio.get_running_loop().call_later(CLOSE_DEADLINE, self._abandon)
-
-    async def stop(self) -> None:
-        """Stop writing (the reader has ended): cancel the writer unless it is closing."""
-        writer = self.writer
-        if writer is not None and self.closing is None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
 
     def _start_writer(self) -> None:
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
 
-    def _abandon(self) -> None:
-        pending = [t for t in (self.reader, self.writer) if t is not None and not t.done()]
-        if pending:
-            self.abandoned = True
-            for task in pending:
-                task.cancel()
-            if self.direct is not None:
-                self.direct.abort()
-
     async def _write(self) -> None:
         """Drain the outbox onto the socket, then end; send the close frame when closing."""
         outbox = self._outbox
+        socket = self.socket
         send = self._send
         try:
             while True:
@@ -194,129 +265,223 @@ class Client:
                     code, reason = int(closing.code), closing.reason
                     await send({"type": "websocket.close", "code": code, "reason": reason})
                     return
-                if not outbox:
+                outgoing = outbox.pop()
+                if outgoing is None:
                     return
-                key, entry = outbox.popitem(last=False)
-                self._bytes -= len(entry.text)
-                if entry.move_of is not None and self._moves.get(entry.move_of) == key:
-                    del self._moves[entry.move_of]
-                await send({"type": "websocket.send", "text": entry.text})
+                if socket is None:
+                    await send({"type": "websocket.send", "text": text_of(outgoing.frame)})
+                    continue
+                if not socket.writable():
+                    await socket.wait_writable()
+                    if not socket.writable():
+                        return
+                socket.write(outgoing.frame)
         except OSError:
             return
         finally:
             self.writer = None
 
+    def _abandon(self) -> None:
+        pending = [t for t in (self._reader, self.writer) if t is not None and not t.done()]
+        if pending:
+            self.abandoned = True
+            for task in pending:
+                task.cancel()
+            if self.socket is not None:
+                self.socket.abort()
 
-class Reader:
-    """The read loop of one client: limits, decoding, dispatch to the session."""
+    async def stop(self) -> None:
+        """Cancel the writer (the reader has ended) unless it is sending the close."""
+        writer = self.writer
+        if writer is not None and self.closing is None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
-    __slots__ = (
-        "_expiry",
-        "auth",
-        "bucket",
-        "client",
-        "metrics",
-        "session",
-        "settings",
-    )
+    # --- reading ------------------------------------------------------------------------------
 
-    def __init__(self, client: Client, session: Session, services: Services) -> None:
-        self.client = client
-        self.session = session
-        self.auth = services.auth
-        self.settings = settings = services.settings
-        self.metrics = services.metrics
-        now = time.monotonic()
-        self.bucket = TokenBucket(
-            settings.rate_per_second, settings.rate_burst, settings.flood_close_seconds, now
-        )
-        self._expiry: asyncio.TimerHandle | None = None
+    async def run(self, receive: Receive, session: Session, services: Services) -> None:
+        """Read until the peer disconnects (or the connection is abandoned), then leave."""
+        self._reader = asyncio.current_task()
         self._arm_expiry()
-
-    async def run(self, receive: Receive) -> None:
-        """Read until the peer disconnects."""
-        client = self.client
-        max_bytes = self.settings.limits.max_frame_bytes
         try:
-            while True:
-                message = await receive()
-                if message["type"] != "websocket.receive":
-                    return
-                if client.closing is not None:
-                    continue
-                data: str | bytes | None = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
-                if _too_big(data, max_bytes):
-                    client.close(CloseConnection(CloseCode.TOO_BIG, "frame too large"))
-                    continue
-                verdict = self.bucket.take(time.monotonic())
-                if verdict is not Verdict.ACCEPT:
-                    self._limited(verdict)
-                    # Reading no faster than the rate lets TCP push back on a flooder, instead
-                    # of this loop parsing and dropping its frames ahead of everyone else.
-                    await asyncio.sleep(1.0 / self.settings.rate_per_second)
-                    continue
-                try:
-                    await self._handle(data)
-                except Exception:
-                    # A bug must cost one message, never the session or the connection.
-                    log.exception(
-                        "message handling failed",
-                        extra={"campaign_id": client.campaign_id, "user_id": client.actor.user_id},
-                    )
-                    self.session.reply_error(client, "internal", "internal error; not applied")
+            await self._read(receive, session, services.auth)
+        except asyncio.CancelledError:
+            if not self.abandoned:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
+            self._reader = None
+            await session.leave(self)
+            services.manager.released(session)
+            await self.stop()
 
-    def _limited(self, verdict: Verdict) -> None:
+    async def _read(self, receive: Receive, session: Session, auth: Auth) -> None:
+        max_bytes = self.settings.limits.max_frame_bytes
+        bucket = self._bucket
+        pending = self._pending
+        while True:
+            if pending and self.closing is None:
+                message = await self._receive_until_due(receive)
+                if message is None:
+                    await self._apply_due(session, auth, time.monotonic())
+                    continue
+            else:
+                message = await receive()
+            if message["type"] != "websocket.receive":
+                await self._apply_pending(session, auth)
+                return
+            if self.closing is not None:
+                continue
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            if _too_big(data, max_bytes):
+                self.close(CloseConnection(CloseCode.TOO_BIG, "frame too large"))
+                continue
+            now = time.monotonic()
+            if pending:
+                await self._apply_due(session, auth, now)
+            if not pending and bucket.try_take(now):
+                await self._handle(data, session, auth)
+            else:
+                await self._over_rate(data, session, auth, now)
+
+    async def _over_rate(self, data: str | bytes, session: Session, auth: Auth, now: float) -> None:
+        """A message the bucket cannot take now: merged (a move), kept waiting, or refused."""
+        move = _move_in(data)
+        if move is not None:
+            self.metrics.message_in(MOVE)
+            if self._merge(move, now):
+                await self._pace_merges(now)
+                return
+        if self._pending or now < self._dragging_until:
+            if await self._wait_turn(session, auth):
+                await self._handle(move or data, session, auth)
+            return
+        self._limited(self._bucket.take(now), session)
+        # Reading no faster than the rate lets TCP push back on a flooder, instead of this
+        # loop parsing and dropping its frames ahead of everyone else.
+        await asyncio.sleep(1.0 / self.settings.rate_per_second)
+
+    def _merge(self, move: TokenMoveMsg, now: float) -> bool:
+        """Keep `move` as its token's pending position; False when too many tokens pend."""
+        pending = self._pending
+        token_id = move.payload.token_id
+        if token_id not in pending and len(pending) >= self.settings.limits.max_tokens:
+            return False
+        # A token keeps its place among the pending: moves of different tokens commute.
+        pending[token_id] = move
+        self._dragging_until = now + DRAG_QUIET
+        return True
+
+    async def _pace_merges(self, now: float) -> None:
+        """Read merged moves no faster than MERGED_MOVES_PER_SECOND."""
+        pace = self._merge_pace
+        if pace is None:
+            burst = int(MERGED_MOVES_PER_SECOND // 10)
+            pace = self._merge_pace = TokenBucket(MERGED_MOVES_PER_SECOND, burst, math.inf, now)
+        if not pace.try_take(now):
+            await asyncio.sleep(pace.delay(now))
+
+    async def _receive_until_due(self, receive: Receive) -> Message | None:
+        """The next message, or None once the bucket can take the oldest pending move."""
+        delay = self._bucket.delay(time.monotonic())
+        if delay <= 0.0:
+            return None
+        try:
+            async with asyncio.timeout(delay):
+                return await receive()
+        except TimeoutError:
+            return None
+
+    async def _apply_due(self, session: Session, auth: Auth, now: float) -> None:
+        """Apply pending moves, oldest first, as far as the bucket allows at `now`."""
+        pending = self._pending
+        while pending and self.closing is None and self._bucket.try_take(now):
+            await self._handle(pending.pop(next(iter(pending))), session, auth)
+
+    async def _apply_pending(self, session: Session, auth: Auth) -> None:
+        """Apply every pending move now: the peer has gone, and its last positions must land."""
+        pending = self._pending
+        while pending and self.closing is None:
+            await self._handle(pending.pop(next(iter(pending))), session, auth)
+
+    async def _wait_turn(self, session: Session, auth: Auth) -> bool:
+        """Wait until the pending moves are applied and the bucket takes one message more.
+
+        False when the connection started closing meanwhile.
+        """
+        bucket = self._bucket
+        while True:
+            now = time.monotonic()
+            await self._apply_due(session, auth, now)
+            if self.closing is not None:
+                return False
+            if not self._pending and bucket.try_take(now):
+                return True
+            await asyncio.sleep(bucket.delay(now))
+
+    def _limited(self, verdict: Verdict, session: Session) -> None:
         if verdict is Verdict.CLOSE:
             log.warning(
                 "closing a flooding connection",
-                extra={
-                    "campaign_id": self.client.campaign_id,
-                    "user_id": self.client.actor.user_id,
-                },
+                extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
             )
-            self.client.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
+            self.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
         elif verdict is Verdict.DROP_AND_TELL:
-            self.session.reply_error(self.client, "rate_limited", "too many messages; slow down")
+            session.reply_error(self, "rate_limited", "too many messages; slow down")
 
-    async def _handle(self, data: str | bytes) -> None:
+    async def _handle(
+        self, data: str | bytes | ClientMessage, session: Session, auth: Auth
+    ) -> None:
+        """Decode (unless done already) and apply one message; a bug costs only this message."""
         started = time.perf_counter()
         try:
-            message = decode_client_message(data)
-        except DecodeFailure as failure:
-            self.metrics.message_in("unknown")
-            self.session.reply_error(self.client, failure.code, failure.message)
-            return
-        self.metrics.message_in(str(message.__struct_config__.tag))
-        match message:
-            case PingMsg():
-                self.session.pong(self.client)
-            case AuthRefreshMsg(payload=refresh):
-                await self._refresh(refresh.token)
-            case _:
-                await self.session.submit(self.client, message)
-                self.metrics.counts.observe_broadcast(time.perf_counter() - started)
+            if isinstance(data, str | bytes):
+                try:
+                    message = decode_client_message(data)
+                except DecodeFailure as failure:
+                    self.metrics.message_in("unknown")
+                    session.reply_error(self, failure.code, failure.message)
+                    return
+                self.metrics.message_in(str(message.__struct_config__.tag))
+            else:
+                message = data
+            match message:
+                case PingMsg():
+                    session.pong(self)
+                case AuthRefreshMsg(payload=refresh):
+                    await self._refresh(refresh.token, auth)
+                case _:
+                    await session.submit(self, message)
+                    self.metrics.counts.observe_broadcast(time.perf_counter() - started)
+        except Exception:
+            log.exception(
+                "message handling failed",
+                extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
+            )
+            session.reply_error(self, "internal", "internal error; not applied")
 
-    async def _refresh(self, token: str) -> None:
-        client = self.client
+    async def _refresh(self, token: str, auth: Auth) -> None:
         try:
-            identity = await self.auth.refresh(token, client.actor, client.campaign_id)
+            identity = await auth.refresh(token, self.actor, self.campaign_id)
         except CloseConnection as exc:
-            context = {"campaign_id": client.campaign_id, "user_id": client.actor.user_id}
+            context = {"campaign_id": self.campaign_id, "user_id": self.actor.user_id}
             log.info(
                 "token refresh refused",
                 extra={**context, "code": int(exc.code), "reason": exc.reason},
             )
             if exc.code != CloseCode.TRY_AGAIN_LATER:
-                client.close(exc)
+                self.close(exc)
             # A store or key-set outage says nothing about this user: keep the connection on
             # its current token (the grace timer still applies) and let the next refresh retry.
             return
-        client.identity = identity
+        self.identity = identity
         self._arm_expiry()
 
     def _arm_expiry(self) -> None:
@@ -325,12 +490,32 @@ class Reader:
             return
         if self._expiry is not None:
             self._expiry.cancel()
-        deadline = self.client.identity.expires_at + self.settings.token_grace
+        deadline = self.identity.expires_at + self.settings.token_grace
         delay = max(0.0, deadline - time.time())
         self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
 
     def _expired(self) -> None:
-        self.client.close(CloseConnection(CloseCode.UNAUTHORIZED, "token expired; refresh it"))
+        self.close(CloseConnection(CloseCode.UNAUTHORIZED, "token expired; refresh it"))
+
+
+def _move_in(data: str | bytes) -> TokenMoveMsg | None:
+    """`data` decoded, when it is a token.move small enough to merge."""
+    if len(data) > MOVE_FRAME_MAX:
+        return None
+    if not (_MOVE_TEXT in data if isinstance(data, str) else _MOVE_BYTES in data):
+        return None
+    try:
+        message = decode_client_message(data)
+    except DecodeFailure:
+        return None
+    return message if isinstance(message, TokenMoveMsg) else None
+
+
+def text_of(frame: bytes) -> str:
+    """The text a server text frame carries (its payload after the 2, 4 or 10 header bytes)."""
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return str(memoryview(frame)[start:], "utf-8")
 
 
 def _too_big(data: str | bytes, limit: int) -> bool:

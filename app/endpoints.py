@@ -12,12 +12,11 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth import Identity
 from app.auth.middleware import HANDSHAKE_KEY
-from app.connection import Client, Reader
+from app.connection import SOCKET_EXTENSION, Connection, FrameSocket
 from app.errors import CloseConnection
 from app.persistence.store import StoreUnavailable
 from app.services import Services
 from app.session import Session
-from app.transport.adapter import DirectSocket
 
 log = logging.getLogger("vtt.endpoints")
 
@@ -74,28 +73,13 @@ class WebSocketEndpoint:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, services: Services) -> None:
         joined = await self._join(scope, send, services)
-        if joined is None:
-            return
-        client, session = joined
-        reader = Reader(client, session, services)
-        client.reader = asyncio.current_task()
-        try:
-            await reader.run(receive)
-        except asyncio.CancelledError:
-            if not client.abandoned:
-                raise
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-        finally:
-            client.reader = None
-            await session.leave(client)
-            services.manager.released(session)
-            await client.stop()
+        if joined is not None:
+            connection, session = joined
+            await connection.run(receive, session, services)
 
     async def _join(
         self, scope: Scope, send: Send, services: Services
-    ) -> tuple[Client, Session] | None:
+    ) -> tuple[Connection, Session] | None:
         """Admit and join the connection, or close it with the refusal's code (then None).
 
         What only the handshake needs (query, claims) stays in this frame, which ends here:
@@ -106,10 +90,17 @@ class WebSocketEndpoint:
         try:
             identity, actor = await services.auth.admit(scope, campaign_id)
             kept = Identity(identity.user_id, {}, identity.expires_at)
-            client = Client(send, actor, kept, campaign_id, services.settings, services.metrics)
+            connection = Connection(
+                send,
+                _socket_of(scope),
+                actor,
+                kept,
+                campaign_id,
+                services.settings,
+                services.metrics,
+            )
             since, epoch = _resume_point(query)
-            client.direct = DirectSocket.of(scope)
-            session, _ = await services.manager.join(campaign_id, client, since, epoch)
+            session, _ = await services.manager.join(campaign_id, connection, since, epoch)
         except CloseConnection as refusal:
             services.metrics.handshake_refused(refusal.code)
             log.info(
@@ -130,7 +121,15 @@ class WebSocketEndpoint:
             scope.pop(HANDSHAKE_KEY, None)
             scope["headers"] = []
             scope["query_string"] = b""
-        return client, session
+        return connection, session
+
+
+def _socket_of(scope: Scope) -> FrameSocket | None:
+    """The FrameSocket the server published for this connection, if any."""
+    # Taken out: the server keeps the scope, and with it the socket, for the connection's life.
+    extensions = scope.get("extensions") or {}
+    socket: FrameSocket | None = extensions.pop(SOCKET_EXTENSION, None)
+    return socket
 
 
 def _resume_point(query: QueryParams) -> tuple[int | None, str | None]:

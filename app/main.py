@@ -15,7 +15,6 @@ from app.config import Settings
 from app.endpoints import WebSocketEndpoint, health, metrics, ready
 from app.logs import install_redaction
 from app.services import Services
-from app.transport.adapter import RawSendMiddleware
 from app.transport.handshake import GATE_KEY
 
 
@@ -48,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes += _dev_routes()
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RawSendMiddleware), Middleware(AuthMiddleware)],
+        middleware=[Middleware(AuthMiddleware)],
         lifespan=lifespan,
     )
 

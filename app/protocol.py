@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import struct
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Final
@@ -612,6 +613,19 @@ def encode(value: Any) -> bytes:
 def encode_frame(frame: Frame) -> bytes:
     """Encode one outbound frame: the UTF-8 JSON a WebSocket text frame carries."""
     return _encoder.encode(frame)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked WebSocket text frame carrying `payload` (UTF-8 JSON).
+
+    A server's frames are unmasked, so these bytes are the same for every recipient.
+    """
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def decode_stored_state(data: bytes | str, campaign_id: str) -> CampaignState:

@@ -44,12 +44,7 @@ class TokenBucket:
 
     def take(self, now: float) -> Verdict:
         """Judge one message arriving at `now` (monotonic seconds)."""
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            if self._flood_start is not None and now - self._last_drop > 1.0:
-                self._flood_start = None
+        if self.try_take(now):
             return Verdict.ACCEPT
         if self._flood_start is None or now - self._last_drop > 1.0:
             self._flood_start = now
@@ -60,3 +55,19 @@ class TokenBucket:
             self._last_told = now
             return Verdict.DROP_AND_TELL
         return Verdict.DROP
+
+    def try_take(self, now: float) -> bool:
+        """Take a token when one is available at `now`; a refusal here counts as no drop."""
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        if self._flood_start is not None and now - self._last_drop > 1.0:
+            self._flood_start = None
+        return True
+
+    def delay(self, now: float) -> float:
+        """Seconds from `now` until a token is available (0 when one is)."""
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate

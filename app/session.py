@@ -25,9 +25,23 @@ from app.protocol import (
     StateSaved,
     encode,
     encode_frame,
+    text_frame,
 )
 from app.rules import apply, map_list
-from app.transport.adapter import text_frame
+
+
+class Outgoing(Struct, frozen=True, gc=False):
+    """One message as sent, encoded once for its whole audience.
+
+    `frame` is the complete WebSocket text frame, the same bytes for every recipient.
+    A member may replace a `conflates` message it has not sent yet by a newer one about the
+    same `token_id`; any other message about that token (or about no token) ends that.
+    """
+
+    frame: bytes
+    kind: str
+    token_id: str | None = None
+    conflates: bool = False
 
 
 class Member(Protocol):
@@ -38,26 +52,9 @@ class Member(Protocol):
         """Who this member is."""
         ...
 
-    def deliver(
-        self,
-        text: str,
-        token_id: str | None = None,
-        is_move: bool = False,
-        frame: bytes | None = None,
-    ) -> None:
-        """Hand over one encoded message without waiting; `token_id`/`is_move` allow conflation.
-
-        `frame` is the same message as a ready-made WebSocket frame, shared by all recipients.
-        """
+    def deliver(self, outgoing: Outgoing) -> None:
+        """Hand over one message without waiting."""
         ...
-
-
-class Encoded(Struct, frozen=True, gc=False):
-    """One message encoded once for an audience: as text, and as a WebSocket frame."""
-
-    kind: str
-    text: str
-    frame: bytes
 
 
 class SessionClosed(Exception):
@@ -65,14 +62,11 @@ class SessionClosed(Exception):
 
 
 class Recorded(Struct, frozen=True, gc=False):
-    """A broadcast event as each audience received it, kept for resume."""
+    """A broadcast event as each audience received it (one object when both saw the same)."""
 
     seq: int
-    gm: Encoded | None
-    player: Encoded | None
-    token_id: str | None
-    gm_move: bool
-    player_move: bool
+    gm: Outgoing | None
+    player: Outgoing | None
     full_sync: bool
 
 
@@ -167,8 +161,7 @@ class Session:
         for record in missed:
             out = record.gm if gm else record.player
             if out is not None:
-                is_move = record.gm_move if gm else record.player_move
-                member.deliver(out.text, record.token_id, is_move, out.frame)
+                member.deliver(out)
                 self.metrics.message_out(out.kind)
         return True
 
@@ -216,33 +209,21 @@ class Session:
             player = gm
         else:
             player = self._render(event, player_seen, seq)
-        record = Recorded(
-            seq=seq,
-            gm=gm,
-            player=player,
-            token_id=event.token_id,
-            gm_move=gm_seen is not None and gm_seen[0] == "token.move",
-            player_move=player_seen is not None and player_seen[0] == "token.move",
-            full_sync=event.type == "state.sync",
-        )
-        self.history.append(record)
-        token_id = record.token_id
+        self.history.append(Recorded(seq, gm, player, event.type == "state.sync"))
         gms = self._audiences["gm"]
         if gm is not None and gms:
-            text, frame, is_move = gm.text, gm.frame, record.gm_move
             for member in gms:
-                member.deliver(text, token_id, is_move, frame)
+                member.deliver(gm)
         players = self._audiences["player"]
         if player is not None and players:
-            text, frame, is_move = player.text, player.frame, record.player_move
             for member in players:
-                member.deliver(text, token_id, is_move, frame)
+                member.deliver(player)
         if gm_seen is not None and gms:
             self.metrics.message_out(gm_seen[0], len(gms))
         if player_seen is not None and players:
             self.metrics.message_out(player_seen[0], len(players))
 
-    def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> Encoded | None:
+    def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> Outgoing | None:
         if seen is None:
             return None
         kind, payload = seen
@@ -251,17 +232,17 @@ class Session:
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=event.user_id, seq=seq, payload=payload
         )
-        data = encode_frame(frame)
-        return Encoded(kind, data.decode(), text_frame(data))
+        data = text_frame(encode_frame(frame))
+        return Outgoing(data, kind, event.token_id, kind == "token.move")
 
-    def _frame(self, kind: str, user_id: str, payload: Any) -> str:
+    def _frame(self, kind: str, user_id: str, payload: Any) -> Outgoing:
         seq = self.state.seq if kind in {"state.sync", "state.resume"} else None
         if isinstance(payload, CampaignState):
             payload = self._metadata.pack(payload)
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=user_id, seq=seq, payload=payload
         )
-        return encode_frame(frame).decode()
+        return Outgoing(text_frame(encode_frame(frame)), kind)
 
     # --- persistence ---------------------------------------------------------------------------
 

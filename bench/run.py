@@ -547,7 +547,7 @@ def prepare(
     jwks = stack.enter_context(JwksServer(key))
     books = {BASELINE: jwks_book(key, jwks.issuer)}
     setup = Setup(auth=args.auth, database="none")
-    if not (REPO / "app" / "serve.py").exists():
+    if not (REPO / "app" / "transport" / "serve.py").exists():
         setup.notes.append(
             "app/transport/serve.py does not exist yet: only the baseline relay was measured."
         )

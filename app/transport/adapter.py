@@ -1,99 +1,64 @@
-"""Pre-framed fan-out: one WebSocket frame per audience, written straight to each socket.
+"""uvicorn's websockets-sansio protocol, adapted: the one module that knows its internals.
 
-A server's frames are unmasked, so the bytes of one text frame are the same for every
-recipient. uvicorn's ASGI path would frame each message again for each client and wake each
-client's writer task; when a socket is idle and writable this module writes the shared frame
-to its transport instead. Only this module knows uvicorn's websockets-sansio protocol object;
-any other WebSocket implementation, or per-message compression (whose frames differ per
-socket), keeps the plain ASGI path.
+`python -m app` hands `AdaptedProtocol` to uvicorn as `Config(ws=...)`. What it changes, each
+by overriding a method (tests/unit/test_transport_contract.py records the source of every
+uvicorn and websockets method this relies on, and fails naming the one an upgrade changed):
+
+- messages wait in an Inbox, and reading pauses only once READ_AHEAD of them wait;
+- when its frames are shareable (no per-message compression), the app finds a FrameSocket
+  in `scope["extensions"][SOCKET_EXTENSION]`, to write ready-made frames straight to the
+  transport; any other WebSocket implementation publishes none and keeps the ASGI path;
+- the handshake's request and response are released once the connection is accepted;
+- an unanswered keepalive ping drops the socket even when its send buffer is full;
+- a connection whose shutdown raises is dropped, so uvicorn's shutdown (and after it the
+  lifespan's final flush) goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import logging
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn._types import ASGIReceiveEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
-RAW_SEND = "vtt.raw_send"
+from app.connection import SOCKET_EXTENSION, FrameSocket
+
+log = logging.getLogger("vtt.transport")
+
 # Messages a connection may have waiting for the app before its socket stops being read.
 READ_AHEAD = 16
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One final, unmasked WebSocket text frame carrying `payload` (UTF-8 JSON)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
+class TransportSocket:
+    """One connection's transport as the app may use it: the FrameSocket seam."""
 
+    __slots__ = ("_transport", "_writable")
 
-class DirectSocket:
-    """One uvicorn WebSocket connection's transport: write ready-made frames, or drop it."""
-
-    __slots__ = ("_protocol", "shares_frames")
-
-    def __init__(self, protocol: Any, shares_frames: bool = True) -> None:
-        self._protocol = protocol
-        # False under per-message compression: then each socket's frames differ.
-        self.shares_frames = shares_frames
-
-    @classmethod
-    def of(cls, scope: Scope) -> DirectSocket | None:
-        """The socket of an accepted connection, or None when it is not uvicorn's sansio one."""
-        send = scope.get("extensions", {}).get(RAW_SEND)
-        protocol = getattr(send, "__self__", None)
-        if not isinstance(protocol, WebSocketsSansIOProtocol):
-            return None
-        _drop_on_keepalive_timeout(protocol)
-        # The handshake's request and response (their headers alone are kilobytes, and the
-        # request's path holds the token) are only read while accepting; a connection that
-        # lasts hours need not keep them. websockets' parser keeps the request object itself
-        # for the life of the connection, so it is emptied as well as dropped.
-        request = protocol.request
-        if request is not None:
-            request.path = ""
-            request.headers.clear()
-        protocol.request = protocol.response = None  # type: ignore[assignment]
-        return cls(protocol, shares_frames=not protocol.conn.extensions)
+    def __init__(self, transport: asyncio.Transport, writable: asyncio.Event) -> None:
+        self._transport = transport
+        self._writable = writable
 
     def writable(self) -> bool:
         """Whether a frame written now goes out at once, in order, on an open connection."""
         # uvicorn closes the transport on every way a connection ends (a close from the peer,
         # a ping timeout, a lost connection, shutdown); our own close stops delivery first.
-        protocol = self._protocol
-        return bool(protocol.writable.is_set() and not protocol.transport.is_closing())
+        return self._writable.is_set() and not self._transport.is_closing()
+
+    async def wait_writable(self) -> None:
+        """Wait until the send buffer drained below its low-water mark, or the socket ended."""
+        await self._writable.wait()
 
     def write(self, frame: bytes) -> None:
         """Hand one frame to the transport."""
-        self._protocol.transport.write(frame)
+        self._transport.write(frame)
 
     def abort(self) -> None:
         """Drop the connection now, whatever its send buffer still holds."""
-        self._protocol.transport.abort()
-
-
-def _drop_on_keepalive_timeout(protocol: WebSocketsSansIOProtocol) -> None:
-    """Make an unanswered keepalive ping drop the peer even when its send buffer is full.
-
-    uvicorn answers a ping timeout with `transport.close()`, which waits for the buffer to
-    drain: a peer that stopped reading never lets it, so the app would never hear of the
-    disconnect. Aborting after uvicorn's own handling ends the connection at once.
-    """
-    handle_timeout = protocol.keepalive_timeout
-
-    def keepalive_timeout() -> None:
-        handle_timeout()
-        protocol.transport.abort()
-
-    protocol.keepalive_timeout = keepalive_timeout  # type: ignore[method-assign]
+        self._transport.abort()
 
 
 class Inbox:
@@ -137,15 +102,8 @@ class Inbox:
         return len(self._items)
 
 
-class ReadAheadProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sansio WebSocket protocol, reading ahead a few messages before it pauses.
-
-    uvicorn pauses the socket after every message it hands to the app and resumes it once
-    the app took it: two event-loop registrations per message. Pausing only when
-    READ_AHEAD messages wait keeps TCP back-pressure on a client the app cannot keep up
-    with, at a fraction of the cost. Its messages wait in an Inbox rather than an
-    asyncio.Queue. `python -m app` runs uvicorn with this class.
-    """
+class AdaptedProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sansio WebSocket protocol with the changes the module docstring lists."""
 
     def __init__(
         self,
@@ -157,8 +115,38 @@ class ReadAheadProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.queue = Inbox()  # type: ignore[assignment]
 
+    async def run_asgi(self) -> None:
+        """Run the app as uvicorn does, its socket published and the request released first.
+
+        uvicorn built the scope from the request and accepted its extensions already. The
+        request's headers alone are kilobytes, and its path holds the token; websockets'
+        parser keeps the request object itself for the life of the connection, so it is
+        emptied as well as dropped.
+        """
+        if not self.conn.extensions:
+            socket: FrameSocket = TransportSocket(self.transport, self.writable)
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[SOCKET_EXTENSION] = socket
+        request = self.request
+        request.path = ""
+        request.headers.clear()
+        self.request = None  # type: ignore[assignment]
+        await super().run_asgi()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """Send as uvicorn does; once accepted, drop the handshake response it kept."""
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            self.response = None  # type: ignore[assignment]
+
     def send_receive_event_to_app(self) -> None:
-        """Queue a complete message for the app; pause reading only when the app lags."""
+        """Queue a complete message for the app; pause reading only when the app lags.
+
+        uvicorn pauses the socket after every message and resumes it once the app took it:
+        two event-loop registrations per message. Pausing only when READ_AHEAD messages
+        wait keeps TCP back-pressure on a client the app cannot keep up with, at a fraction
+        of the cost.
+        """
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
         if self.close_sent:
@@ -179,18 +167,25 @@ class ReadAheadProtocol(WebSocketsSansIOProtocol):
             self.read_paused = True
             self.transport.pause_reading()
 
+    def keepalive_timeout(self) -> None:
+        """Handle a ping timeout as uvicorn does, then drop the socket at once.
 
-class RawSendMiddleware:
-    """Records the server's own `send` of a WebSocket scope, before any wrapper hides it."""
+        uvicorn answers with `transport.close()`, which waits for the buffer to drain: a peer
+        that stopped reading never lets it, so the app would never hear of the disconnect.
+        """
+        super().keepalive_timeout()
+        self.transport.abort()
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def shutdown(self) -> None:
+        """Shut down as uvicorn does; a connection that fails to is dropped instead.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Put `send` in the scope's extensions for WebSocket scopes."""
-        if scope["type"] == "websocket":
-            extensions = scope.get("extensions")
-            if extensions is None:
-                extensions = scope["extensions"] = {}
-            extensions[RAW_SEND] = send
-        await self.app(scope, receive, send)
+        uvicorn shuts connections down one by one and only then runs the lifespan shutdown,
+        where the final flush lives. One connection raising here (a handshake whose request
+        line was too long makes uvicorn's sansio protocol fail an assertion) would end the
+        server's shutdown before the flush.
+        """
+        try:
+            super().shutdown()
+        except Exception:
+            log.exception("a connection failed to shut down; dropping it")
+            self.transport.abort()

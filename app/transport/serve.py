@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from app.config import ConfigError, Settings
 from app.logs import configure_logging, log_config
-from app.transport.adapter import ReadAheadProtocol
+from app.transport.adapter import AdaptedProtocol
 from app.transport.handshake import HeaderDeadlineProtocol
-
-log = logging.getLogger("vtt.serve")
 
 # Collector thresholds (young, middle, old). Every message allocates short-lived objects; the
 # default young threshold (700) ran a collection every few messages, and none of them form
@@ -67,12 +63,7 @@ def banner(settings: Settings, *, dev_tools: bool | None = None) -> str:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, whose shutdown goes on when one connection fails to shut down.
-
-    uvicorn shuts connections down one by one and only then runs the lifespan shutdown,
-    where the final flush lives. One connection raising there (a WebSocket handshake whose
-    request line was too long makes uvicorn's sansio protocol fail an assertion) would end
-    the shutdown before the flush: such a connection is dropped instead, and logged.
+    """uvicorn's server, which can freeze what its startup left behind.
 
     With `freeze_gc`, the objects that exist once startup is done (modules, the engine, the
     app: about 90,000 of them) are moved out of the collector's reach, so that a full
@@ -91,32 +82,13 @@ class Server(uvicorn.Server):
             gc.collect()
             gc.freeze()
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Shut down as uvicorn does, each connection's own shutdown guarded."""
-        for connection in list(self.server_state.connections):
-            connection.shutdown = _guarded(connection)  # type: ignore[method-assign]
-        await super().shutdown(sockets)
-
-
-def _guarded(connection: Any) -> Callable[[], None]:
-    shutdown: Callable[[], None] = connection.shutdown
-
-    def guarded() -> None:
-        try:
-            shutdown()
-        except Exception:
-            log.exception("a connection failed to shut down; dropping it")
-            connection.transport.abort()
-
-    return guarded
-
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn configuration this server runs with (also used by the tests)."""
     return {
         "loop": "uvloop",
         "http": HeaderDeadlineProtocol,
-        "ws": ReadAheadProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
+        "ws": AdaptedProtocol if settings.ws_impl == "websockets-sansio" else settings.ws_impl,
         "ws_max_size": settings.limits.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,

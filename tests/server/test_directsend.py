@@ -1,4 +1,4 @@
-"""Pre-framed fan-out: frames are valid, used when possible, and never used when they can't be."""
+"""The transport adapter: shared frames are valid, used when possible, never when they can't be."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.streams import StreamReader
 
-from app.connection import Client
-from app.transport.adapter import DirectSocket, Inbox, text_frame
-from tests.support.harness import TIMEOUT, Peer, serve, settings_for, token_payload
+from app.connection import Connection
+from app.protocol import text_frame
+from app.transport.adapter import Inbox, TransportSocket
+from tests.support.harness import TIMEOUT, Peer, RunningServer, serve, settings_for, token_payload
 
 
 def parse(data: bytes) -> Frame:
@@ -40,50 +41,65 @@ def test_a_text_frame_of_any_size_parses_back_to_its_payload(size: int) -> None:
     assert frame.data == payload
 
 
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_a_text_frame_is_the_bytes_websockets_would_send(size: int) -> None:
+    payload = b"y" * size
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def connections(server: RunningServer, campaign: str) -> list[Connection]:
+    """The server's connections in `campaign`'s session."""
+    session = server.services.manager.sessions[campaign]
+    return [member for member in session.members if isinstance(member, Connection)]
+
+
 @pytest.mark.anyio
 async def test_broadcasts_to_idle_sockets_are_written_directly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[bytes] = []
-    original = DirectSocket.write
+    original = TransportSocket.write
 
-    def counting(self: DirectSocket, frame: bytes) -> None:
+    def counting(self: TransportSocket, frame: bytes) -> None:
         writes.append(frame)
         original(self, frame)
 
-    monkeypatch.setattr(DirectSocket, "write", counting)
+    monkeypatch.setattr(TransportSocket, "write", counting)
     async with serve(settings_for(tmp_path)) as server:
         gm = await server.join("c1", "gm1", "gm")
         player = await server.join("c1", "p1")
+        greetings = len(writes)
         await gm.request("token.add", token_payload("t1"))
         await player.expect("token.add")
-        assert len(writes) == 2
-        assert writes[0] is writes[1], "one frame object shared by both recipients"
-        assert writes[0].endswith(player.raw[-1].encode())
+        assert greetings == 4, "each join's state.sync and map.list went straight out too"
+        assert len(writes) == greetings + 2
+        assert writes[-2] is writes[-1], "one frame object shared by both recipients"
+        assert writes[-1].endswith(player.raw[-1].encode())
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("impl", "deflate"), [("websockets-sansio", True), ("websockets", False)])
 async def test_without_a_shareable_frame_the_asgi_path_delivers_everything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, impl: str, deflate: bool
+    tmp_path: Path, impl: str, deflate: bool
 ) -> None:
-    directs: list[DirectSocket | None] = []
-    original = Client.deliver
-
-    def spy(self: Client, *args: object, **kwargs: object) -> None:
-        directs.append(self.direct)
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Client, "deliver", spy)
     settings = replace(settings_for(tmp_path), ws_impl=impl, ws_per_message_deflate=deflate)
     async with serve(settings) as server:
         gm = await server.join("c1", "gm1", "gm")
         player = await server.join("c1", "p1")
+        assert [c.socket for c in connections(server, "c1")] == [None, None]
         await gm.request("token.add", token_payload("t1"))
         added = await player.expect("token.add")
         assert added["payload"]["token_id"] == "t1"
-    assert directs
-    assert all(direct is None or not direct.shares_frames for direct in directs)
+        big = token_payload("t2", name="n" * 150, image_url="https://cdn.example/" + "i" * 2000)
+        await gm.request("token.add", big)
+        assert (await player.expect("token.add"))["payload"] == {**big, "owner_id": "gm1"}
+
+
+@pytest.mark.anyio
+async def test_a_uvicorn_sansio_connection_gets_a_frame_socket(tmp_path: Path) -> None:
+    async with serve(settings_for(tmp_path)) as server:
+        await server.join("c1", "gm1", "gm")
+        assert [type(c.socket) for c in connections(server, "c1")] == [TransportSocket]
 
 
 @pytest.mark.anyio

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from app.config import Limits, Settings
-from app.connection import Client
+from app.connection import Connection
 from app.model import Role
 from app.transport.serve import uvicorn_options
 from tests.support.harness import (
@@ -59,12 +59,12 @@ async def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def clients_of(server: RunningServer, campaign: str) -> list[Client]:
+def clients_of(server: RunningServer, campaign: str) -> list[Connection]:
     """The clients the server holds in `campaign`'s session right now."""
     session = server.services.manager.sessions.get(campaign)
     if session is None:
         return []
-    return [member for member in session.members if isinstance(member, Client)]
+    return [member for member in session.members if isinstance(member, Connection)]
 
 
 def users_of(server: RunningServer, campaign: str) -> list[str]:
@@ -72,9 +72,9 @@ def users_of(server: RunningServer, campaign: str) -> list[str]:
     return sorted(client.actor.user_id for client in clients_of(server, campaign))
 
 
-async def client_of(server: RunningServer, campaign: str, user: str) -> Client:
+async def client_of(server: RunningServer, campaign: str, user: str) -> Connection:
     """The server's client object of `user` in `campaign`, once it has joined."""
-    found: list[Client] = []
+    found: list[Connection] = []
 
     def joined() -> bool:
         found[:] = [c for c in clients_of(server, campaign) if c.actor.user_id == user]
@@ -270,16 +270,22 @@ class RawTranscript:
 # --- inbound: a flooder beside a normal client ------------------------------------------------
 
 
+FLOODS = {
+    "token.update": {"type": "token.update", "payload": {"token_id": "dragged", "name": "n"}},
+    "token.move": {"type": "token.move", "payload": {"token_id": "dragged", "x": 1, "y": 2}},
+}
+
+
 def flood() -> None:
-    """Flood as a child process (argv: URL, time limit): send moves flat out, print a JSON log."""
+    """Flood as a child process (argv: URL, time limit, FLOODS key): send flat out, log JSON."""
     # A separate process, so that the flooder's own CPU use cannot slow the server's event
     # loop, and a bare socket read by its own thread, so that a send blocked by TCP cannot
     # delay when an error is seen: what the normal client measures is the server's doing.
-    url, limit = sys.argv[1], float(sys.argv[2])
+    url, limit, kind = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     parts = urlsplit(url)
     log: dict[str, Any] = {"errors": [], "sent": 0, "close_code": None}
-    move = json.dumps({"type": "token.move", "payload": {"token_id": "dragged", "x": 1, "y": 2}})
-    batch = b"".join(masked_text_frame(move.encode()) for _ in range(64))
+    message = json.dumps(FLOODS[kind]).encode()
+    batch = b"".join(masked_text_frame(message) for _ in range(64))
     sock = socket.create_connection((parts.hostname, parts.port), timeout=TIMEOUT)
     sock.sendall(upgrade_request(url))
     response = b""
@@ -321,7 +327,7 @@ def flood() -> None:
     print(json.dumps(log), flush=True)
 
 
-async def run_flooder(url: str, limit: float) -> dict[str, Any]:
+async def run_flooder(url: str, limit: float, kind: str = "token.update") -> dict[str, Any]:
     """Run `flood` in a child process and return its log."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -329,6 +335,7 @@ async def run_flooder(url: str, limit: float) -> dict[str, Any]:
         "from tests.server.test_flow import flood; flood()",
         url,
         str(limit),
+        kind,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -401,6 +408,39 @@ async def test_a_flooder_is_told_once_a_second_then_closed_1008_while_a_normal_c
         await normal.roundtrip()
 
 
+async def test_a_sender_of_moves_flat_out_is_never_refused_or_closed_and_a_normal_client_is_unhurt(
+    tmp_path: Path,
+) -> None:
+    # Moves beyond the rate are merged; TCP pushes back on the sender, who is never refused.
+    seconds = 5.0
+    async with serve(settings_for(tmp_path, flood_close_seconds=1.0)) as server:
+        normal = await server.join("c1", "alice", "gm")
+        await normal.request("token.add", token_payload("dragged"))
+        stop = asyncio.Event()
+        pinger = asyncio.create_task(ping_until(normal, stop, gap=0.02))
+        try:
+            url = server.ws_url("c1", server.token("mallory"))
+            log = await run_flooder(url, limit=seconds, kind="token.move")
+        finally:
+            stop.set()
+            async with asyncio.timeout(TIMEOUT):
+                samples = await pinger
+
+        print(
+            f"\nmover: {log['sent']} moves in {log['stopped_at'] - log['started_at']:.2f} s, "
+            f"errors {log['errors']}, closed {log['close_code']}"
+        )
+        rtts = [rtt for _, rtt in samples]
+        print(summary("normal client ping during the moves (target p99 < 50 ms)", rtts))
+        assert log["close_code"] is None, log
+        assert log["errors"] == []
+        assert log["sent"] > 10 * 120, "the sender should have sent far past its burst"
+        assert percentile(rtts, 0.99) < LATENCY_CEILING
+        await gone(server, "c1", "mallory")
+        moved = await normal.until(lambda f: f["type"] == "token.move")
+        assert moved["payload"]["x"] == 1
+
+
 async def test_a_frame_over_the_size_limit_closes_with_1009(tmp_path: Path) -> None:
     limits = replace(Limits(), max_frame_bytes=4096)
     async with serve(settings_for(tmp_path, limits=limits)) as server:
@@ -427,7 +467,7 @@ async def send_fog(gm: Peer, readers: list[Peer]) -> None:
         peer.raw.clear()
 
 
-async def fill_pipe(gm: Peer, readers: list[Peer], slow: Client, limit: int = 60) -> int:
+async def fill_pipe(gm: Peer, readers: list[Peer], slow: Connection, limit: int = 60) -> int:
     """Send big fog updates until the slow client's socket takes no more; how many it took."""
     # The kernel's buffers (several MB on loopback) must be full before the server's own
     # queue has anything to conflate or bound.
@@ -691,8 +731,9 @@ async def test_a_peer_that_stops_reading_and_answering_pings_is_dropped_though_i
     tmp_path: Path,
 ) -> None:
     # A peer that vanished mid-drag leaves the server's socket backed up; the ping cannot go out
-    # and the closing handshake cannot either, but the peer must still leave the session.
-    interval = timeout = 0.5
+    # and the closing handshake cannot either, but the peer must still leave the session. The
+    # first ping comes late enough for the pipe to fill first, even on a loaded machine.
+    interval, timeout = 3.0, 0.5
     settings = settings_for(tmp_path, ping_interval=interval, ping_timeout=timeout)
     async with serve(settings) as server:
         gm = await server.join("c1", "gm", "gm")

@@ -18,10 +18,12 @@ from jose import jwk
 from jose.backends.base import Key
 
 from app.auth.tokens import TokenPolicyConfig, TokenVerifier
+from app.connection import text_of
 from app.errors import CloseCode, CloseConnection
 from app.model import Actor, Role, StateChange
 from app.persistence.store import MemoryStore
 from app.protocol import AuthRefreshMsg, PingMsg, decode_client_message
+from app.session import Outgoing
 from tests.support.jwks_server import AZP, signing_key
 
 
@@ -48,15 +50,10 @@ class FakeMember:
         self.actor = Actor(user_id=user_id, role=role)
         self.deliveries: list[Delivery] = []
 
-    def deliver(
-        self,
-        text: str,
-        token_id: str | None = None,
-        is_move: bool = False,
-        frame: bytes | None = None,
-    ) -> None:
+    def deliver(self, outgoing: Outgoing) -> None:
         """Keep the message, decoded."""
-        self.deliveries.append(Delivery(json.loads(text), token_id, is_move))
+        message = json.loads(text_of(outgoing.frame))
+        self.deliveries.append(Delivery(message, outgoing.token_id, outgoing.conflates))
 
     @property
     def received(self) -> list[dict[str, Any]]:

@@ -1,4 +1,8 @@
-"""A client's outbox and writer, driven through a fake ASGI send that stalls like a slow socket."""
+"""A connection's outbox and writer, driven through a fake peer that stalls like a slow socket.
+
+Every outbox test runs twice: with a FrameSocket (what uvicorn's sansio protocol publishes
+through the adapter) and with the ASGI `send` alone (any other WebSocket implementation).
+"""
 
 from __future__ import annotations
 
@@ -11,80 +15,77 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.types import Message
 
 from app.auth import Identity
 from app.config import Settings
-from app.connection import Client
+from app.connection import Connection, text_of
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
-from app.transport.adapter import DirectSocket, text_frame
+from app.protocol import text_frame
+from app.session import Outgoing
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 5.0
 
 
-class StallingSocket:
-    """An ASGI `send` that records every message and blocks while its gate is shut."""
+class FakePeer:
+    """Both ways a connection writes: an ASGI `send` and a FrameSocket, stalled by one gate.
+
+    `started` counts writes that began (an ASGI send called, or a wait for writability), so
+    a test can see the writer holding a frame in flight.
+    """
 
     def __init__(self) -> None:
-        self.sent: list[Message] = []
+        self.messages: list[Message] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.started = 0
+        self.aborted = False
 
     async def __call__(self, message: Message) -> None:
-        """Record `message`, then wait until the socket can take it."""
-        self.sent.append(message)
+        """The ASGI send: wait until the socket can take `message`, then record it."""
+        self.started += 1
+        await self.gate.wait()
+        self.messages.append(message)
+
+    def writable(self) -> bool:
+        """The FrameSocket is writable while the gate is open."""
+        return self.gate.is_set() and not self.aborted
+
+    async def wait_writable(self) -> None:
+        """Wait for the gate."""
+        self.started += 1
         await self.gate.wait()
 
-    @property
-    def texts(self) -> list[str]:
-        """The text frames sent so far, in order."""
-        return [m["text"] for m in self.sent if m["type"] == "websocket.send"]
+    def write(self, frame: bytes) -> None:
+        """Take a ready-made frame, as the transport would."""
+        assert self.writable(), "a frame was written to a socket that could not take it"
+        self.messages.append({"type": "websocket.send", "text": text_of(frame)})
+
+    def abort(self) -> None:
+        """Drop the connection."""
+        self.aborted = True
 
     @property
     def frames(self) -> list[dict[str, Any]]:
-        """The text frames sent so far, decoded."""
-        return [json.loads(text) for text in self.texts]
+        """The text frames that reached the peer, decoded, in order."""
+        return [json.loads(m["text"]) for m in self.messages if m["type"] == "websocket.send"]
 
     @property
     def closes(self) -> list[Message]:
-        """The close messages sent so far."""
-        return [m for m in self.sent if m["type"] == "websocket.close"]
+        """The close messages that reached the peer."""
+        return [m for m in self.messages if m["type"] == "websocket.close"]
 
 
-class UvicornStandIn:
-    """Stands in for uvicorn's protocol and transport under a DirectSocket: records its writes."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.close_sent = False
-        self.disconnected = False
-        self.transport = self
-
-    def write(self, data: bytes) -> None:
-        """Take bytes as the transport would."""
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        """The transport is open."""
-        return False
-
-    @property
-    def frames(self) -> list[dict[str, Any]]:
-        """The frames written, decoded (they are short: a two-byte header)."""
-        return [json.loads(frame[2:]) for frame in self.written]
-
-
-def direct_to(client: Client) -> UvicornStandIn:
-    """Give `client` a DirectSocket onto a stand-in transport, and return the stand-in."""
-    stand_in = UvicornStandIn()
-    client.direct = DirectSocket(stand_in)
-    return stand_in
+@pytest.fixture(params=["frame socket", "asgi send"])
+def direct(request: pytest.FixtureRequest) -> bool:
+    """Whether the connection has a FrameSocket, or only the ASGI send."""
+    return bool(request.param == "frame socket")
 
 
 async def eventually(check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -96,153 +97,173 @@ async def eventually(check: Callable[[], bool], timeout: float = TIMEOUT) -> Non
         await asyncio.sleep(0.001)
 
 
-def new_client(socket: StallingSocket, **overrides: Any) -> Client:
-    """A player's client sending through `socket`, with `overrides` to the default settings."""
+def new_connection(
+    peer: FakePeer, direct: bool, role: str = "player", **overrides: Any
+) -> Connection:
+    """A connection writing to `peer`, with `overrides` to the default settings."""
     settings = replace(Settings(env="test"), **overrides)
     identity = Identity(user_id="u1", claims={}, expires_at=0.0)
-    return Client(socket, Actor("u1", "player"), identity, "c1", settings, Metrics())
+    actor = Actor("u1", "gm" if role == "gm" else "player")
+    return Connection(peer, peer if direct else None, actor, identity, "c1", settings, Metrics())
 
 
 @asynccontextmanager
-async def outbox(**overrides: Any) -> AsyncIterator[tuple[Client, StallingSocket]]:
-    """A client on a stalling socket; its writer, if any, is stopped afterwards."""
-    socket = StallingSocket()
-    client = new_client(socket, **overrides)
+async def outbox(direct: bool, **overrides: Any) -> AsyncIterator[tuple[Connection, FakePeer]]:
+    """A connection on a fake peer; its writer, if any, is stopped afterwards."""
+    peer = FakePeer()
+    connection = new_connection(peer, direct, **overrides)
     try:
-        yield client, socket
+        yield connection, peer
     finally:
         async with asyncio.timeout(TIMEOUT):
-            await client.stop()
+            await connection.stop()
 
 
-async def stalled(client: Client, socket: StallingSocket) -> None:
-    """Shut the socket and make the writer hold one frame in flight, so later frames queue."""
-    socket.gate.clear()
-    client.deliver(frame("hello", 0))
-    await eventually(lambda: len(socket.sent) == 1)
+async def stalled(connection: Connection, peer: FakePeer) -> None:
+    """Shut the gate and make the writer hold one frame in flight, so later frames queue."""
+    peer.gate.clear()
+    connection.deliver(frame("hello", 0))
+    await eventually(lambda: peer.started == 1)
 
 
-def frame(kind: str, seq: int, token_id: str | None = None, **payload: Any) -> str:
-    """An encoded server frame."""
+def frame(kind: str, seq: int, token_id: str | None = None, **payload: Any) -> Outgoing:
+    """A server message as the session hands it over."""
     body: dict[str, Any] = dict(payload)
     if token_id is not None:
         body["token_id"] = token_id
-    return json.dumps({"type": kind, "seq": seq, "payload": body})
+    data = json.dumps({"type": kind, "seq": seq, "payload": body}).encode()
+    return Outgoing(text_frame(data), kind, token_id, kind == "token.move")
 
 
-def move(seq: int, token_id: str, x: float) -> str:
-    """An encoded token.move."""
+def move(seq: int, token_id: str, x: float) -> Outgoing:
+    """A token.move."""
     return frame("token.move", seq, token_id, x=x, y=0)
 
 
-def seqs(socket: StallingSocket) -> list[int]:
+def seqs(peer: FakePeer) -> list[int]:
     """The seq of every frame sent after the first (the one that stalled the writer)."""
-    return [f["seq"] for f in socket.frames[1:]]
+    return [f["seq"] for f in peer.frames[1:]]
 
 
-async def drained(client: Client, socket: StallingSocket, count: int) -> None:
-    """Open the socket and wait until `count` text frames went out."""
-    socket.gate.set()
-    await eventually(lambda: len(socket.texts) >= count)
-    await eventually(lambda: not client.queued)
+async def drained(connection: Connection, peer: FakePeer, count: int) -> None:
+    """Open the gate and wait until `count` text frames went out."""
+    peer.gate.set()
+    await eventually(lambda: len(peer.frames) >= count)
+    await eventually(lambda: not connection.queued)
+
+
+@given(st.binary(max_size=70_000).map(lambda raw: raw.decode("utf-8", "replace").encode()))
+def test_the_text_of_a_frame_is_the_payload_it_was_built_from(payload: bytes) -> None:
+    assert text_of(text_frame(payload)) == payload.decode()
 
 
 # --- conflation -------------------------------------------------------------------------------
 
 
-async def test_frames_reach_an_idle_socket_in_the_order_they_were_delivered() -> None:
-    async with outbox() as (client, socket):
-        client.deliver(frame("token.add", 1, "t1"))
-        client.deliver(move(2, "t1", 1), "t1", is_move=True)
-        client.deliver(frame("fog.update", 3))
+async def test_frames_reach_an_idle_socket_in_the_order_they_were_delivered(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        connection.deliver(frame("token.add", 1, "t1"))
+        connection.deliver(move(2, "t1", 1))
+        connection.deliver(frame("fog.update", 3))
 
-        await eventually(lambda: len(socket.texts) == 3)
-        assert [f["seq"] for f in socket.frames] == [1, 2, 3]
+        await eventually(lambda: len(peer.frames) == 3)
+        assert [f["seq"] for f in peer.frames] == [1, 2, 3]
 
 
-async def test_a_queued_move_is_replaced_by_the_newer_move_of_the_same_token() -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
+async def test_a_queued_move_is_replaced_by_the_newer_move_of_the_same_token(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
         for seq in range(1, 101):
-            client.deliver(move(seq, "t1", seq), "t1", is_move=True)
+            connection.deliver(move(seq, "t1", seq))
 
-        assert client.queued == 1, "the newer move takes the queued one's place"
-        await drained(client, socket, 2)
-        assert socket.frames[1]["seq"] == 100
-        assert socket.frames[1]["payload"]["x"] == 100
-
-
-async def test_a_move_is_not_conflated_with_one_already_handed_to_the_socket() -> None:
-    async with outbox() as (client, socket):
-        socket.gate.clear()
-        client.deliver(move(1, "t1", 1), "t1", is_move=True)
-        await eventually(lambda: len(socket.sent) == 1)
-        client.deliver(move(2, "t1", 2), "t1", is_move=True)
-
-        await drained(client, socket, 2)
-        assert [f["payload"]["x"] for f in socket.frames] == [1, 2]
+        assert connection.queued == 1, "the newer move takes the queued one's place"
+        await drained(connection, peer, 2)
+        assert peer.frames[1]["seq"] == 100
+        assert peer.frames[1]["payload"]["x"] == 100
 
 
-async def test_moves_of_different_tokens_are_each_kept_with_their_latest_position() -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
+async def test_a_move_is_not_conflated_with_one_already_handed_to_the_socket(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        peer.gate.clear()
+        connection.deliver(move(1, "t1", 1))
+        await eventually(lambda: peer.started == 1)
+        connection.deliver(move(2, "t1", 2))
+
+        await drained(connection, peer, 2)
+        assert [f["payload"]["x"] for f in peer.frames] == [1, 2]
+
+
+async def test_moves_of_different_tokens_are_each_kept_with_their_latest_position(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
         for seq in range(1, 31):
-            token_id = f"t{seq % 3}"
-            client.deliver(move(seq, token_id, seq), token_id, is_move=True)
+            connection.deliver(move(seq, f"t{seq % 3}", seq))
 
-        await drained(client, socket, 4)
-        latest = {f["payload"]["token_id"]: f["payload"]["x"] for f in socket.frames[1:]}
+        await drained(connection, peer, 4)
+        latest = {f["payload"]["token_id"]: f["payload"]["x"] for f in peer.frames[1:]}
         assert latest == {"t0": 30, "t1": 28, "t2": 29}
-        assert len(socket.frames) == 4
+        assert len(peer.frames) == 4
 
 
 @pytest.mark.parametrize("kind", ["token.add", "token.update", "token.remove"])
-async def test_a_move_never_jumps_over_another_event_about_the_same_token(kind: str) -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
-        client.deliver(move(1, "t1", 1), "t1", is_move=True)
-        client.deliver(frame(kind, 2, "t1"), "t1")
-        client.deliver(move(3, "t1", 3), "t1", is_move=True)
+async def test_a_move_never_jumps_over_another_event_about_the_same_token(
+    kind: str, direct: bool
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(move(1, "t1", 1))
+        connection.deliver(frame(kind, 2, "t1"))
+        connection.deliver(move(3, "t1", 3))
 
-        await drained(client, socket, 4)
-        assert seqs(socket) == [1, 2, 3]
+        await drained(connection, peer, 4)
+        assert seqs(peer) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("kind", ["fog.update", "map.set", "map.list", "scene.darkness", "pong"])
-async def test_a_move_never_jumps_over_an_event_that_is_not_about_a_token(kind: str) -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
-        client.deliver(move(1, "t1", 1), "t1", is_move=True)
-        client.deliver(frame(kind, 2))
-        client.deliver(move(3, "t1", 3), "t1", is_move=True)
+async def test_a_move_never_jumps_over_an_event_that_is_not_about_a_token(
+    kind: str, direct: bool
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(move(1, "t1", 1))
+        connection.deliver(frame(kind, 2))
+        connection.deliver(move(3, "t1", 3))
 
-        await drained(client, socket, 4)
-        assert seqs(socket) == [1, 2, 3]
+        await drained(connection, peer, 4)
+        assert seqs(peer) == [1, 2, 3]
 
 
-async def test_a_move_after_a_non_token_event_still_conflates_with_later_moves() -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
-        client.deliver(move(1, "t1", 1), "t1", is_move=True)
-        client.deliver(frame("fog.update", 2))
+async def test_a_move_after_a_non_token_event_still_conflates_with_later_moves(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(move(1, "t1", 1))
+        connection.deliver(frame("fog.update", 2))
         for seq in range(3, 10):
-            client.deliver(move(seq, "t1", seq), "t1", is_move=True)
+            connection.deliver(move(seq, "t1", seq))
 
-        await drained(client, socket, 4)
-        assert seqs(socket) == [1, 2, 9]
+        await drained(connection, peer, 4)
+        assert seqs(peer) == [1, 2, 9]
 
 
-async def test_conflation_across_another_tokens_move_never_sends_seqs_out_of_order() -> None:
+async def test_conflation_across_another_tokens_move_never_sends_seqs_out_of_order(
+    direct: bool,
+) -> None:
     # Sequencing promises that seqs only increase within one connection, and a resuming client
     # reconnects with the last seq it saw: a move that jumped ahead would hide the events behind it.
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
-        client.deliver(move(10, "t1", 1), "t1", is_move=True)
-        client.deliver(move(11, "t2", 1), "t2", is_move=True)
-        client.deliver(move(12, "t1", 2), "t1", is_move=True)
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(move(10, "t1", 1))
+        connection.deliver(move(11, "t2", 1))
+        connection.deliver(move(12, "t1", 2))
 
-        await drained(client, socket, 3)
-        sent = seqs(socket)
+        await drained(connection, peer, 3)
+        sent = seqs(peer)
         assert 10 not in sent, "the superseded move is not sent"
         assert 11 in sent
         assert 12 in sent
@@ -252,213 +273,209 @@ async def test_conflation_across_another_tokens_move_never_sends_seqs_out_of_ord
 # --- bounds -----------------------------------------------------------------------------------
 
 
-async def test_a_client_over_the_message_bound_is_closed_with_1013_and_its_queue_dropped() -> None:
-    async with outbox(outbox_max_messages=5) as (client, socket):
-        await stalled(client, socket)
+async def test_a_client_over_the_message_bound_is_closed_with_1013_and_its_queue_dropped(
+    direct: bool,
+) -> None:
+    async with outbox(direct, outbox_max_messages=5) as (connection, peer):
+        await stalled(connection, peer)
         for seq in range(1, 7):
-            client.deliver(frame("token.add", seq, f"t{seq}"), f"t{seq}")
+            connection.deliver(frame("token.add", seq, f"t{seq}"))
 
-        assert client.closing is not None
-        assert client.closing.code == CloseCode.TRY_AGAIN_LATER
-        assert not client.queued
-        socket.gate.set()
-        await eventually(lambda: bool(socket.closes))
-        assert socket.closes == [
-            {"type": "websocket.close", "code": 1013, "reason": client.closing.reason}
+        assert connection.closing is not None
+        assert connection.closing.code == CloseCode.TRY_AGAIN_LATER
+        assert not connection.queued
+        peer.gate.set()
+        await eventually(lambda: bool(peer.closes))
+        assert peer.closes == [
+            {"type": "websocket.close", "code": 1013, "reason": connection.closing.reason}
         ]
-        assert len(socket.texts) == 1, "nothing that was queued is sent after the close"
+        assert len(peer.frames) == 1, "nothing that was queued is sent after the close"
 
 
-async def test_a_client_at_the_message_bound_is_not_closed() -> None:
-    async with outbox(outbox_max_messages=5) as (client, socket):
-        await stalled(client, socket)
+async def test_a_client_at_the_message_bound_is_not_closed(direct: bool) -> None:
+    async with outbox(direct, outbox_max_messages=5) as (connection, peer):
+        await stalled(connection, peer)
         for seq in range(1, 6):
-            client.deliver(frame("token.add", seq, f"t{seq}"), f"t{seq}")
+            connection.deliver(frame("token.add", seq, f"t{seq}"))
 
-        assert client.closing is None
-        await drained(client, socket, 6)
-        assert seqs(socket) == [1, 2, 3, 4, 5]
+        assert connection.closing is None
+        await drained(connection, peer, 6)
+        assert seqs(peer) == [1, 2, 3, 4, 5]
 
 
-async def test_a_client_over_the_byte_bound_is_closed_with_1013_and_its_queue_dropped() -> None:
-    async with outbox(outbox_max_bytes=10_000) as (client, socket):
-        await stalled(client, socket)
+async def test_a_client_over_the_byte_bound_is_closed_with_1013_and_its_queue_dropped(
+    direct: bool,
+) -> None:
+    async with outbox(direct, outbox_max_bytes=10_000) as (connection, peer):
+        await stalled(connection, peer)
         big = "x" * 4_000
-        client.deliver(frame("map.set", 1, image_url=big))
-        client.deliver(frame("map.set", 2, image_url=big))
-        assert client.closing is None
-        client.deliver(frame("map.set", 3, image_url=big))
+        connection.deliver(frame("map.set", 1, image_url=big))
+        connection.deliver(frame("map.set", 2, image_url=big))
+        assert connection.closing is None
+        connection.deliver(frame("map.set", 3, image_url=big))
 
-        assert client.closing is not None
-        assert client.closing.code == CloseCode.TRY_AGAIN_LATER
-        socket.gate.set()
-        await eventually(lambda: bool(socket.closes))
-        assert socket.closes[0]["code"] == 1013
-        assert len(socket.texts) == 1
+        assert connection.closing is not None
+        assert connection.closing.code == CloseCode.TRY_AGAIN_LATER
+        peer.gate.set()
+        await eventually(lambda: bool(peer.closes))
+        assert peer.closes[0]["code"] == 1013
+        assert len(peer.frames) == 1
 
 
-async def test_conflated_moves_count_once_against_the_bounds() -> None:
-    async with outbox(outbox_max_messages=3, outbox_max_bytes=2_000) as (client, socket):
-        await stalled(client, socket)
+async def test_conflated_moves_count_once_against_the_bounds(direct: bool) -> None:
+    async with outbox(direct, outbox_max_messages=3, outbox_max_bytes=2_000) as (connection, peer):
+        await stalled(connection, peer)
         for seq in range(1, 10_001):
-            client.deliver(move(seq, "t1", seq * 1.5), "t1", is_move=True)
-            client.deliver(move(seq, "t2", seq), "t2", is_move=True)
+            connection.deliver(move(seq, "t1", seq * 1.5))
+            connection.deliver(move(seq, "t2", seq))
 
-        assert client.closing is None
-        await drained(client, socket, 3)
-        assert sorted(seqs(socket)) == [10_000, 10_000]
+        assert connection.closing is None
+        await drained(connection, peer, 3)
+        assert sorted(seqs(peer)) == [10_000, 10_000]
 
 
-async def test_frames_delivered_after_the_close_are_ignored() -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
-        client.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
-        client.deliver(frame("fog.update", 1))
+async def test_frames_delivered_after_the_close_are_ignored(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
+        connection.deliver(frame("fog.update", 1))
 
-        socket.gate.set()
-        await eventually(lambda: bool(socket.closes))
-        assert len(socket.texts) == 1
+        peer.gate.set()
+        await eventually(lambda: bool(peer.closes))
+        assert len(peer.frames) == 1
 
 
 # --- the close frame --------------------------------------------------------------------------
 
 
-async def test_the_writer_sends_the_close_frame_and_stops() -> None:
-    socket = StallingSocket()
-    identity = Identity(user_id="u1", claims={}, expires_at=0.0)
-    client = Client(socket, Actor("u1", "gm"), identity, "c1", Settings(env="test"), Metrics())
-    client.deliver(frame("token.add", 1, "t1"), "t1")
-    await eventually(lambda: len(socket.texts) == 1)
+async def test_the_writer_sends_the_close_frame_and_stops(direct: bool) -> None:
+    peer = FakePeer()
+    connection = new_connection(peer, direct, role="gm")
+    connection.deliver(frame("token.add", 1, "t1"))
+    await eventually(lambda: len(peer.frames) == 1)
 
-    client.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
-    writer = client.writer
+    connection.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
+    writer = connection.writer
     assert writer is not None
 
     async with asyncio.timeout(TIMEOUT):
         await writer
-    assert client.writer is None
-    assert socket.closes == [
+    assert connection.writer is None
+    assert peer.closes == [
         {"type": "websocket.close", "code": 1008, "reason": "sustained flooding"}
     ]
 
 
-async def test_the_close_frame_follows_the_frame_in_flight_once_the_socket_drains() -> None:
-    async with outbox() as (client, socket):
-        await stalled(client, socket)
-        client.deliver(frame("fog.update", 1))
-        client.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+async def test_the_close_frame_follows_the_frame_in_flight_once_the_socket_drains(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(frame("fog.update", 1))
+        connection.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
 
-        assert socket.closes == []
-        socket.gate.set()
-        await eventually(lambda: bool(socket.closes))
-        assert [m["type"] for m in socket.sent] == ["websocket.send", "websocket.close"]
-        assert socket.closes[0]["code"] == 1013
+        assert peer.closes == []
+        peer.gate.set()
+        await eventually(lambda: bool(peer.closes))
+        assert [m["type"] for m in peer.messages] == ["websocket.send", "websocket.close"]
+        assert peer.closes[0]["code"] == 1013
 
 
-async def test_a_writer_whose_socket_went_away_ends_quietly() -> None:
+async def test_a_writer_whose_asgi_socket_went_away_ends_quietly() -> None:
     async def gone(message: Message) -> None:
         raise OSError("connection reset")
 
     identity = Identity(user_id="u1", claims={}, expires_at=0.0)
-    client = Client(gone, Actor("u1", "gm"), identity, "c1", Settings(env="test"), Metrics())
-    client.deliver(frame("token.add", 1, "t1"), "t1")
-    writer = client.writer
+    settings = Settings(env="test")
+    connection = Connection(gone, None, Actor("u1", "gm"), identity, "c1", settings, Metrics())
+    connection.deliver(frame("token.add", 1, "t1"))
+    writer = connection.writer
     assert writer is not None
 
     async with asyncio.timeout(TIMEOUT):
         await writer
-    assert client.writer is None
+    assert connection.writer is None
+
+
+async def test_a_writer_whose_frame_socket_ended_while_it_waited_ends_quietly() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(frame("fog.update", 1))
+        writer = connection.writer
+        assert writer is not None
+
+        peer.abort()
+        peer.gate.set()
+
+        async with asyncio.timeout(TIMEOUT):
+            await writer
+        assert peer.frames == []
 
 
 # --- frames written straight to an idle socket ------------------------------------------------
 
 
-def framed(text: str) -> bytes:
-    """`text` as the ready-made WebSocket frame the session shares between recipients."""
-    return text_frame(text.encode())
-
-
 async def test_a_frame_for_an_idle_writable_socket_is_written_at_once() -> None:
-    async with outbox() as (client, socket):
-        direct = direct_to(client)
-        text = move(1, "t1", 1)
+    async with outbox(direct=True) as (connection, peer):
+        connection.deliver(move(1, "t1", 1))
 
-        client.deliver(text, "t1", is_move=True, frame=framed(text))
-
-        assert direct.written == [framed(text)]
-        assert not client.queued
-        assert socket.sent == []
+        assert [f["seq"] for f in peer.frames] == [1], "written before any task could run"
+        assert connection.writer is None
+        assert peer.started == 0
 
 
 async def test_a_frame_never_overtakes_the_frame_the_writer_has_in_flight() -> None:
-    async with outbox() as (client, socket):
-        direct = direct_to(client)
-        await stalled(client, socket)
-        text = frame("token.add", 1, "t1")
+    async with outbox(direct=True) as (connection, peer):
+        await stalled(connection, peer)
+        peer.gate.set()
+        connection.deliver(frame("token.add", 1, "t1"))
 
-        client.deliver(text, "t1", frame=framed(text))
-
-        assert direct.written == []
-        await drained(client, socket, 2)
-        assert seqs(socket) == [1]
+        assert peer.frames == [], "the writer's frame goes first"
+        await drained(connection, peer, 2)
+        assert [f["type"] for f in peer.frames] == ["hello", "token.add"]
 
 
-async def test_a_frame_never_overtakes_what_was_queued_before_the_writer_started() -> None:
-    # A join queues state.sync before the writer task exists; an event published right after
-    # must still arrive after it.
-    socket = StallingSocket()
-    client = new_client(socket)
-    direct = direct_to(client)
-    client.deliver(frame("state.sync", 4))
-    client.deliver(frame("map.list", 4))
-    event = move(5, "t1", 1)
-    client.deliver(event, "t1", is_move=True, frame=framed(event))
+async def test_a_frame_never_overtakes_what_was_queued_before_the_writer_ran() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        peer.gate.clear()
+        connection.deliver(frame("state.sync", 4))
+        peer.gate.set()
+        connection.deliver(move(5, "t1", 1))
 
-    assert direct.written == []
-    try:
-        await eventually(lambda: len(socket.texts) == 3)
-        assert [f["type"] for f in socket.frames] == ["state.sync", "map.list", "token.move"]
-        await eventually(lambda: client.writer is None)
-    finally:
-        async with asyncio.timeout(TIMEOUT):
-            await client.stop()
+        assert peer.frames == []
+        await eventually(lambda: len(peer.frames) == 2)
+        assert [f["type"] for f in peer.frames] == ["state.sync", "token.move"]
 
 
-async def test_a_frame_for_a_socket_that_cannot_take_it_is_queued_for_the_writer() -> None:
-    async with outbox() as (client, socket):
-        direct = direct_to(client)
-        direct.writable.clear()
-        text = frame("fog.update", 1)
+async def test_a_frame_for_a_socket_that_cannot_take_it_waits_for_the_writer() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        peer.gate.clear()
+        connection.deliver(frame("fog.update", 1))
 
-        client.deliver(text, frame=framed(text))
-
-        await eventually(lambda: len(socket.texts) == 1)
-        assert direct.written == []
-        assert socket.texts == [text]
+        await eventually(lambda: peer.started == 1)
+        assert peer.frames == []
+        peer.gate.set()
+        await eventually(lambda: len(peer.frames) == 1)
 
 
 async def test_frames_go_straight_to_the_socket_again_once_the_writer_has_caught_up() -> None:
-    async with outbox() as (client, socket):
-        direct = direct_to(client)
-        await stalled(client, socket)
-        queued = frame("token.add", 1, "t1")
-        client.deliver(queued, "t1", frame=framed(queued))
-        await drained(client, socket, 2)
-        await eventually(lambda: client.writer is None)
-        later = move(2, "t1", 5)
+    async with outbox(direct=True) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(frame("token.add", 1, "t1"))
+        await drained(connection, peer, 2)
+        await eventually(lambda: connection.writer is None)
 
-        client.deliver(later, "t1", is_move=True, frame=framed(later))
+        connection.deliver(move(2, "t1", 5))
 
-        assert [f["seq"] for f in direct.frames] == [2]
+        assert [f["seq"] for f in peer.frames] == [0, 1, 2]
+        assert connection.writer is None
 
 
 async def test_a_closing_client_gets_nothing_written_straight_to_its_socket() -> None:
-    async with outbox() as (client, socket):
-        direct = direct_to(client)
-        client.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
-        text = frame("fog.update", 1)
+    async with outbox(direct=True) as (connection, peer):
+        connection.close(CloseConnection(CloseCode.POLICY_VIOLATION, "sustained flooding"))
 
-        client.deliver(text, frame=framed(text))
+        connection.deliver(frame("fog.update", 1))
 
-        assert direct.written == []
-        await eventually(lambda: bool(socket.closes))
+        assert peer.frames == []
+        await eventually(lambda: bool(peer.closes))

@@ -134,3 +134,26 @@ def test_a_pause_shorter_than_a_second_does_not_end_the_flood() -> None:
     closes = [now for now, verdict in second if verdict is Verdict.CLOSE]
     assert closes, "drops 0.5 s apart are one flood"
     assert closes[0] - first_drop >= 3.0
+
+
+def test_try_take_takes_what_is_there_and_its_refusals_never_count_towards_a_flood() -> None:
+    bucket = TokenBucket(rate=10, burst=2, flood_seconds=5, now=0.0)
+
+    assert [bucket.try_take(0.0) for _ in range(3)] == [True, True, False]
+    assert not any(bucket.try_take(t / 1000) for t in range(1, 100))
+    refusals = [bucket.try_take(t / 1000) for t in range(100, 20_000, 1)]
+
+    assert refusals.count(True) == 199, "one token every 100 ms, the rest refused"
+    assert bucket.take(20.0) is Verdict.DROP_AND_TELL, "20 s of refusals were no flood"
+
+
+def test_the_delay_is_how_long_until_the_bucket_takes_one_more() -> None:
+    bucket = TokenBucket(rate=8, burst=1, flood_seconds=5, now=0.0)
+    assert bucket.delay(0.0) == 0.0
+    assert bucket.try_take(0.0)
+
+    assert bucket.delay(0.0) == 0.125
+    assert bucket.delay(0.0625) == 0.0625
+    assert not bucket.try_take(0.0625)
+    assert bucket.try_take(0.125)
+    assert bucket.delay(10.0) == 0.0
