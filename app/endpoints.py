@@ -7,7 +7,7 @@ import logging
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.auth import Identity
@@ -27,11 +27,26 @@ def services_of(scope: Scope) -> Services:
     return services
 
 
+async def root(_: Request) -> Response:
+    """The service's name, where the Go service answered (uptime probes may point here)."""
+    return PlainTextResponse("vtt-realtime\n")
+
+
 async def health(request: Request) -> Response:
-    """Liveness with counts only: never a campaign id or a user id."""
+    """Liveness with counts only: never a campaign id or a user id.
+
+    `total_clients` is the Go service's name for `clients`, kept for its monitors.
+    """
     manager = services_of(request.scope).manager
     clients = sum(len(session.members) for session in manager.sessions.values())
-    return JSONResponse({"status": "ok", "sessions": len(manager.sessions), "clients": clients})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "sessions": len(manager.sessions),
+            "clients": clients,
+            "total_clients": clients,
+        }
+    )
 
 
 async def metrics(request: Request) -> Response:

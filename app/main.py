@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.auth import AuthMiddleware
 from app.config import Settings
-from app.endpoints import WebSocketEndpoint, health, metrics, ready
+from app.endpoints import WebSocketEndpoint, health, metrics, ready, root
 from app.logs import install_redaction
 from app.services import Services
 from app.transport.handshake import GATE_KEY
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await services.close()
 
     routes: list[BaseRoute] = [
+        Route("/", root),
         Route("/health", health),
         Route("/ready", ready),
         Route("/metrics", metrics),
