@@ -24,8 +24,8 @@ UNKNOWN = "unknown"
 
 MESSAGE_TYPES: frozenset[str] = MESSAGES.tags
 
-# A broadcast is frame received -> last recipient queued: in-memory work, so sub-ms is
-# normal and anything past 100 ms means the event loop is starved.
+# A broadcast is frame received -> last recipient queued: in-memory work, so the low buckets
+# are normal and the top ones mean the event loop is starved.
 BROADCAST_BUCKETS: tuple[float, ...] = (
     0.0001,
     0.00025,

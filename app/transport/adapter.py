@@ -64,9 +64,9 @@ class TransportSocket:
 class Inbox:
     """The messages uvicorn's protocol hands the app, in order: what it uses of asyncio.Queue.
 
-    An asyncio.Queue holds three deques and an Event, about 3 KB for every connection, most
-    of it for waiters and producers this protocol never has (one reader, no bound). This
-    holds a list and, only while the app waits for a message, one future.
+    An asyncio.Queue holds three deques and an Event for every connection, most of it for
+    waiters and producers this protocol never has (one reader, no bound). This holds a list
+    and, only while the app waits for a message, one future (docs/BENCHMARKS.md: idle memory).
     """
 
     __slots__ = ("_items", "_waiter")

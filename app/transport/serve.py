@@ -19,11 +19,11 @@ from app.transport.handshake import HeaderDeadlineProtocol
 # Collector thresholds (young, middle, old). Every message allocates short-lived objects; the
 # default young threshold (700) ran a collection every few messages, and none of them form
 # cycles, so collecting ten times less often costs little memory. The middle generation's
-# pause grows with what survived since it last ran: after a burst of joins (each connection
-# keeps about a hundred container objects) collecting it every tenth or twentieth young
-# collection made one pause of 30-80 ms for every table, so it runs every second one (each
-# object is scanned there once either way). A full collection still comes only after 400
-# young ones, as with (7000, 20, 20): it walks every live connection.
+# pause grows with what survived since it last ran: after a burst of joins, collecting it
+# every tenth or twentieth young collection made one long pause for every table, so it runs
+# every second one (each object is scanned there once either way). A full collection still
+# comes only after 400 young ones, as with (7000, 20, 20): it walks every live connection.
+# docs/BENCHMARKS.md has the measured pauses.
 GC_THRESHOLDS = (7000, 2, 200)
 
 # Forwarded headers are trusted from these peers only; fly.toml names Fly's proxy network.
@@ -66,7 +66,7 @@ class Server(uvicorn.Server):
     """uvicorn's server, which can freeze what its startup left behind.
 
     With `freeze_gc`, the objects that exist once startup is done (modules, the engine, the
-    app: about 90,000 of them) are moved out of the collector's reach, so that a full
+    app) are moved out of the collector's reach, so that a full
     collection walks only what the connections and sessions hold. They live as long as the
     process does, so nothing collectable is lost.
     """
