@@ -53,7 +53,7 @@ class Mirror:
     def apply(self, frame: dict[str, Any]) -> None:
         """Apply one decoded server frame."""
         kind = frame["type"]
-        payload = copy.deepcopy(frame.get("payload"))
+        payload: dict[str, Any] = copy.deepcopy(frame.get("payload") or {})
         if kind in REPLIES:
             return
         if kind == "state.sync":
@@ -77,7 +77,7 @@ class Mirror:
     # --- tokens ----------------------------------------------------------------------------------
 
     def _known(self, token_id: str, kind: str) -> dict[str, Any]:
-        token = self.tokens.get(token_id)
+        token: dict[str, Any] | None = self.tokens.get(token_id)
         if token is None:
             raise MirrorError(f"{kind} for token {token_id!r}, which this client does not have")
         return token

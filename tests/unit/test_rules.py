@@ -619,12 +619,13 @@ OWNER = Rules(limits=Limits(), token_policy="owner")
 
 def test_under_the_owner_policy_a_player_may_not_touch_another_users_token() -> None:
     state = with_tokens(token_payload("t1"), actor=PLAYER)
-    for kind, payload in [
+    changes: list[tuple[str, dict[str, Any]]] = [
         ("token.move", {"token_id": "t1", "x": 1, "y": 1}),
         ("token.update", {"token_id": "t1", "name": "mine"}),
         ("token.remove", {"token_id": "t1"}),
         ("token.add", token_payload("t1")),
-    ]:
+    ]
+    for kind, payload in changes:
         assert refused(state, kind, payload, OTHER, OWNER) == "forbidden"
     run(state, "token.move", {"token_id": "t1", "x": 1, "y": 1}, PLAYER, OWNER)
     run(state, "token.move", {"token_id": "t1", "x": 2, "y": 2}, GM, OWNER)
