@@ -32,12 +32,12 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from app.chat import ChatMessage, ChatSend, LenientId, compose, message_of, read_send
+from app.chat import compose, message_of, read_send
 from app.config import Settings
 from app.errors import Refusal
 from app.persistence.chat import ChatRejected, ChatStore, ChatUnusable, DuplicateMessage
 from app.persistence.store import StoreUnavailable
-from app.protocol import Id
+from app.protocol import ChatMessage, ChatSend, Id, LenientId
 
 log = logging.getLogger("vtt.broadcast")
 

@@ -71,7 +71,7 @@ def at(hour: int, minute: int) -> datetime:
     return datetime(2025, 3, 1, hour, minute, tzinfo=UTC)
 
 
-GO_ROWS = [
+GO_ROWS: list[dict[str, Any]] = [
     {"user": "user_gm", "character": "", "recipient": "", "type": "text", "gm_only": False,
      "content": '{"text": "Welcome, travellers", "style": {"bold": true}}', "at": at(20, 0)},
     {"user": "user_ana", "character": CHARACTER, "recipient": "", "type": "roll", "gm_only": False,
@@ -466,7 +466,11 @@ def test_a_go_table_takes_new_messages_and_refuses_non_uuid_ids_before_writing(
         async with chat_store(postgres_url) as (store, _):
             await store.insert(stored(1, campaign=CAMPAIGN, character_id=CHARACTER, roll=ROLL))
             refused = []
-            for fields in ({"campaign": "c1"}, {"campaign": CAMPAIGN, "character_id": "pc-1"}):
+            bad: list[dict[str, Any]] = [
+                {"campaign": "c1"},
+                {"campaign": CAMPAIGN, "character_id": "pc-1"},
+            ]
+            for fields in bad:
                 with pytest.raises(ChatRejected) as raised:
                     await store.insert(stored(2, **fields))
                 refused.append(raised.value.column)

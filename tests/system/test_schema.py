@@ -213,6 +213,10 @@ def test_client_examples_valid_by_the_schema_are_accepted_by_the_server_decoder(
         {"type": "scene.darkness", "payload": {"darkness_level": 0.3}},
         {"type": "ping"},
         {"type": "auth.refresh", "payload": {"token": "a.b.c"}, "campaign_id": "ignored"},
+        {
+            "type": "chat.send",
+            "payload": {"content": {"text": "hi"}, "recipient_id": "", "roll": "1d20+2 attack"},
+        },
     ]
     assert {example["type"] for example in examples} == set(MESSAGES.client)
     strict = msgspec.json.Decoder(union_of(client_envelopes().values()))

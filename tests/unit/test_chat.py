@@ -15,16 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.auth import DevClaimRoles, Identity
+from app.auth import Identity
+from app.auth.roles import DevClaimRoles
 from app.chat import (
     MAX_CONTENT_DEPTH,
     Audience,
     CampaignChat,
-    ChatHistory,
     ChatLog,
-    ChatMessage,
     ChatRate,
-    ChatSend,
     compose,
     created_at_text,
     is_member,
@@ -36,7 +34,7 @@ from app.config import ChatLimits
 from app.errors import CloseCode, CloseConnection, Refusal
 from app.model import Actor, Role
 from app.persistence.chat import MemoryChatStore, StoredMessage
-from app.protocol import CampaignState, SavedMap, Token
+from app.protocol import CampaignState, ChatHistory, ChatMessage, ChatSend, SavedMap, Token
 
 pytestmark = pytest.mark.anyio
 
