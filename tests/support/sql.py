@@ -118,7 +118,7 @@ def alembic(*args: str, cwd: Path, database_url: str | None) -> subprocess.Compl
     )
 
 
-# --- the Go service's chat, as the Next.js app's database holds it ---------------------------
+# --- the Go service's chat, as the Next.js app's database holds it ------------------------------
 
 # A campaign and a character of the Go rows (that database's ids are UUIDs).
 GO_CAMPAIGN = "5f0c4e8e-2f7a-4d5e-9a43-1c1d2e3f4a5b"
