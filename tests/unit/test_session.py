@@ -12,6 +12,7 @@ from msgspec import UNSET
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
+from app.model import Role
 from app.protocol import ChatMessage, decode_stored_state
 from app.rules import new_state
 from app.session import Session, SessionClosed
@@ -393,7 +394,12 @@ async def test_a_chat_message_takes_the_next_seq_and_reaches_and_replays_to_its_
     assert gm.take() == []
     assert session.dirty
     replays = {}
-    for user, role in (("gm-ada", "gm"), ("pl-ana", "player"), ("pl-cy", "player")):
+    returning: list[tuple[str, Role]] = [
+        ("gm-ada", "gm"),
+        ("pl-ana", "player"),
+        ("pl-cy", "player"),
+    ]
+    for user, role in returning:
         back = FakeMember(user, role)
         assert await session.join(back, since=0, epoch=session.epoch)
         replays[user] = back.types
