@@ -1,7 +1,7 @@
 """Chat (PROTOCOL.md "Chat and dice"): chat.send checked, rolled and stored; who sees a message.
 
-The wire structs (ChatSend in, ChatMessage and ChatHistory out) are plain msgspec Structs,
-ready for app.protocol's message table. Where the contract is silent, this module decides:
+The wire structs (ChatSend in, ChatMessage and ChatHistory out) live in app.protocol, in the
+message table. Where the contract is silent, this module decides:
 
 - chat.send: `content` is required (any JSON value, `null` included) and is re-encoded
   compactly; the 8 KiB limit applies to that encoding, which is also what is stored and sent.
@@ -17,11 +17,13 @@ ready for app.protocol's message table. Where the contract is silent, this modul
   so stored history is in send order. `id` is a new UUID.
 - The chat log holds the last messages of a campaign encoded once, bounded in count and bytes;
   a message already in it (same id) is not added twice. A log whose stored rows could not be
-  loaded still collects new messages, and its history says `incomplete: true` until a load works.
+  loaded still collects new messages, and its history says `incomplete: true` until a load
+  works (joins retry it, at most every CHAT_RETRY_SECONDS: app.manager).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -30,65 +32,24 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Final, Protocol
+from typing import Final, Protocol
 
 import msgspec
-from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+from msgspec import UNSET, Raw, UnsetType
 
 from app.auth import Identity, RoleResolver
 from app.config import ChatLimits
-from app.dice import SECRETS, DiceError, Expression, RandomSource, Roll, decode_roll, parse, roll
+from app.dice import SECRETS, DiceError, Expression, RandomSource, decode_roll, parse, roll
 from app.errors import CloseCode, CloseConnection, Refusal
 from app.model import Actor, Role
 from app.persistence.chat import ChatRejected, ChatStore, ChatUnusable, StoredMessage
 from app.persistence.store import StoreUnavailable
-from app.protocol import NO_NUL, CampaignState
+from app.protocol import CampaignState, ChatMessage, ChatSend, Roll
 from app.ratelimit import TokenBucket, Verdict
 
 log = logging.getLogger("vtt.chat")
 
 MAX_CONTENT_DEPTH: Final = 64
-MessageType = Annotated[str, Meta(max_length=32, pattern=NO_NUL)]
-# `""` is allowed here because it means "absent"; a present id is 1-128 characters.
-LenientId = Annotated[str, Meta(max_length=128, pattern=NO_NUL)]
-RollText = Annotated[str, Meta(max_length=200)]
-
-# --- wire structs ------------------------------------------------------------------------------
-
-
-class ChatSend(Struct, kw_only=True):
-    """chat.send payload, read leniently: `""` or null optional fields mean absent."""
-
-    content: Raw
-    message_type: MessageType | None = ""
-    gm_only: bool | None = False
-    recipient_id: LenientId | None = None
-    character_id: LenientId | None = None
-    roll: RollText | None = None
-
-
-class ChatMessage(Struct, kw_only=True, omit_defaults=True):
-    """chat.message payload, and one entry of chat.history."""
-
-    id: str
-    campaign_id: str
-    user_id: str
-    username: str | UnsetType = UNSET
-    character_id: str | UnsetType = UNSET
-    recipient_id: str | UnsetType = UNSET
-    message_type: str
-    content: Raw
-    gm_only: bool
-    created_at: str
-    roll: Roll | UnsetType = UNSET
-
-
-class ChatHistory(Struct, omit_defaults=True):
-    """chat.history payload: oldest first; `incomplete` when stored messages could not be read."""
-
-    messages: list[ChatMessage]
-    incomplete: bool | UnsetType = UNSET
-
 
 _encoder: Final = msgspec.json.Encoder()
 
@@ -404,9 +365,12 @@ class CampaignChat:
         self.clock = clock
         self.log = ChatLog(limits)
         self.rate = ChatRate(limits.rate_per_second, limits.rate_burst)
+        self._loaded_at = -math.inf
+        self._reload: asyncio.Future[None] | None = None
 
     async def load(self) -> None:
         """Fill the log from storage (with the campaign's state); on failure it is incomplete."""
+        self._loaded_at = self.clock()
         try:
             rows = await self.store.recent(self.campaign_id, self.limits.memory_messages)
         except StoreUnavailable as failure:
@@ -417,6 +381,20 @@ class CampaignChat:
             self.log.incomplete = True
             return
         self.log.restore(message_of(row) for row in rows)
+
+    async def retry(self, interval: float) -> None:
+        """Load again if the last load failed and began `interval` seconds ago; callers share it."""
+        if not self.log.incomplete:
+            return
+        if self._reload is None:
+            if self.clock() - self._loaded_at < interval:
+                return
+            self._reload = reload = asyncio.ensure_future(self.load())
+            reload.add_done_callback(self._reloaded)
+        await asyncio.shield(self._reload)
+
+    def _reloaded(self, _: asyncio.Future[None]) -> None:
+        self._reload = None
 
     async def accept(
         self, sender: Actor, username: str | None, payload: ChatSend, roster: Roster

@@ -34,10 +34,7 @@ The grammar is PROTOCOL.md "Chat and dice". Where that text is silent, this modu
 - Errors: `DiceError` (a ValueError) whose message says what is wrong; positions are 0-based
   indexes into the text as given, prefix included.
 
-A rolled term is one Struct for both shapes: a dice term sets `count`, `sides`, `dice` (and
-`keep`, `explode`), a constant term sets `constant`; the rest stay UNSET and are omitted, so the
-wire is exactly the contract's two shapes while msgspec can decode it and describe it in a JSON
-Schema. `Term` refuses any other mix, also when decoding.
+The result's wire shapes (Roll, Term, Die) live in app.protocol with the other wire types.
 """
 
 from __future__ import annotations
@@ -48,7 +45,9 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET
+
+from app.protocol import Die, Roll, Sign, Term
 
 MAX_TEXT: Final = 200
 MAX_TERMS: Final = 20
@@ -56,7 +55,6 @@ MAX_DICE: Final = 100
 MAX_SIDES: Final = 1000
 MAX_CONSTANT: Final = 1_000_000
 
-Sign = Literal[1, -1]
 KeepKind = Literal["kh", "kl", "dh", "dl"]
 
 _KEEP_KINDS: Final[dict[str, KeepKind]] = {
@@ -178,53 +176,6 @@ class Expression:
 def _check_sign(sign: int) -> None:
     if sign not in (1, -1):
         raise DiceError(f"a sign is 1 or -1, got {sign}")
-
-
-# --- the result (wire shapes) ------------------------------------------------------------------
-
-
-class Die(Struct, kw_only=True):
-    """One die rolled, and whether it counts toward its term."""
-
-    value: int
-    kept: bool
-
-
-class Term(Struct, kw_only=True, omit_defaults=True):
-    """A rolled term: dice (`count`, `sides`, `keep?`, `explode?`, `dice`) or a `constant`.
-
-    Dice are in roll order (explosions after the N); `value` is the signed sum of the kept dice,
-    or the signed constant.
-    """
-
-    sign: Sign
-    count: int | UnsetType = UNSET
-    sides: int | UnsetType = UNSET
-    keep: str | UnsetType = UNSET
-    explode: bool | UnsetType = UNSET
-    dice: list[Die] | UnsetType = UNSET
-    constant: int | UnsetType = UNSET
-    value: int
-
-    def __post_init__(self) -> None:
-        dice_fields = (self.count, self.sides, self.dice)
-        if self.constant is UNSET:
-            valid = all(field is not UNSET for field in dice_fields)
-        else:
-            valid = all(field is UNSET for field in (*dice_fields, self.keep, self.explode))
-        if not valid:
-            # msgspec turns a ValueError raised while decoding into a ValidationError.
-            raise ValueError("a roll term has either `constant` or `count`, `sides`, `dice`")
-
-
-class Roll(Struct, kw_only=True, omit_defaults=True):
-    """A rolled expression, as a chat message carries it."""
-
-    expression: str
-    label: str | UnsetType = UNSET
-    total: int
-    capped: bool | UnsetType = UNSET
-    terms: list[Term]
 
 
 class RandomSource(Protocol):

@@ -78,6 +78,7 @@ ERROR_CODES: Final = (
     "invalid_request",
     "limit_exceeded",
     "rate_limited",
+    "db_error",
     "internal",
 )
 

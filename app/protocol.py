@@ -7,7 +7,7 @@ import operator
 import struct
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
@@ -41,6 +41,11 @@ Size = Annotated[float, Meta(gt=0, le=10_000_000)]
 Extent = Annotated[float, Meta(ge=0, le=10_000_000)]
 Short = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
 JwtText = Annotated[str, Meta(min_length=1, max_length=16_384)]
+# chat.send: `""` is allowed in a lenient id because it means "absent"; a present one is 1-128.
+ChatType = Annotated[str, Meta(max_length=32, pattern=NO_NUL)]
+LenientId = Annotated[str, Meta(max_length=128, pattern=NO_NUL)]
+RollText = Annotated[str, Meta(max_length=200)]
+Sign = Literal[1, -1]
 
 
 class ServerPayload(Struct):
@@ -246,6 +251,21 @@ class AuthRefresh(Struct):
     token: JwtText
 
 
+class ChatSend(Struct, kw_only=True):
+    """chat.send payload, read leniently: `""` or null optional fields mean absent.
+
+    `content` is any JSON value (checked and re-encoded by app.chat); `roll` is an expression
+    the server rolls (app.dice), never a result.
+    """
+
+    content: Raw
+    message_type: ChatType | None = ""
+    gm_only: bool | None = False
+    recipient_id: LenientId | None = None
+    character_id: LenientId | None = None
+    roll: RollText | None = None
+
+
 class Empty(ServerPayload):
     """A payload with nothing in it."""
 
@@ -287,6 +307,76 @@ class ErrorPayload(ServerPayload):
 
     code: str
     message: str
+
+
+class Die(Struct, kw_only=True):
+    """One die rolled, and whether it counts toward its term."""
+
+    value: int
+    kept: bool
+
+
+class Term(Struct, kw_only=True, omit_defaults=True):
+    """A rolled term: dice (`count`, `sides`, `keep?`, `explode?`, `dice`) or a `constant`.
+
+    Dice are in roll order (explosions after the N); `value` is the signed sum of the kept dice,
+    or the signed constant. One Struct holds both shapes: a dice term sets `count`, `sides`,
+    `dice` (and `keep`, `explode`), a constant term sets `constant`; the rest stay UNSET and
+    are omitted, so the wire is exactly the contract's two shapes while msgspec can decode it
+    and describe it in a JSON Schema. Any other mix is refused, also when decoding.
+    """
+
+    sign: Sign
+    count: int | UnsetType = UNSET
+    sides: int | UnsetType = UNSET
+    keep: str | UnsetType = UNSET
+    explode: bool | UnsetType = UNSET
+    dice: list[Die] | UnsetType = UNSET
+    constant: int | UnsetType = UNSET
+    value: int
+
+    def __post_init__(self) -> None:
+        dice_fields = (self.count, self.sides, self.dice)
+        if self.constant is UNSET:
+            valid = all(field is not UNSET for field in dice_fields)
+        else:
+            valid = all(field is UNSET for field in (*dice_fields, self.keep, self.explode))
+        if not valid:
+            # msgspec turns a ValueError raised while decoding into a ValidationError.
+            raise ValueError("a roll term has either `constant` or `count`, `sides`, `dice`")
+
+
+class Roll(Struct, kw_only=True, omit_defaults=True):
+    """A rolled expression, as a chat message carries it."""
+
+    expression: str
+    label: str | UnsetType = UNSET
+    total: int
+    capped: bool | UnsetType = UNSET
+    terms: list[Term]
+
+
+class ChatMessage(ServerPayload, kw_only=True, omit_defaults=True):
+    """chat.message payload, and one entry of chat.history."""
+
+    id: str
+    campaign_id: str
+    user_id: str
+    username: str | UnsetType = UNSET
+    character_id: str | UnsetType = UNSET
+    recipient_id: str | UnsetType = UNSET
+    message_type: str
+    content: Raw
+    gm_only: bool
+    created_at: str
+    roll: Roll | UnsetType = UNSET
+
+
+class ChatHistory(ServerPayload, omit_defaults=True):
+    """chat.history payload: oldest first; `incomplete` when stored messages could not be read."""
+
+    messages: list[ChatMessage]
+    incomplete: bool | UnsetType = UNSET
 
 
 # --- what clients send: one envelope per type, its tag and payload (the table says the rest) -----
@@ -345,6 +435,10 @@ class PingMsg(ClientMessage, tag="ping"):
 
 class AuthRefreshMsg(ClientMessage, tag="auth.refresh"):
     payload: AuthRefresh
+
+
+class ChatSendMsg(ClientMessage, tag="chat.send"):
+    payload: ChatSend
 
 
 # --- the message table: every message type, declared once -------------------------------------
@@ -503,12 +597,18 @@ MESSAGES: Final = MessageTable(
     both(SceneDarknessMsg, numbered=True, gm_only=True),
     from_client(PingMsg, numbered=False, payload=Empty),
     from_client(AuthRefreshMsg, numbered=False),
+    # Not a change to the table (app.rules never sees it): app.chat takes it, and the
+    # chat.message it causes takes a seq.
+    from_client(ChatSendMsg, numbered=False),
     from_server("state.sync", CampaignState, Numbering.ALWAYS),
     from_server("state.resume", StateResume, Numbering.ALWAYS),
     from_server("state.saved", StateSaved),
     from_server("map.list", MapList, Numbering.WHEN_BROADCAST),
     from_server("pong", Empty),
     from_server("error", ErrorPayload),
+    from_server("chat.message", ChatMessage, Numbering.ALWAYS),
+    # To one client on a full join, right after its map.list.
+    from_server("chat.history", ChatHistory),
 )
 
 
@@ -519,7 +619,8 @@ class Frame(Struct, kw_only=True, omit_defaults=True, gc=False):
     campaign_id: str
     user_id: str
     seq: int | None = None
-    payload: ServerPayload
+    # Raw: a payload encoded before (a chat message, encoded once for the log and every frame).
+    payload: ServerPayload | Raw
 
 
 # --- decoding and encoding ---------------------------------------------------------------------

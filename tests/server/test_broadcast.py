@@ -27,12 +27,13 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from app.broadcast import BROADCAST_NAMESPACE, MAX_BODY_BYTES, BroadcastEndpoint, announce
-from app.chat import ChatMessage
 from app.config import DEFAULT_USERNAME_SQL, Settings
 from app.logs import REDACTED, JsonFormatter, RedactingFilter, log_config, protect
+from app.metrics import Metrics
 from app.persistence.chat import ChatStore, SqlChatStore
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
+from app.protocol import ChatMessage
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -74,6 +75,7 @@ class BroadcastServices:
     settings: Settings
     chat_store: ChatStore
     chat_publisher: Recorder
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass
@@ -113,7 +115,6 @@ async def serve_broadcast(services: BroadcastServices) -> AsyncIterator[Running]
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, loop="asyncio", log_config=None, lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(TIMEOUT):

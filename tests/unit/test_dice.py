@@ -26,15 +26,13 @@ from app.dice import (
     Expression,
     Keep,
     KeepKind,
-    Roll,
-    Sign,
-    Term,
     canonical,
     decode_roll,
     parse,
     roll,
     roll_text,
 )
+from app.protocol import Die, Roll, Sign, Term
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS: tuple[KeepKind, ...] = ("kh", "kl", "dh", "dl")
@@ -165,6 +163,12 @@ def is_constant(term: Term) -> bool:
     return term.constant is not msgspec.UNSET and term.dice is msgspec.UNSET
 
 
+def dice_of(term: Term) -> list[Die]:
+    """The dice of a dice term (it must be one)."""
+    assert isinstance(term.dice, list), term
+    return term.dice
+
+
 def check_roll(expression: Expression, result: Roll) -> None:
     assert result.expression == canonical(expression)
     assert result.label == (msgspec.UNSET if expression.label is None else expression.label)
@@ -181,10 +185,10 @@ def check_roll(expression: Expression, result: Roll) -> None:
         assert (term.count, term.sides) == (spec.count, spec.sides)
         assert term.keep == (msgspec.UNSET if spec.keep is None else spec.keep.suffix)
         assert term.explode is (True if spec.explode else msgspec.UNSET)
-        values = [die.value for die in term.dice]
+        values = [die.value for die in dice_of(term)]
         assert all(1 <= value <= spec.sides for value in values)
-        assert term.value == spec.sign * sum(die.value for die in term.dice if die.kept)
-        check_keep(spec.keep, [die.value for die in term.dice if die.kept], values)
+        assert term.value == spec.sign * sum(die.value for die in dice_of(term) if die.kept)
+        check_keep(spec.keep, [die.value for die in dice_of(term) if die.kept], values)
         extra = len(values) - spec.count
         rolled += len(values)
         if spec.explode:
@@ -303,7 +307,12 @@ def test_a_negative_term_subtracts_its_kept_dice() -> None:
     result = roll(parse("10 - 4d6dl1"), Scripted(0, 5, 2, 3))
     dice = result.terms[1]
     assert is_dice(dice)
-    assert [(d.value, d.kept) for d in dice.dice] == [(1, False), (6, True), (3, True), (4, True)]
+    assert [(d.value, d.kept) for d in dice_of(dice)] == [
+        (1, False),
+        (6, True),
+        (3, True),
+        (4, True),
+    ]
     assert (dice.sign, dice.value, result.total) == (-1, -13, -3)
 
 
@@ -311,7 +320,7 @@ def test_an_exploding_die_adds_dice_at_the_end_while_it_shows_its_maximum() -> N
     result = roll(parse("2d6!"), Scripted(5, 1, 5, 0))
     term = result.terms[0]
     assert is_dice(term)
-    assert [d.value for d in term.dice] == [6, 2, 6, 1]
+    assert [d.value for d in dice_of(term)] == [6, 2, 6, 1]
     assert (term.value, result.capped) == (15, msgspec.UNSET)
 
 
@@ -320,8 +329,8 @@ def test_keep_and_drop_apply_after_explosions() -> None:
     dropped = roll(parse("2d6d1!"), Scripted(5, 0, 2)).terms[0]
     assert is_dice(kept)
     assert is_dice(dropped)
-    assert [d.kept for d in kept.dice] == [True, False, False]
-    assert [d.kept for d in dropped.dice] == [True, False, True]
+    assert [d.kept for d in dice_of(kept)] == [True, False, False]
+    assert [d.kept for d in dice_of(dropped)] == [True, False, True]
     assert (kept.value, dropped.value) == (6, 9)
 
 
@@ -339,14 +348,14 @@ def test_among_equal_dice_the_earlier_is_taken_first(
 ) -> None:
     term = roll(parse(text), Scripted(*results)).terms[0]
     assert is_dice(term)
-    assert [d.kept for d in term.dice] == kept
+    assert [d.kept for d in dice_of(term)] == kept
 
 
 def test_explosions_stop_at_100_dice_in_all_and_say_capped() -> None:
     source = Scripted(*[5] * MAX_DICE)  # every die a six; a 101st die would be an IndexError
     result = roll(parse("50d6!+10+50d6!"), source)
     assert result.capped is True
-    assert sum(len(t.dice) for t in result.terms if is_dice(t)) == MAX_DICE
+    assert sum(len(dice_of(t)) for t in result.terms if is_dice(t)) == MAX_DICE
     assert result.total == 6 * MAX_DICE + 10
 
 
@@ -355,14 +364,14 @@ def test_earlier_terms_explode_first_when_extra_dice_run_out() -> None:
     first, _, last = result.terms
     assert is_dice(first)
     assert is_dice(last)
-    assert ([d.value for d in first.dice], [d.value for d in last.dice]) == ([6, 6], [6])
+    assert ([d.value for d in dice_of(first)], [d.value for d in dice_of(last)]) == ([6, 6], [6])
     assert result.capped is True
 
 
 def test_reaching_100_dice_without_a_stopped_explosion_is_not_capped() -> None:
     result = roll(parse("98d6+1d6!"), Scripted(*[0] * 98, 5, 0))
     assert result.capped is msgspec.UNSET
-    assert sum(len(t.dice) for t in result.terms if is_dice(t)) == MAX_DICE
+    assert sum(len(dice_of(t)) for t in result.terms if is_dice(t)) == MAX_DICE
 
 
 # --- prefixes, case, labels --------------------------------------------------------------------
@@ -554,7 +563,7 @@ def test_secrets_dice_are_uniform_by_chi_square(sides: int) -> None:
         for _ in range(600)
         for term in roll_text(f"100d{sides}").terms
         if is_dice(term)
-        for die in term.dice
+        for die in dice_of(term)
     )
     assert sorted(counts) == list(range(1, sides + 1))
     expected = sum(counts.values()) / sides

@@ -12,10 +12,11 @@ from msgspec import UNSET
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
-from app.protocol import decode_stored_state
+from app.model import Role
+from app.protocol import ChatMessage, decode_stored_state
 from app.rules import new_state
 from app.session import Session, SessionClosed
-from tests.support.fakes import FakeMember, change
+from tests.support.fakes import FakeMember, campaign_chat, change
 from tests.support.harness import map_payload, token_payload
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +26,8 @@ SETTINGS = Settings(env="test")
 
 def session_of(**overrides: Any) -> Session:
     """A session of a fresh campaign `c1`."""
-    return Session(new_state("c1"), replace(SETTINGS, **overrides), Metrics())
+    settings = replace(SETTINGS, **overrides)
+    return Session(new_state("c1"), settings, Metrics(), campaign_chat("c1", settings))
 
 
 async def seated(session: Session, member: FakeMember) -> FakeMember:
@@ -45,14 +47,14 @@ async def table(session: Session) -> tuple[FakeMember, FakeMember]:
 # --- joining and leaving ------------------------------------------------------------------------
 
 
-async def test_a_joining_member_gets_the_state_at_the_current_seq_then_the_map_list() -> None:
+async def test_a_joining_member_gets_the_state_at_the_current_seq_the_map_list_then_chat() -> None:
     session = session_of()
     gm = FakeMember("gm-ada", "gm")
 
     resumed = await session.join(gm)
 
     assert resumed is False
-    sync, listing = gm.received
+    sync, listing, history = gm.received
     assert (sync["type"], sync["campaign_id"], sync["user_id"], sync["seq"]) == (
         "state.sync",
         "c1",
@@ -65,6 +67,12 @@ async def test_a_joining_member_gets_the_state_at_the_current_seq_then_the_map_l
         "campaign_id": "c1",
         "user_id": "gm-ada",
         "payload": {"maps": [], "active_map_id": ""},
+    }
+    assert history == {
+        "type": "chat.history",
+        "campaign_id": "c1",
+        "user_id": "gm-ada",
+        "payload": {"messages": []},
     }
 
 
@@ -104,9 +112,9 @@ async def test_a_session_evicted_while_a_join_waited_refuses_that_join() -> None
 async def test_a_state_loaded_without_a_library_gets_an_empty_one_and_a_fresh_epoch() -> None:
     state = new_state("c1")
     state.saved_maps = UNSET
-    first = Session(state, SETTINGS, Metrics())
+    first = Session(state, SETTINGS, Metrics(), campaign_chat("c1", SETTINGS))
     epoch = first.epoch
-    second = Session(state, SETTINGS, Metrics())
+    second = Session(state, SETTINGS, Metrics(), campaign_chat("c1", SETTINGS))
 
     assert first.state.saved_maps == {}
     assert second.epoch != epoch
@@ -338,7 +346,7 @@ async def test_a_resume_the_history_cannot_serve_gets_a_full_state_sync(
     resumed = await session.join(back, since, session.epoch if epoch == "current" else epoch)
 
     assert resumed is False
-    assert [m["type"] for m in back.received] == ["state.sync", "map.list"]
+    assert [m["type"] for m in back.received] == ["state.sync", "map.list", "chat.history"]
     assert back.received[0]["seq"] == 6
 
 
@@ -353,7 +361,65 @@ async def test_a_resume_across_a_map_switch_gets_a_full_state_sync() -> None:
 
     assert not await session.join(back, since=since, epoch=session.epoch)
 
-    assert [m["type"] for m in back.received] == ["state.sync", "map.list"]
+    assert [m["type"] for m in back.received] == ["state.sync", "map.list", "chat.history"]
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+
+def whisper(number: int, sender: str, recipient: str) -> ChatMessage:
+    """A chat message from `sender` to `recipient` alone."""
+    return ChatMessage(
+        id=f"m{number}",
+        campaign_id="c1",
+        user_id=sender,
+        recipient_id=recipient,
+        message_type="text",
+        content=msgspec.Raw(b'"psst"'),
+        gm_only=False,
+        created_at="2026-02-19T10:55:13Z",
+    )
+
+
+async def test_a_chat_message_takes_the_next_seq_and_reaches_and_replays_to_its_audience() -> None:
+    session = session_of()
+    gm, bo = await table(session)
+    ana = await seated(session, FakeMember("pl-ana"))
+
+    assert await session.publish_chat(whisper(1, "pl-ana", "pl-bo"))
+
+    (to_ana,), (to_bo,) = ana.take(), bo.take()
+    assert to_ana == to_bo
+    assert (to_ana["type"], to_ana["seq"], to_ana["user_id"]) == ("chat.message", 1, "pl-ana")
+    assert gm.take() == []
+    assert session.dirty
+    replays = {}
+    returning: list[tuple[str, Role]] = [
+        ("gm-ada", "gm"),
+        ("pl-ana", "player"),
+        ("pl-cy", "player"),
+    ]
+    for user, role in returning:
+        back = FakeMember(user, role)
+        assert await session.join(back, since=0, epoch=session.epoch)
+        replays[user] = back.types
+    assert replays == {
+        "gm-ada": ["state.resume"],
+        "pl-ana": ["state.resume", "chat.message"],
+        "pl-cy": ["state.resume"],
+    }
+
+
+async def test_a_chat_message_the_log_holds_already_is_not_published_again() -> None:
+    session = session_of()
+    _, bo = await table(session)
+
+    first = await session.publish_chat(whisper(1, "gm-ada", "pl-bo"))
+    again = await session.publish_chat(whisper(1, "gm-ada", "pl-bo"))
+
+    assert (first, again) == (True, True)
+    assert [m["seq"] for m in bo.take()] == [1]
+    assert session.state.seq == 1
 
 
 # --- snapshots and saving -----------------------------------------------------------------------

@@ -27,10 +27,54 @@ export interface CampaignState {
   epoch?: string;
 }
 
+/** chat.history payload: oldest first; `incomplete` when stored messages could not be read. */
+export interface ChatHistory {
+  messages: ChatMessage[];
+  incomplete?: boolean;
+}
+
+/** chat.message payload, and one entry of chat.history. */
+export interface ChatMessage {
+  id: string;
+  campaign_id: string;
+  user_id: string;
+  username?: string;
+  character_id?: string;
+  recipient_id?: string;
+  message_type: string;
+  content: unknown;
+  gm_only: boolean;
+  created_at: string;
+  roll?: Roll;
+}
+
+/** chat.send payload, read leniently: `""` or null optional fields mean absent.
+
+    `content` is any JSON value (checked and re-encoded by app.chat); `roll` is an expression
+    the server rolls (app.dice), never a result. */
+export interface ChatSend {
+  content: unknown;
+  message_type?: string | null;
+  gm_only?: boolean | null;
+  recipient_id?: string | null;
+  character_id?: string | null;
+  roll?: string | null;
+}
+
 /** `auth.refresh`, client to server. */
 export interface ClientAuthRefresh {
   type: "auth.refresh";
   payload: AuthRefresh;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `chat.send`, client to server. */
+export interface ClientChatSend {
+  type: "chat.send";
+  payload: ChatSend;
   /** Ignored: the server stamps it from the connection. */
   campaign_id?: string;
   /** Ignored: the server stamps it from the connection. */
@@ -147,6 +191,12 @@ export interface ClientTokenUpdate {
   user_id?: string;
 }
 
+/** One die rolled, and whether it counts toward its term. */
+export interface Die {
+  value: number;
+  kept: boolean;
+}
+
 /** A payload with nothing in it. */
 export type Empty = Record<string, never>;
 
@@ -261,6 +311,15 @@ export interface Portal {
   freestanding?: boolean;
 }
 
+/** A rolled expression, as a chat message carries it. */
+export interface Roll {
+  expression: string;
+  label?: string;
+  total: number;
+  capped?: boolean;
+  terms: Term[];
+}
+
 /** A map in the library, with the tokens and fog it had when last active. */
 export interface SavedMap {
   /** At most 200 chars. */
@@ -281,6 +340,28 @@ export interface SavedMap {
 /** scene.darkness payload; finite, clamped to 0..1 when applied. */
 export interface SceneDarkness {
   darkness_level: number;
+}
+
+/** `chat.history`, server to client. */
+export interface ServerChatHistory {
+  type: "chat.history";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: ChatHistory;
+}
+
+/** `chat.message`, server to client. */
+export interface ServerChatMessage {
+  type: "chat.message";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  /** The campaign's event number (docs/PROTOCOL.md). >= 0. */
+  seq: number;
+  payload: ChatMessage;
 }
 
 /** `error`, server to client. */
@@ -445,6 +526,24 @@ export interface StateSaved {
   seq: number;
 }
 
+/** A rolled term: dice (`count`, `sides`, `keep?`, `explode?`, `dice`) or a `constant`.
+
+    Dice are in roll order (explosions after the N); `value` is the signed sum of the kept dice,
+    or the signed constant. One Struct holds both shapes: a dice term sets `count`, `sides`,
+    `dice` (and `keep`, `explode`), a constant term sets `constant`; the rest stay UNSET and
+    are omitted, so the wire is exactly the contract's two shapes while msgspec can decode it
+    and describe it in a JSON Schema. Any other mix is refused, also when decoding. */
+export interface Term {
+  sign: -1 | 1;
+  count?: number;
+  sides?: number;
+  keep?: string;
+  explode?: boolean;
+  dice?: Die[];
+  constant?: number;
+  value: number;
+}
+
 /** One token on the active map; `owner_id` is stamped by the server. */
 export interface Token {
   /** 1-128 chars. */
@@ -514,7 +613,8 @@ export type ClientMessage =
   | ClientMapDelete
   | ClientSceneDarkness
   | ClientPing
-  | ClientAuthRefresh;
+  | ClientAuthRefresh
+  | ClientChatSend;
 
 /** Every frame the server sends. */
 export type ServerMessage =
@@ -530,7 +630,9 @@ export type ServerMessage =
   | ServerStateSaved
   | ServerMapList
   | ServerPong
-  | ServerError;
+  | ServerError
+  | ServerChatMessage
+  | ServerChatHistory;
 
 export type ClientMessageType = ClientMessage["type"];
 
@@ -555,6 +657,7 @@ export const CLIENT_MESSAGE_TYPES = [
   "scene.darkness",
   "ping",
   "auth.refresh",
+  "chat.send",
 ] as const satisfies readonly ClientMessageType[];
 
 export const SERVER_MESSAGE_TYPES = [
@@ -571,6 +674,8 @@ export const SERVER_MESSAGE_TYPES = [
   "map.list",
   "pong",
   "error",
+  "chat.message",
+  "chat.history",
 ] as const satisfies readonly ServerMessageType[];
 
 /** What only a GM may send; a player's gets `error` `forbidden`. */
@@ -588,4 +693,5 @@ export const UNNUMBERED_SERVER_TYPES = [
   "state.saved",
   "pong",
   "error",
+  "chat.history",
 ] as const satisfies readonly ServerMessageType[];
