@@ -64,6 +64,7 @@ export class TableMirror {
         return "applied";
       case "pong":
       case "error":
+      case "chat.history":
         return "ignored";
       case "map.list":
         if (frame.seq !== undefined && !this.advance(frame.seq)) {
@@ -85,11 +86,15 @@ export class TableMirror {
   }
 
   private applyEvent(
-    frame: Exclude<ServerMessage, { type: "state.sync" | "state.resume" | "state.saved" | "pong" | "error" | "map.list" }>,
+    frame: Exclude<ServerMessage, { type: "state.sync" | "state.resume" | "state.saved" | "pong" | "error" | "map.list" | "chat.history" }>,
   ): Applied {
     const state = this.view.state;
     if (state === null || !this.advance(frame.seq)) {
       return "ignored";
+    }
+    if (frame.type === "chat.message") {
+      // Chat changes nothing on the table; its seq is counted above.
+      return "applied";
     }
     let next: CampaignState;
     switch (frame.type) {

@@ -55,6 +55,7 @@ var TableMirror = class {
         return "applied";
       case "pong":
       case "error":
+      case "chat.history":
         return "ignored";
       case "map.list":
         if (frame.seq !== void 0 && !this.advance(frame.seq)) {
@@ -77,6 +78,9 @@ var TableMirror = class {
     const state = this.view.state;
     if (state === null || !this.advance(frame.seq)) {
       return "ignored";
+    }
+    if (frame.type === "chat.message") {
+      return "applied";
     }
     let next;
     switch (frame.type) {
@@ -470,7 +474,8 @@ var CLIENT_MESSAGE_TYPES = [
   "map.delete",
   "scene.darkness",
   "ping",
-  "auth.refresh"
+  "auth.refresh",
+  "chat.send"
 ];
 var SERVER_MESSAGE_TYPES = [
   "token.add",
@@ -485,7 +490,9 @@ var SERVER_MESSAGE_TYPES = [
   "state.saved",
   "map.list",
   "pong",
-  "error"
+  "error",
+  "chat.message",
+  "chat.history"
 ];
 var GM_ONLY_MESSAGE_TYPES = [
   "fog.update",
@@ -498,7 +505,8 @@ var GM_ONLY_MESSAGE_TYPES = [
 var UNNUMBERED_SERVER_TYPES = [
   "state.saved",
   "pong",
-  "error"
+  "error",
+  "chat.history"
 ];
 export {
   CLIENT_MESSAGE_TYPES,
