@@ -7,7 +7,7 @@ import operator
 import struct
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
@@ -40,6 +40,11 @@ Size = Annotated[float, Meta(gt=0, le=10_000_000)]
 # A token's size may be 0: the Go service took such tokens, and its frontend sends them.
 Extent = Annotated[float, Meta(ge=0, le=10_000_000)]
 Short = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
+# A ruler's colour is a hex colour only, so that no client can slip CSS into another's page.
+HexColor = Annotated[
+    str, Meta(pattern=r"^#(?:[0-9A-Fa-f]{3,4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})(?![\s\S])")
+]
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 JwtText = Annotated[str, Meta(min_length=1, max_length=16_384)]
 
 
@@ -76,7 +81,7 @@ class FogZone(Struct):
 
 
 class Point(Struct):
-    """A dd2vtt point, in grid squares."""
+    """A point: in grid squares in dd2vtt metadata, in map coordinates (as tokens) in a ruler."""
 
     x: Coord
     y: Coord
@@ -289,6 +294,63 @@ class ErrorPayload(ServerPayload):
     message: str
 
 
+# --- presence and drag locks (never stored, never numbered) ------------------------------------
+
+
+class PresenceMember(Struct, kw_only=True, omit_defaults=True):
+    """One user at the table; `connections` is 0 while their grace on leaving runs."""
+
+    user_id: str
+    role: Literal["gm", "player"]
+    username: str | UnsetType = UNSET
+    connections: int
+
+
+class PresenceSync(ServerPayload):
+    """presence.sync payload: everyone at the table, in arrival order."""
+
+    members: list[PresenceMember]
+
+
+class PresenceJoin(ServerPayload, omit_defaults=True):
+    """presence.join payload: a user's first connection arrived."""
+
+    user_id: str
+    role: Literal["gm", "player"]
+    username: str | UnsetType = UNSET
+
+
+class PresenceLeave(ServerPayload):
+    """presence.leave payload: a user's last connection has been gone for the grace."""
+
+    user_id: str
+
+
+class TokenHold(ServerPayload):
+    """token.grabbed payload: who holds the token's drag lock now."""
+
+    token_id: str
+    user_id: str
+
+
+# --- ephemeral signals: relayed to the other members, never stored ------------------------------
+
+
+class Spot(ServerPayload):
+    """pointer.ping and cursor.move payload: a point on the map."""
+
+    x: Coord
+    y: Coord
+
+
+class Ruler(ServerPayload, omit_defaults=True):
+    """ruler.update payload: the measured path, with an optional colour and label."""
+
+    points: Annotated[list[Point], Meta(min_length=1, max_length=64)]
+    color: HexColor | UnsetType = UNSET
+    label: Label | UnsetType = UNSET
+
+
 # --- what clients send: one envelope per type, its tag and payload (the table says the rest) -----
 
 
@@ -347,6 +409,38 @@ class AuthRefreshMsg(ClientMessage, tag="auth.refresh"):
     payload: AuthRefresh
 
 
+class TokenGrabMsg(ClientMessage, tag="token.grab"):
+    payload: TokenRef
+
+
+class TokenReleaseMsg(ClientMessage, tag="token.release"):
+    payload: TokenRef
+
+
+class Signal(ClientMessage):
+    """An ephemeral message: relayed to the other members as sent, never stored or numbered."""
+
+
+class PointerPingMsg(Signal, tag="pointer.ping"):
+    payload: Spot
+
+
+class CursorMoveMsg(Signal, tag="cursor.move"):
+    payload: Spot
+
+
+class CursorHideMsg(Signal, tag="cursor.hide"):
+    payload: Empty = msgspec.field(default_factory=Empty)
+
+
+class RulerUpdateMsg(Signal, tag="ruler.update"):
+    payload: Ruler
+
+
+class RulerClearMsg(Signal, tag="ruler.clear"):
+    payload: Empty = msgspec.field(default_factory=Empty)
+
+
 # --- the message table: every message type, declared once -------------------------------------
 
 
@@ -398,6 +492,11 @@ class MessageType:
     def numbered(self) -> bool:
         """Whether this type takes a seq (for a client's message: whether it is a change)."""
         return self.numbering is not Numbering.NEVER
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether this is an ephemeral signal: relayed, never stored, dropped when late."""
+        return self.envelope is not None and issubclass(self.envelope, Signal)
 
 
 def both(envelope: type[ClientMessage], *, numbered: bool, gm_only: bool = False) -> MessageType:
@@ -503,12 +602,24 @@ MESSAGES: Final = MessageTable(
     both(SceneDarknessMsg, numbered=True, gm_only=True),
     from_client(PingMsg, numbered=False, payload=Empty),
     from_client(AuthRefreshMsg, numbered=False),
+    from_client(TokenGrabMsg, numbered=False),
+    from_client(TokenReleaseMsg, numbered=False),
+    both(PointerPingMsg, numbered=False),
+    both(CursorMoveMsg, numbered=False),
+    both(CursorHideMsg, numbered=False),
+    both(RulerUpdateMsg, numbered=False),
+    both(RulerClearMsg, numbered=False),
     from_server("state.sync", CampaignState, Numbering.ALWAYS),
     from_server("state.resume", StateResume, Numbering.ALWAYS),
     from_server("state.saved", StateSaved),
     from_server("map.list", MapList, Numbering.WHEN_BROADCAST),
     from_server("pong", Empty),
     from_server("error", ErrorPayload),
+    from_server("presence.sync", PresenceSync),
+    from_server("presence.join", PresenceJoin),
+    from_server("presence.leave", PresenceLeave),
+    from_server("token.grabbed", TokenHold),
+    from_server("token.released", TokenRef),
 )
 
 

@@ -24,6 +24,7 @@ from app.model import Actor, Role, StateChange
 from app.persistence.store import MemoryStore
 from app.protocol import AuthRefreshMsg, PingMsg, decode_client_message
 from app.session import Outgoing
+from tests.support.harness import PRESENCE
 from tests.support.jwks_server import AZP, signing_key
 
 
@@ -41,19 +42,36 @@ class Delivery:
     message: dict[str, Any]
     token_id: str | None
     conflates: bool
+    signal: str | None = None
 
 
 class FakeMember:
-    """A session member that keeps every message it is handed, decoded into a dict."""
+    """A session member that keeps every message it is handed, decoded into a dict.
 
-    def __init__(self, user_id: str, role: Role = "player") -> None:
+    `deliveries` (and so `received`, `types`, `take`) leaves out the types in `skip`, which
+    arrive whenever someone else comes or goes; `everything` keeps them too.
+    """
+
+    def __init__(
+        self,
+        user_id: str,
+        role: Role = "player",
+        username: str | None = None,
+        skip: frozenset[str] = PRESENCE,
+    ) -> None:
         self.actor = Actor(user_id=user_id, role=role)
+        self.username = username
+        self.skip = skip
         self.deliveries: list[Delivery] = []
+        self.everything: list[Delivery] = []
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Keep the message, decoded."""
         message = json.loads(text_of(outgoing.frame))
-        self.deliveries.append(Delivery(message, outgoing.token_id, outgoing.conflates))
+        delivery = Delivery(message, outgoing.token_id, outgoing.conflates, outgoing.signal)
+        self.everything.append(delivery)
+        if message["type"] not in self.skip:
+            self.deliveries.append(delivery)
 
     @property
     def received(self) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ async def test_a_joining_member_gets_the_state_at_the_current_seq_then_the_map_l
         "type": "map.list",
         "campaign_id": "c1",
         "user_id": "gm-ada",
-        "payload": {"maps": []},
+        "payload": {"maps": [], "active_map_id": ""},
     }
 
 

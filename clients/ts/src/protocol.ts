@@ -37,6 +37,26 @@ export interface ClientAuthRefresh {
   user_id?: string;
 }
 
+/** `cursor.hide`, client to server. */
+export interface ClientCursorHide {
+  type: "cursor.hide";
+  payload?: Empty;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `cursor.move`, client to server. */
+export interface ClientCursorMove {
+  type: "cursor.move";
+  payload: Spot;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
 /** `fog.update`, client to server. */
 export interface ClientFogUpdate {
   type: "fog.update";
@@ -97,6 +117,36 @@ export interface ClientPing {
   user_id?: string;
 }
 
+/** `pointer.ping`, client to server. */
+export interface ClientPointerPing {
+  type: "pointer.ping";
+  payload: Spot;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `ruler.clear`, client to server. */
+export interface ClientRulerClear {
+  type: "ruler.clear";
+  payload?: Empty;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `ruler.update`, client to server. */
+export interface ClientRulerUpdate {
+  type: "ruler.update";
+  payload: Ruler;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
 /** `scene.darkness`, client to server. */
 export interface ClientSceneDarkness {
   type: "scene.darkness";
@@ -117,10 +167,30 @@ export interface ClientTokenAdd {
   user_id?: string;
 }
 
+/** `token.grab`, client to server. */
+export interface ClientTokenGrab {
+  type: "token.grab";
+  payload: TokenRef;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
 /** `token.move`, client to server. */
 export interface ClientTokenMove {
   type: "token.move";
   payload: TokenMove;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `token.release`, client to server. */
+export interface ClientTokenRelease {
+  type: "token.release";
+  payload: TokenRef;
   /** Ignored: the server stamps it from the connection. */
   campaign_id?: string;
   /** Ignored: the server stamps it from the connection. */
@@ -244,7 +314,7 @@ export interface MapSet {
   map_metadata?: MapMetadata;
 }
 
-/** A dd2vtt point, in grid squares. */
+/** A point: in grid squares in dd2vtt metadata, in map coordinates (as tokens) in a ruler. */
 export interface Point {
   /** >= -10000000, <= 10000000. */
   x: number;
@@ -259,6 +329,39 @@ export interface Portal {
   rotation?: number;
   closed?: boolean;
   freestanding?: boolean;
+}
+
+/** presence.join payload: a user's first connection arrived. */
+export interface PresenceJoin {
+  user_id: string;
+  role: "gm" | "player";
+  username?: string;
+}
+
+/** presence.leave payload: a user's last connection has been gone for the grace. */
+export interface PresenceLeave {
+  user_id: string;
+}
+
+/** One user at the table; `connections` is 0 while their grace on leaving runs. */
+export interface PresenceMember {
+  user_id: string;
+  role: "gm" | "player";
+  username?: string;
+  connections: number;
+}
+
+/** presence.sync payload: everyone at the table, in arrival order. */
+export interface PresenceSync {
+  members: PresenceMember[];
+}
+
+/** ruler.update payload: the measured path, with an optional colour and label. */
+export interface Ruler {
+  points: Point[];
+  color?: string;
+  /** 1-64 chars. */
+  label?: string;
 }
 
 /** A map in the library, with the tokens and fog it had when last active. */
@@ -281,6 +384,26 @@ export interface SavedMap {
 /** scene.darkness payload; finite, clamped to 0..1 when applied. */
 export interface SceneDarkness {
   darkness_level: number;
+}
+
+/** `cursor.hide`, server to client. */
+export interface ServerCursorHide {
+  type: "cursor.hide";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Empty;
+}
+
+/** `cursor.move`, server to client. */
+export interface ServerCursorMove {
+  type: "cursor.move";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Spot;
 }
 
 /** `error`, server to client. */
@@ -329,6 +452,16 @@ export interface ServerMapSet {
   payload: MapSet;
 }
 
+/** `pointer.ping`, server to client. */
+export interface ServerPointerPing {
+  type: "pointer.ping";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Spot;
+}
+
 /** `pong`, server to client. */
 export interface ServerPong {
   type: "pong";
@@ -337,6 +470,56 @@ export interface ServerPong {
   /** Whose action this is (for replies: the recipient), server-stamped. */
   user_id: string;
   payload: Empty;
+}
+
+/** `presence.join`, server to client. */
+export interface ServerPresenceJoin {
+  type: "presence.join";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: PresenceJoin;
+}
+
+/** `presence.leave`, server to client. */
+export interface ServerPresenceLeave {
+  type: "presence.leave";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: PresenceLeave;
+}
+
+/** `presence.sync`, server to client. */
+export interface ServerPresenceSync {
+  type: "presence.sync";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: PresenceSync;
+}
+
+/** `ruler.clear`, server to client. */
+export interface ServerRulerClear {
+  type: "ruler.clear";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Empty;
+}
+
+/** `ruler.update`, server to client. */
+export interface ServerRulerUpdate {
+  type: "ruler.update";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Ruler;
 }
 
 /** `scene.darkness`, server to client. */
@@ -397,6 +580,16 @@ export interface ServerTokenAdd {
   payload: Token;
 }
 
+/** `token.grabbed`, server to client. */
+export interface ServerTokenGrabbed {
+  type: "token.grabbed";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: TokenHold;
+}
+
 /** `token.move`, server to client. */
 export interface ServerTokenMove {
   type: "token.move";
@@ -407,6 +600,16 @@ export interface ServerTokenMove {
   /** The campaign's event number (docs/PROTOCOL.md). >= 0. */
   seq: number;
   payload: TokenMove;
+}
+
+/** `token.released`, server to client. */
+export interface ServerTokenReleased {
+  type: "token.released";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: TokenRef;
 }
 
 /** `token.remove`, server to client. */
@@ -431,6 +634,14 @@ export interface ServerTokenUpdate {
   /** The campaign's event number (docs/PROTOCOL.md). >= 0. */
   seq: number;
   payload: TokenUpdate;
+}
+
+/** pointer.ping and cursor.move payload: a point on the map. */
+export interface Spot {
+  /** >= -10000000, <= 10000000. */
+  x: number;
+  /** >= -10000000, <= 10000000. */
+  y: number;
 }
 
 /** state.resume payload: the missed events from_seq..to_seq follow, then live traffic. */
@@ -466,6 +677,12 @@ export interface Token {
   image_url?: string;
   /** 1-128 chars. */
   owner_id?: string;
+}
+
+/** token.grabbed payload: who holds the token's drag lock now. */
+export interface TokenHold {
+  token_id: string;
+  user_id: string;
 }
 
 /** token.move payload. */
@@ -514,7 +731,14 @@ export type ClientMessage =
   | ClientMapDelete
   | ClientSceneDarkness
   | ClientPing
-  | ClientAuthRefresh;
+  | ClientAuthRefresh
+  | ClientTokenGrab
+  | ClientTokenRelease
+  | ClientPointerPing
+  | ClientCursorMove
+  | ClientCursorHide
+  | ClientRulerUpdate
+  | ClientRulerClear;
 
 /** Every frame the server sends. */
 export type ServerMessage =
@@ -525,12 +749,22 @@ export type ServerMessage =
   | ServerFogUpdate
   | ServerMapSet
   | ServerSceneDarkness
+  | ServerPointerPing
+  | ServerCursorMove
+  | ServerCursorHide
+  | ServerRulerUpdate
+  | ServerRulerClear
   | ServerStateSync
   | ServerStateResume
   | ServerStateSaved
   | ServerMapList
   | ServerPong
-  | ServerError;
+  | ServerError
+  | ServerPresenceSync
+  | ServerPresenceJoin
+  | ServerPresenceLeave
+  | ServerTokenGrabbed
+  | ServerTokenReleased;
 
 export type ClientMessageType = ClientMessage["type"];
 
@@ -555,6 +789,13 @@ export const CLIENT_MESSAGE_TYPES = [
   "scene.darkness",
   "ping",
   "auth.refresh",
+  "token.grab",
+  "token.release",
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
 ] as const satisfies readonly ClientMessageType[];
 
 export const SERVER_MESSAGE_TYPES = [
@@ -565,12 +806,22 @@ export const SERVER_MESSAGE_TYPES = [
   "fog.update",
   "map.set",
   "scene.darkness",
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
   "state.sync",
   "state.resume",
   "state.saved",
   "map.list",
   "pong",
   "error",
+  "presence.sync",
+  "presence.join",
+  "presence.leave",
+  "token.grabbed",
+  "token.released",
 ] as const satisfies readonly ServerMessageType[];
 
 /** What only a GM may send; a player's gets `error` `forbidden`. */
@@ -585,7 +836,17 @@ export const GM_ONLY_MESSAGE_TYPES = [
 
 /** Server frames that never carry a `seq`. */
 export const UNNUMBERED_SERVER_TYPES = [
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
   "state.saved",
   "pong",
   "error",
+  "presence.sync",
+  "presence.join",
+  "presence.leave",
+  "token.grabbed",
+  "token.released",
 ] as const satisfies readonly ServerMessageType[];
