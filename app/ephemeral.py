@@ -15,9 +15,10 @@ signals", "Drag locks"); in short:
 - while a GM holds the lock of a hidden token, none of that GM's signals reach players, who
   get `cursor.hide` / `ruler.clear` when it starts (if that GM's cursor or ruler showed);
 - a user's cursor and ruler are hidden for the others when their last connection goes;
-- a lock ends when its token is removed, when the active map changes (map.set, map.switch),
-  and when a player holds a token that is hidden; `token.released` goes to those who could see
-  the token, before the change's own events.
+- a lock ends when its token is removed (only its holder can remove it) and when the active
+  map changes (map.set, map.switch); `token.released` goes to those who could see the token,
+  before the change's own events. A token is never hidden under a player's lock: the GM's
+  update is refused as `locked` like anyone's, until the GM takes the lock.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ FrameOf = Callable[[str, str, Any, "str | None"], "Outgoing"]
 LiveMessage = TokenGrabMsg | TokenReleaseMsg | Signal
 # The events after which no lock survives: the active map changed.
 MAP_CHANGES = frozenset({"state.sync", "map.set"})
-HIDING_CHANGES = frozenset({"token.add", "token.update"})
 
 
 class Ephemeral:
@@ -247,18 +247,11 @@ class Ephemeral:
             elif event.type == "token.move":
                 self.locks.renew(token_id, actor.user_id, self._now())
             elif event.type == "token.remove":
-                self._end(token_id, event.visible_before)
-            elif event.type in HIDING_CHANGES and event.visible_before and not event.visible_after:
                 holder = self.locks.holder(token_id)
-                if holder is not None and holder.role == "player":
-                    self._end(token_id, True)
+                if holder is not None:
+                    self.locks.forget(token_id)
+                    self._released(token_id, holder.user_id, event.visible_before)
         self._reveil()
-
-    def _end(self, token_id: str, visible: bool) -> None:
-        holder = self.locks.holder(token_id)
-        if holder is not None:
-            self.locks.forget(token_id)
-            self._released(token_id, holder.user_id, visible)
 
     def _released(self, token_id: str, user_id: str, visible: bool) -> None:
         ref = TokenRef(token_id=token_id)

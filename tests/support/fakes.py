@@ -2,7 +2,7 @@
 
 They implement the Protocols of app/ (`Member`, `Store`, `KeySource`) so that unit tests drive
 the session, the manager and the verifier directly, without sockets or databases; `change`
-builds what a member submits.
+builds what a member submits, `live` what it submits aside (grabs, releases, signals).
 """
 
 from __future__ import annotations
@@ -19,10 +19,18 @@ from jose.backends.base import Key
 
 from app.auth.tokens import TokenPolicyConfig, TokenVerifier
 from app.connection import text_of
+from app.ephemeral import LiveMessage
 from app.errors import CloseCode, CloseConnection
 from app.model import Actor, Role, StateChange
 from app.persistence.store import MemoryStore
-from app.protocol import AuthRefreshMsg, PingMsg, decode_client_message
+from app.protocol import (
+    AuthRefreshMsg,
+    PingMsg,
+    Signal,
+    TokenGrabMsg,
+    TokenReleaseMsg,
+    decode_client_message,
+)
 from app.session import Outgoing
 from tests.support.harness import PRESENCE
 from tests.support.jwks_server import AZP, signing_key
@@ -32,6 +40,13 @@ def change(kind: str, payload: dict[str, Any]) -> StateChange:
     """A state-changing client message, decoded exactly as the server decodes it."""
     message = decode_client_message(json.dumps({"type": kind, "payload": payload}))
     assert not isinstance(message, PingMsg | AuthRefreshMsg), kind
+    return message
+
+
+def live(kind: str, payload: dict[str, Any]) -> LiveMessage:
+    """A message that changes nothing stored (a grab, a release, a signal), decoded."""
+    message = decode_client_message(json.dumps({"type": kind, "payload": payload}))
+    assert isinstance(message, TokenGrabMsg | TokenReleaseMsg | Signal), kind
     return message
 
 
