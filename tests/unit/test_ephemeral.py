@@ -382,14 +382,17 @@ async def test_a_gm_hides_a_token_a_player_drags_only_after_taking_its_lock() ->
     assert holder.user_id == "gm"
 
 
-async def test_hiding_a_token_a_gm_holds_keeps_the_lock() -> None:
+async def test_hiding_a_token_a_gm_holds_keeps_the_lock_and_veils_the_gm() -> None:
     session = session_of()
-    gm, _, _ = await locked_table(session)
+    gm, bob, _ = await locked_table(session)
+    await session.submit_live(gm, live("cursor.move", {"x": 1, "y": 1}))
     await session.submit_live(gm, live("token.grab", {"token_id": "t1"}))
+    bob.take()
 
     await session.submit(gm, change("token.update", {"token_id": "t1", "visible": False}))
 
     assert set(session.ephemeral.locks.held()) == {"t1"}
+    assert [m["type"] for m in bob.take()] == ["cursor.hide", "token.remove"]
 
 
 @pytest.mark.parametrize(
