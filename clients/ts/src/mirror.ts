@@ -65,6 +65,17 @@ export class TableMirror {
       case "pong":
       case "error":
       case "chat.history":
+      case "presence.sync":
+      case "presence.join":
+      case "presence.leave":
+      case "token.grabbed":
+      case "token.released":
+      case "pointer.ping":
+      case "cursor.move":
+      case "cursor.hide":
+      case "ruler.update":
+      case "ruler.clear":
+        // Nothing on the table: chat's history, presence, drag locks and signals (no seq).
         return "ignored";
       case "map.list":
         if (frame.seq !== undefined && !this.advance(frame.seq)) {
@@ -86,7 +97,7 @@ export class TableMirror {
   }
 
   private applyEvent(
-    frame: Exclude<ServerMessage, { type: "state.sync" | "state.resume" | "state.saved" | "pong" | "error" | "map.list" | "chat.history" }>,
+    frame: Exclude<ServerMessage, { type: "state.sync" | "state.resume" | "state.saved" | "pong" | "error" | "map.list" | "chat.history" | "presence.sync" | "presence.join" | "presence.leave" | "token.grabbed" | "token.released" | "pointer.ping" | "cursor.move" | "cursor.hide" | "ruler.update" | "ruler.clear" }>,
   ): Applied {
     const state = this.view.state;
     if (state === null || !this.advance(frame.seq)) {

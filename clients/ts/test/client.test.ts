@@ -131,7 +131,7 @@ describe("connect()", () => {
     expect(gm.client.send("ping")).toBe(true);
     await waitFor(() => gm.frames.some((frame) => frame.type === "pong"), 10_000, "the pong");
     expect(tokensOf(gm).early).toMatchObject({ x: 2, y: 3 });
-    expect(gm.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list", "chat.history", "token.add", "token.move", "pong"]);
+    expect(gm.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list", "chat.history", "presence.sync", "presence.join", "token.add", "token.move", "pong"]);
   });
 
   it("reports error replies without changing the mirror", async () => {
@@ -217,7 +217,7 @@ describe("reconnecting", () => {
       expect(after[0]?.type).toBe("state.resume");
       expect(after[0]?.type === "state.resume" && after[0].payload.from_seq).toBe(seqBefore + 1);
       expect(after.map((frame) => frame.type)).not.toContain("state.sync");
-      expect(after.map((frame) => frame.type)).toEqual(["state.resume", "token.move", "token.add"]);
+      expect(after.map((frame) => frame.type)).toEqual(["state.resume", "token.move", "token.add", "presence.sync"]);
       expect(tokensOf(player).t1).toMatchObject({ x: 640, y: 64 });
       expect(tokensOf(player).t2).toBeUndefined();
       expect(player.tokenCalls()).toBe(2);
@@ -336,7 +336,7 @@ describe("reconnecting", () => {
         const waited = (attempts[retry + 1] ?? 0) - (attempts[retry] ?? 0);
         expect(waited).toBeGreaterThanOrEqual(backoffDelay(retry, 50, 400, () => 1));
       });
-      expect(observed.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list", "chat.history"]);
+      expect(observed.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list", "chat.history", "presence.sync", "presence.join"]);
       expect(observed.client.view().state).toMatchObject({ tokens: {}, fog_zones: [] });
       expect(observed.client.view().failure).toBeNull();
     } finally {

@@ -56,6 +56,16 @@ var TableMirror = class {
       case "pong":
       case "error":
       case "chat.history":
+      case "presence.sync":
+      case "presence.join":
+      case "presence.leave":
+      case "token.grabbed":
+      case "token.released":
+      case "pointer.ping":
+      case "cursor.move":
+      case "cursor.hide":
+      case "ruler.update":
+      case "ruler.clear":
         return "ignored";
       case "map.list":
         if (frame.seq !== void 0 && !this.advance(frame.seq)) {
@@ -475,7 +485,14 @@ var CLIENT_MESSAGE_TYPES = [
   "scene.darkness",
   "ping",
   "auth.refresh",
-  "chat.send"
+  "chat.send",
+  "token.grab",
+  "token.release",
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear"
 ];
 var SERVER_MESSAGE_TYPES = [
   "token.add",
@@ -485,6 +502,11 @@ var SERVER_MESSAGE_TYPES = [
   "fog.update",
   "map.set",
   "scene.darkness",
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
   "state.sync",
   "state.resume",
   "state.saved",
@@ -492,7 +514,12 @@ var SERVER_MESSAGE_TYPES = [
   "pong",
   "error",
   "chat.message",
-  "chat.history"
+  "chat.history",
+  "presence.sync",
+  "presence.join",
+  "presence.leave",
+  "token.grabbed",
+  "token.released"
 ];
 var GM_ONLY_MESSAGE_TYPES = [
   "fog.update",
@@ -503,10 +530,20 @@ var GM_ONLY_MESSAGE_TYPES = [
   "scene.darkness"
 ];
 var UNNUMBERED_SERVER_TYPES = [
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
   "state.saved",
   "pong",
   "error",
-  "chat.history"
+  "chat.history",
+  "presence.sync",
+  "presence.join",
+  "presence.leave",
+  "token.grabbed",
+  "token.released"
 ];
 export {
   CLIENT_MESSAGE_TYPES,
