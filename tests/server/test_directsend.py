@@ -39,7 +39,9 @@ async def test_broadcasts_to_idle_sockets_are_written_directly(
         greetings = len(writes)
         await gm.request("token.add", token_payload("t1"))
         await player.expect("token.add")
-        assert greetings == 6, "each join's state.sync, map.list, chat.history went straight out"
+        # Each join's state.sync, map.list, chat.history, presence.sync and presence.join went
+        # straight out, and so did the player's presence.join to the GM.
+        assert greetings == 11, "the greetings went straight out"
         assert len(writes) == greetings + 2
         assert writes[-2] is writes[-1], "one frame object shared by both recipients"
         assert writes[-1].endswith(player.raw[-1].encode())

@@ -189,6 +189,9 @@ async def test_every_error_code_but_internal_is_reachable_from_a_client(tmp_path
         player = await server.join("c-codes", "pl-bo")
         await gm.send("map.set", map_payload("m1"))
         await gm.send("token.add", token_payload("t1"))
+        # The GM holds t1's drag lock before the player tries to move it (locked).
+        await gm.send("token.grab", {"token_id": "t1"})
+        await player.until(lambda f: f["type"] == "token.grabbed")
         engine = create_engine(None, settings.sqlite_path)
         async with asyncio.timeout(TIMEOUT), engine.begin() as connection:
             await connection.execute(text("DROP TABLE chat_messages"))
@@ -200,17 +203,18 @@ async def test_every_error_code_but_internal_is_reachable_from_a_client(tmp_path
             (gm, '{"type": "token.move", "payload": {}}'),
             (player, '{"type": "scene.darkness", "payload": {"darkness_level": 1}}'),
             (player, '{"type": "chat.send", "payload": {"content": "lost"}}'),
+            (player, '{"type": "token.move", "payload": {"token_id": "t1", "x": 5, "y": 5}}'),
             (gm, '{"type": "token.remove", "payload": {"token_id": "t9"}}'),
             (gm, '{"type": "map.delete", "payload": {"map_id": "m1"}}'),
             (gm, json.dumps({"type": "token.add", "payload": token_payload("t2")})),
         ]
         for peer, data in provocations:
             await peer.send_raw(data)
-        # The GM has sent 9 messages; 6 pings more go past its burst of 14.
+        # The GM has sent 10 messages; 6 pings more go past its burst of 14.
         for _ in range(6):
             await gm.send("ping")
         await gm.until(lambda f: f["type"] == "error" and f["payload"]["code"] == "rate_limited")
-        for _ in range(2):
+        for _ in range(3):
             await player.until(lambda f: f["type"] == "error")
         seen = {f["payload"]["code"] for f in gm.received + player.received if f["type"] == "error"}
         assert seen == set(ERROR_CODES) - {"internal"}
