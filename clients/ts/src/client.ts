@@ -59,6 +59,8 @@ export interface ClientView extends TableView {
   readonly failure: Failure | null;
   /** The last `error` reply (the server did not apply a message of ours). */
   readonly lastError: ErrorPayload | null;
+  /** This client's user, as the server stamped its greeting; null before the first join. */
+  readonly userId: string | null;
 }
 
 export type SendArgs<K extends ClientMessageType> =
@@ -69,6 +71,8 @@ export interface VTTClient {
   view(): ClientView;
   /** Send now when joined, else queue until the next join; false when stopped or the queue is full. */
   send<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean;
+  /** Send a chat message (queued like `send`); a `roll` is rolled by the server. */
+  sendChat(message: ClientPayload<"chat.send">): boolean;
   /** Called after every change of the view; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
   /** Called with every frame received, replies included, before it is applied. */
@@ -145,7 +149,7 @@ class Connection implements VTTClient {
       ...options,
       WebSocket: WebSocketImpl,
     };
-    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null };
+    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null, userId: null };
     void this.attempt();
   }
 
@@ -167,6 +171,10 @@ class Connection implements VTTClient {
     }
     this.queue.push(text);
     return true;
+  }
+
+  sendChat(message: ClientPayload<"chat.send">): boolean {
+    return this.send("chat.send", message);
   }
 
   subscribe(listener: () => void): () => void {
@@ -279,7 +287,7 @@ class Connection implements VTTClient {
     }
     if (frame.type === "state.sync" || frame.type === "state.resume") {
       if (this.current.status !== "open") {
-        this.joined();
+        this.joined(frame.user_id);
         return;
       }
     }
@@ -291,7 +299,7 @@ class Connection implements VTTClient {
   }
 
   /** The server's greeting arrived: the join succeeded, so flush what waited for it. */
-  private joined(): void {
+  private joined(userId: string): void {
     this.failures = 0;
     this.unauthorizedInARow = 0;
     const socket = this.socket;
@@ -301,7 +309,7 @@ class Connection implements VTTClient {
       socket?.send(text);
     }
     this.startRefreshing();
-    this.update({ status: "open", failure: null });
+    this.update({ status: "open", failure: null, userId });
   }
 
   private closed(failure: Failure): void {

@@ -14,5 +14,6 @@ export {
   type TokenSource,
   type VTTClient,
 } from "./client.ts";
+export type { ChatView } from "./chat.ts";
 export { TableMirror, type Applied, type TableView } from "./mirror.ts";
 export * from "./protocol.ts";

@@ -1,5 +1,6 @@
 // The local copy of one campaign's table, kept by applying the server's frames in seq order.
-import type { CampaignState, MapList, SavedMap, ServerMessage, Token } from "./protocol.ts";
+import { chatFromHistory, NO_CHAT, withMessage, type ChatView } from "./chat.ts";
+import type { CampaignState, MapList, SavedMap, ServerFrame, ServerMessage, Token } from "./protocol.ts";
 
 /** What applying one frame did. */
 export type Applied =
@@ -22,23 +23,29 @@ export interface TableView {
   readonly epoch: string | null;
   /** The highest seq the server reported durable (state.saved). */
   readonly savedSeq: number | null;
+  /** The chat this client may see: the join's history, then live (and replayed) messages. */
+  readonly chat: ChatView;
 }
 
-const EMPTY: TableView = Object.freeze({
+/** The frames that change the table itself (numbered; applied once, in seq order). */
+type TableEvent = ServerFrame<"token.add" | "token.move" | "token.remove" | "token.update" | "fog.update" | "scene.darkness" | "map.set">;
+
+export const EMPTY_TABLE: TableView = Object.freeze({
   state: null,
   maps: null,
   seq: null,
   epoch: null,
   savedSeq: null,
+  chat: NO_CHAT,
 });
 
 /** Applies server frames to a copy of the table; every change yields a new `view`. */
 export class TableMirror {
-  view: TableView = EMPTY;
+  view: TableView = EMPTY_TABLE;
 
   /** Forget everything (the next connection will get a whole state.sync). */
   reset(): void {
-    this.view = EMPTY;
+    this.view = EMPTY_TABLE;
   }
 
   /** Apply one frame; state.sync always replaces, numbered events apply once, in order. */
@@ -71,6 +78,15 @@ export class TableMirror {
         }
         this.view = { ...this.view, maps: frame.payload, state: renameLibrary(this.view.state, frame.payload) };
         return "applied";
+      case "chat.history":
+        this.view = { ...this.view, chat: chatFromHistory(frame.payload) };
+        return "applied";
+      case "chat.message":
+        if (this.view.state === null || !this.advance(frame.seq)) {
+          return "ignored";
+        }
+        this.view = { ...this.view, chat: withMessage(this.view.chat, frame.payload) };
+        return "applied";
       default:
         return this.applyEvent(frame);
     }
@@ -84,9 +100,7 @@ export class TableMirror {
     return true;
   }
 
-  private applyEvent(
-    frame: Exclude<ServerMessage, { type: "state.sync" | "state.resume" | "state.saved" | "pong" | "error" | "map.list" }>,
-  ): Applied {
+  private applyEvent(frame: TableEvent): Applied {
     const state = this.view.state;
     if (state === null || !this.advance(frame.seq)) {
       return "ignored";

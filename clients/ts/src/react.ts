@@ -5,12 +5,14 @@ import {
   useCallback,
   useContext,
   useEffect,
+  useMemo,
   useRef,
   useState,
   useSyncExternalStore,
   type ReactNode,
 } from "react";
 import { connect, type ClientView, type ConnectOptions, type SendArgs, type VTTClient } from "./client.ts";
+import { EMPTY_TABLE } from "./mirror.ts";
 import type { ClientMessageType } from "./protocol.ts";
 
 /** How to reach the server: everything connect() takes except the campaign. */
@@ -23,23 +25,16 @@ export function VTTProvider(props: { config: Partial<VTTConfig>; children?: Reac
   return createElement(VTTContext.Provider, { value: props.config }, props.children);
 }
 
-export interface VTTHandle extends ClientView {
-  /** Send a message (queued until joined); false when the client stopped or its queue is full. */
-  send<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean;
+/** What the hook adds to VTTClient's methods: stable functions, usable before the client exists. */
+type Actions = Pick<VTTClient, "send" | "sendChat">;
+
+/** The view and the client's methods; before the client exists, sends wait for it (answering true). */
+export interface VTTHandle extends ClientView, Actions {
   /** The underlying client, or null before the first effect ran. */
   client: VTTClient | null;
 }
 
-const IDLE: ClientView = Object.freeze({
-  state: null,
-  maps: null,
-  seq: null,
-  epoch: null,
-  savedSeq: null,
-  status: "connecting",
-  failure: null,
-  lastError: null,
-});
+const IDLE: ClientView = Object.freeze({ ...EMPTY_TABLE, status: "connecting", failure: null, lastError: null, userId: null });
 
 function noSubscription(): () => void {
   return () => undefined;
@@ -87,14 +82,17 @@ export function useVTT(campaignId: string, config?: Partial<VTTConfig>): VTTHand
     () => client?.view() ?? IDLE,
     () => IDLE,
   );
-  const send = useCallback(<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean => {
-    const current = clientRef.current;
-    if (current === null) {
-      early.current.push([type, payload[0]]);
-      return true;
-    }
-    return current.send(type, ...payload);
+  const actions = useMemo((): Actions => {
+    const send = <K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean => {
+      const current = clientRef.current;
+      if (current === null) {
+        early.current.push([type, payload[0]]);
+        return true;
+      }
+      return current.send(type, ...payload);
+    };
+    return { send, sendChat: (message) => send("chat.send", message) };
   }, []);
 
-  return { ...view, send, client };
+  return { ...view, ...actions, client };
 }

@@ -18,19 +18,34 @@ function reconnectAfter(code) {
   return known[code] ?? "backoff";
 }
 
+// src/chat.ts
+var NO_CHAT = Object.freeze({ messages: Object.freeze([]), incomplete: false });
+function chatFromHistory(history) {
+  const seen = /* @__PURE__ */ new Set();
+  const messages = history.messages.filter((message) => !seen.has(message.id) && seen.add(message.id));
+  return { messages, incomplete: history.incomplete === true };
+}
+function withMessage(chat, message) {
+  if (chat.messages.some((held) => held.id === message.id)) {
+    return chat;
+  }
+  return { ...chat, messages: [...chat.messages, message] };
+}
+
 // src/mirror.ts
-var EMPTY = Object.freeze({
+var EMPTY_TABLE = Object.freeze({
   state: null,
   maps: null,
   seq: null,
   epoch: null,
-  savedSeq: null
+  savedSeq: null,
+  chat: NO_CHAT
 });
 var TableMirror = class {
-  view = EMPTY;
+  view = EMPTY_TABLE;
   /** Forget everything (the next connection will get a whole state.sync). */
   reset() {
-    this.view = EMPTY;
+    this.view = EMPTY_TABLE;
   }
   /** Apply one frame; state.sync always replaces, numbered events apply once, in order. */
   apply(frame) {
@@ -61,6 +76,15 @@ var TableMirror = class {
           return "ignored";
         }
         this.view = { ...this.view, maps: frame.payload, state: renameLibrary(this.view.state, frame.payload) };
+        return "applied";
+      case "chat.history":
+        this.view = { ...this.view, chat: chatFromHistory(frame.payload) };
+        return "applied";
+      case "chat.message":
+        if (this.view.state === null || !this.advance(frame.seq)) {
+          return "ignored";
+        }
+        this.view = { ...this.view, chat: withMessage(this.view.chat, frame.payload) };
         return "applied";
       default:
         return this.applyEvent(frame);
@@ -234,7 +258,7 @@ var Connection = class {
       ...options,
       WebSocket: WebSocketImpl
     };
-    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null };
+    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null, userId: null };
     void this.attempt();
   }
   view() {
@@ -254,6 +278,9 @@ var Connection = class {
     }
     this.queue.push(text);
     return true;
+  }
+  sendChat(message) {
+    return this.send("chat.send", message);
   }
   subscribe(listener) {
     this.listeners.add(listener);
@@ -358,7 +385,7 @@ var Connection = class {
     }
     if (frame.type === "state.sync" || frame.type === "state.resume") {
       if (this.current.status !== "open") {
-        this.joined();
+        this.joined(frame.user_id);
         return;
       }
     }
@@ -369,7 +396,7 @@ var Connection = class {
     }
   }
   /** The server's greeting arrived: the join succeeded, so flush what waited for it. */
-  joined() {
+  joined(userId) {
     this.failures = 0;
     this.unauthorizedInARow = 0;
     const socket = this.socket;
@@ -379,7 +406,7 @@ var Connection = class {
       socket?.send(text);
     }
     this.startRefreshing();
-    this.update({ status: "open", failure: null });
+    this.update({ status: "open", failure: null, userId });
   }
   closed(failure) {
     this.socket = null;
@@ -470,7 +497,8 @@ var CLIENT_MESSAGE_TYPES = [
   "map.delete",
   "scene.darkness",
   "ping",
-  "auth.refresh"
+  "auth.refresh",
+  "chat.send"
 ];
 var SERVER_MESSAGE_TYPES = [
   "token.add",
@@ -485,7 +513,9 @@ var SERVER_MESSAGE_TYPES = [
   "state.saved",
   "map.list",
   "pong",
-  "error"
+  "error",
+  "chat.message",
+  "chat.history"
 ];
 var GM_ONLY_MESSAGE_TYPES = [
   "fog.update",
@@ -498,7 +528,8 @@ var GM_ONLY_MESSAGE_TYPES = [
 var UNNUMBERED_SERVER_TYPES = [
   "state.saved",
   "pong",
-  "error"
+  "error",
+  "chat.history"
 ];
 export {
   CLIENT_MESSAGE_TYPES,
