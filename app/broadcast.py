@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from app.chat import compose, message_of, read_send
 from app.config import Settings
 from app.errors import Refusal
+from app.metrics import Metrics
 from app.persistence.chat import ChatRejected, ChatStore, ChatUnusable, DuplicateMessage
 from app.persistence.store import StoreUnavailable
 from app.protocol import ChatMessage, ChatSend, Id, LenientId
@@ -80,6 +81,11 @@ class BroadcastServices(Protocol):
         """Who publishes it when the campaign is live here."""
         ...
 
+    @property
+    def metrics(self) -> Metrics:
+        """Where answers and rolls are counted."""
+        ...
+
 
 _decoder: Final = msgspec.json.Decoder(BroadcastBody)
 
@@ -95,6 +101,7 @@ class BroadcastEndpoint:
         """Answer one request; the services come from the lifespan's state."""
         services: BroadcastServices = scope["state"]["services"]
         response = await self._respond(scope, receive, services)
+        services.metrics.broadcast_answered(response.status_code)
         await response(scope, receive, send)
 
     async def _respond(
@@ -155,6 +162,8 @@ class BroadcastEndpoint:
                 extra={"campaign_id": body.campaign_id, "reason": str(failure)},
             )
             return _unavailable("the message could not be stored")
+        if stored.roll is not None:
+            services.metrics.chat_rolls.inc()
         try:
             username = await store.username(body.user_id)
         except StoreUnavailable:

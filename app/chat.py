@@ -17,11 +17,13 @@ message table. Where the contract is silent, this module decides:
   so stored history is in send order. `id` is a new UUID.
 - The chat log holds the last messages of a campaign encoded once, bounded in count and bytes;
   a message already in it (same id) is not added twice. A log whose stored rows could not be
-  loaded still collects new messages, and its history says `incomplete: true` until a load works.
+  loaded still collects new messages, and its history says `incomplete: true` until a load
+  works (joins retry it, at most every CHAT_RETRY_SECONDS: app.manager).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -363,9 +365,12 @@ class CampaignChat:
         self.clock = clock
         self.log = ChatLog(limits)
         self.rate = ChatRate(limits.rate_per_second, limits.rate_burst)
+        self._loaded_at = -math.inf
+        self._reload: asyncio.Future[None] | None = None
 
     async def load(self) -> None:
         """Fill the log from storage (with the campaign's state); on failure it is incomplete."""
+        self._loaded_at = self.clock()
         try:
             rows = await self.store.recent(self.campaign_id, self.limits.memory_messages)
         except StoreUnavailable as failure:
@@ -376,6 +381,20 @@ class CampaignChat:
             self.log.incomplete = True
             return
         self.log.restore(message_of(row) for row in rows)
+
+    async def retry(self, interval: float) -> None:
+        """Load again if the last load failed and began `interval` seconds ago; callers share it."""
+        if not self.log.incomplete:
+            return
+        if self._reload is None:
+            if self.clock() - self._loaded_at < interval:
+                return
+            self._reload = reload = asyncio.ensure_future(self.load())
+            reload.add_done_callback(self._reloaded)
+        await asyncio.shield(self._reload)
+
+    def _reloaded(self, _: asyncio.Future[None]) -> None:
+        self._reload = None
 
     async def accept(
         self, sender: Actor, username: str | None, payload: ChatSend, roster: Roster

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Protocol
 
 from starlette.types import Message, Receive, Send
@@ -19,6 +19,8 @@ from app.metrics import Metrics
 from app.model import Actor
 from app.protocol import (
     AuthRefreshMsg,
+    ChatSend,
+    ChatSendMsg,
     ClientMessage,
     DecodeFailure,
     PingMsg,
@@ -146,10 +148,14 @@ class Connection:
     else it queues in the bounded outbox, drained in order by a writer task that exists only
     while there is something to send. The reader (the task running `run`) applies the
     client's messages; when it ends, the connection leaves its session and the writer stops.
+    Its chat.sends go to a task of their own, one after the other, so that a chat message
+    waiting for the database never holds up the connection's other messages.
     """
 
     __slots__ = (
         "_bucket",
+        "_chats",
+        "_chatter",
         "_dragging_until",
         "_expiry",
         "_merge_pace",
@@ -165,6 +171,7 @@ class Connection:
         "metrics",
         "settings",
         "socket",
+        "username",
         "writer",
     )
 
@@ -177,6 +184,7 @@ class Connection:
         campaign_id: str,
         settings: Settings,
         metrics: Metrics,
+        username: str | None = None,
     ) -> None:
         self._send = send
         # None when the server cannot take ready-made frames: then everything goes through
@@ -184,6 +192,7 @@ class Connection:
         self.socket = socket
         self.actor = actor
         self.identity = identity
+        self.username = username
         self.campaign_id = campaign_id
         self.settings = settings
         self.metrics = metrics
@@ -208,6 +217,9 @@ class Connection:
         self._pending: dict[str, TokenMoveMsg] = {}
         self._dragging_until = 0.0
         self._merge_pace: TokenBucket | None = None
+        # chat.sends waiting for their turn (at most the chat burst), and the task taking them.
+        self._chats: deque[ChatSend] = deque()
+        self._chatter: asyncio.Task[None] | None = None
 
     @property
     def queued(self) -> int:
@@ -316,6 +328,7 @@ class Connection:
             if self._expiry is not None:
                 self._expiry.cancel()
             self._reader = None
+            await self._stop_chat()
             await session.leave(self)
             services.manager.released(session)
             await self.stop()
@@ -457,6 +470,8 @@ class Connection:
                     session.pong(self)
                 case AuthRefreshMsg(payload=refresh):
                     await self._refresh(refresh.token, auth)
+                case ChatSendMsg(payload=chat):
+                    self._chat(chat, session)
                 case _:
                     await session.submit(self, message)
                     self.metrics.counts.observe_broadcast(time.perf_counter() - started)
@@ -466,6 +481,39 @@ class Connection:
                 extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
             )
             session.reply_error(self, "internal", "internal error; not applied")
+
+    def _chat(self, payload: ChatSend, session: Session) -> None:
+        """Queue a chat.send for the chat task, or refuse it when a burst already waits."""
+        if len(self._chats) >= self.settings.chat.rate_burst:
+            session.reply_error(self, "rate_limited", "too many chat messages waiting; slow down")
+            return
+        self._chats.append(payload)
+        if self._chatter is None:
+            self._chatter = asyncio.get_running_loop().create_task(self._send_chats(session))
+
+    async def _send_chats(self, session: Session) -> None:
+        """Send the queued chat.sends in order; a bug costs only its message."""
+        try:
+            while self._chats:
+                try:
+                    await session.send_chat(self, self._chats.popleft())
+                except Exception:
+                    log.exception(
+                        "chat handling failed",
+                        extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
+                    )
+                    session.reply_error(self, "internal", "internal error; not sent")
+        finally:
+            self._chatter = None
+
+    async def _stop_chat(self) -> None:
+        """The peer has gone: drop the chat.sends not begun, cancel the one under way."""
+        self._chats.clear()
+        chatter = self._chatter
+        if chatter is not None:
+            chatter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chatter
 
     async def _refresh(self, token: str, auth: Auth) -> None:
         try:

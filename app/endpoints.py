@@ -14,6 +14,7 @@ from app.auth import Identity
 from app.auth.middleware import HANDSHAKE_KEY
 from app.connection import SOCKET_EXTENSION, Connection, FrameSocket
 from app.errors import CloseConnection
+from app.persistence.chat import ChatStore
 from app.persistence.store import StoreUnavailable
 from app.services import Services
 from app.session import Session
@@ -55,7 +56,11 @@ async def metrics(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the database answers and signing keys are loaded."""
+    """Readiness: the database answers and signing keys are loaded.
+
+    Chat disabled (chat_messages unusable) leaves the server ready, since the rest of the
+    table works; the answer then says why under `chat`.
+    """
     services = services_of(request.scope)
     if services.manager.closing:
         return JSONResponse({"status": "draining"}, status_code=503)
@@ -67,6 +72,9 @@ async def ready(request: Request) -> Response:
         return JSONResponse(
             {"status": "not ready", "reason": "database unavailable or not migrated"}, 503
         )
+    unusable = services.chat_store.unusable_reason
+    if unusable is not None:
+        return JSONResponse({"status": "ready", "chat": f"disabled: {unusable}"})
     return JSONResponse({"status": "ready"})
 
 
@@ -113,6 +121,7 @@ class WebSocketEndpoint:
                 campaign_id,
                 services.settings,
                 services.metrics,
+                await _username(services.chat_store, identity.user_id),
             )
             since, epoch = _resume_point(query)
             session, _ = await services.manager.join(campaign_id, connection, since, epoch)
@@ -137,6 +146,15 @@ class WebSocketEndpoint:
             scope["headers"] = []
             scope["query_string"] = b""
         return connection, session
+
+
+async def _username(store: ChatStore, user_id: str) -> str | None:
+    """The user's display name for chat, looked up once per connection; None when unknown."""
+    try:
+        return await store.username(user_id)
+    except StoreUnavailable:
+        # Chat then shows the user id alone; the join goes on.
+        return None
 
 
 def _socket_of(scope: Scope) -> FrameSocket | None:

@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.auth import AuthMiddleware
+from app.broadcast import BroadcastEndpoint
 from app.config import Settings
 from app.endpoints import WebSocketEndpoint, health, metrics, ready, root
 from app.logs import install_redaction
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/health", health),
         Route("/ready", ready),
         Route("/metrics", metrics),
+        # An ASGI app gets every method: it answers 404 (no secret) or 405 (not POST) itself.
+        Route("/internal/broadcast", BroadcastEndpoint()),
         WebSocketRoute("/ws", WebSocketEndpoint()),
     ]
     # The demo table is for development: the production image does not ship app.dev, and

@@ -1,4 +1,11 @@
-"""Campaign id -> live Session: single-flight loads, the flush loop, idle eviction, shutdown."""
+"""Campaign id -> live Session: single-flight loads, the flush loop, idle eviction, shutdown.
+
+A campaign's recent chat is loaded with its state, in the same single-flight load, so a join
+never asks the database for history. A chat load that fails does not refuse the join (the
+state loaded): the log says `incomplete` until a later join's retry (at most one per
+CHAT_RETRY_SECONDS) loads it. The manager is also the ChatPublisher of POST
+/internal/broadcast: a message for a campaign live here is published through its session.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,14 @@ from collections.abc import Callable
 
 import msgspec
 
+from app.auth import RoleResolver
+from app.chat import CampaignChat
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
+from app.persistence.chat import ChatStore
 from app.persistence.store import Store, StoreUnavailable
-from app.protocol import decode_stored_state
+from app.protocol import ChatMessage, decode_stored_state
 from app.rules import new_state
 from app.session import Member, Session, SessionClosed, Snapshot
 
@@ -23,15 +33,26 @@ MAX_FLUSH_BACKOFF = 60.0
 # Snapshots are taken, and state.saved sent, in slices so that thousands of dirty sessions
 # never hold the loop long.
 SNAPSHOT_SLICE = 50
+# A campaign whose chat rows could not be loaded tries again on a join at most this often.
+CHAT_RETRY_SECONDS = 10.0
 
 
 class SessionManager:
     """Owns every live Session of this process."""
 
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        chat_store: ChatStore,
+        roles: RoleResolver,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.chat_store = chat_store
+        self.roles = roles
         self.sessions: dict[str, Session] = {}
         self._loading: dict[str, asyncio.Task[Session]] = {}
         self._evicting: dict[str, asyncio.Task[None]] = {}
@@ -52,6 +73,7 @@ class SessionManager:
         """Join `member` to its campaign's session; True in the pair when it resumed."""
         while True:
             session = await self.acquire(campaign_id)
+            await session.chat.retry(CHAT_RETRY_SECONDS)
             try:
                 return session, await session.join(member, since, epoch)
             except SessionClosed:
@@ -90,11 +112,28 @@ class SessionManager:
                 raise CloseConnection(
                     CloseCode.INTERNAL_ERROR, "stored state is unreadable"
                 ) from exc
+        chat = CampaignChat(campaign_id, self.settings.chat, self.chat_store, self.roles)
+        await chat.load()
         if self.closing:
             raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
-        session = Session(state, self.settings, self.metrics)
+        session = Session(state, self.settings, self.metrics, chat)
         self.sessions[campaign_id] = session
         return session
+
+    async def publish(self, message: ChatMessage) -> bool:
+        """Publish a stored message through its campaign's session; False when not live here.
+
+        A load under way is waited for: its history may have been read before the message
+        was stored.
+        """
+        loading = self._loading.get(message.campaign_id)
+        if loading is not None:
+            try:
+                await asyncio.shield(loading)
+            except CloseConnection:
+                return False
+        session = self.sessions.get(message.campaign_id)
+        return session is not None and await session.publish_chat(message)
 
     def released(self, session: Session) -> None:
         """A member left `session`: evict it after the grace period if nobody comes back."""

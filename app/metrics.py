@@ -23,6 +23,8 @@ from app.protocol import MESSAGES
 UNKNOWN = "unknown"
 
 MESSAGE_TYPES: frozenset[str] = MESSAGES.tags
+# Every status POST /internal/broadcast answers (app.broadcast).
+BROADCAST_STATUSES: tuple[int, ...] = (204, 400, 401, 404, 405, 413, 503)
 
 # A broadcast is frame received -> last recipient queued: in-memory work, so sub-ms is
 # normal and anything past 100 ms means the event loop is starved.
@@ -142,6 +144,18 @@ class Metrics:
             "Connections closed because their outbound queue overflowed.",
             registry=registry,
         )
+        # chat (the per-type counters above count chat.send in and chat.message out)
+        self.chat_rolls = Counter(
+            "vtt_chat_rolls",
+            "Dice rolls the server rolled and stored with a chat message.",
+            registry=registry,
+        )
+        self.internal_broadcasts = Counter(
+            "vtt_internal_broadcasts",
+            "POST /internal/broadcast requests, by HTTP status answered.",
+            ["status"],
+            registry=registry,
+        )
         # persistence
         self.flush_duration = Histogram(
             "vtt_flush_duration_seconds",
@@ -160,6 +174,8 @@ class Metrics:
         for close_code in CloseCode:
             self.handshake_refusals.labels(close_code.name.lower())
         self.handshake_refusals.labels(UNKNOWN)
+        for status in BROADCAST_STATUSES:
+            self.internal_broadcasts.labels(str(status))
 
     def message_in(self, message_type: str) -> None:
         """Count one received frame of `message_type` (anything unrecognised as unknown)."""
@@ -177,6 +193,11 @@ class Metrics:
         """Count one error reply with `code`."""
         errors = self.counts.errors
         errors[code if code in errors else UNKNOWN] += 1
+
+    def broadcast_answered(self, status: int) -> None:
+        """Count one POST /internal/broadcast answered with `status`."""
+        known = status if status in BROADCAST_STATUSES else UNKNOWN
+        self.internal_broadcasts.labels(str(known)).inc()
 
     def handshake_refused(self, close_code: int) -> None:
         """Count one handshake closed with `close_code`, labelled by the code's name."""

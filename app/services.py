@@ -16,7 +16,7 @@ from app.auth import (
     build_auth,
     check_cryptography_backend,
 )
-from app.broadcast import announce
+from app.broadcast import ChatPublisher, announce
 from app.config import Settings
 from app.logs import protect
 from app.manager import SessionManager
@@ -58,6 +58,11 @@ class Services:
         """The JWT verifier."""
         return self.auth.verifier
 
+    @property
+    def chat_publisher(self) -> ChatPublisher:
+        """Where POST /internal/broadcast publishes: the session, when the campaign is live."""
+        return self.manager
+
     @classmethod
     async def build(cls, settings: Settings) -> Services:
         """Migrate (unless told not to), then build the stores, auth and session manager."""
@@ -76,7 +81,7 @@ class Services:
         auth = build_auth(settings, engine)
         await auth.start()
         metrics = Metrics()
-        manager = SessionManager(settings, store, metrics)
+        manager = SessionManager(settings, store, metrics, chat_store, auth.roles)
         manager.start()
         handshakes = HandshakeGate(
             settings.handshake_timeout,

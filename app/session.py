@@ -1,4 +1,10 @@
-"""One live campaign: its state under an asyncio.Lock, sequencing, history and fan-out."""
+"""One live campaign: its state under an asyncio.Lock, sequencing, history and fan-out.
+
+Chat goes through here too: a chat.send is checked, rolled and stored by the campaign's
+CampaignChat outside the lock (the database never holds up the table), then published under
+it like any event: it takes the next seq, is encoded once, reaches the members its Audience
+includes, and is recorded with that audience so that a resume replays it to exactly them.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from msgspec import UNSET, Struct
+from msgspec import UNSET, Raw, Struct
 
 from app.audience import state_view, view
+from app.chat import Audience, CampaignChat, owns_character
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection, Refusal
 from app.metacache import MetadataCache
@@ -18,6 +25,8 @@ from app.metrics import Metrics
 from app.model import Actor, Event, Role, Rules, StateChange
 from app.protocol import (
     CampaignState,
+    ChatMessage,
+    ChatSend,
     Empty,
     ErrorPayload,
     Frame,
@@ -52,6 +61,11 @@ class Member(Protocol):
         """Who this member is."""
         ...
 
+    @property
+    def username(self) -> str | None:
+        """The member's display name, resolved once when it connected (None: unknown)."""
+        ...
+
     def deliver(self, outgoing: Outgoing) -> None:
         """Hand over one message without waiting."""
         ...
@@ -62,12 +76,16 @@ class SessionClosed(Exception):
 
 
 class Recorded(Struct, frozen=True, gc=False):
-    """A broadcast event as each audience received it (one object when both saw the same)."""
+    """A broadcast event as each audience received it (one object when both saw the same).
+
+    A chat message's `audience` narrows who received it below the role.
+    """
 
     seq: int
     gm: Outgoing | None
     player: Outgoing | None
     full_sync: bool
+    audience: Audience | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +101,9 @@ class Snapshot:
 class Session:
     """One campaign's table; all mutation happens under `lock`, and never awaits I/O there."""
 
-    def __init__(self, state: CampaignState, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, state: CampaignState, settings: Settings, metrics: Metrics, chat: CampaignChat
+    ) -> None:
         self.campaign_id = state.campaign_id
         self.state = state
         self.state.epoch = uuid.uuid4().hex[:16]
@@ -97,6 +117,7 @@ class Session:
         # The same members by audience, so a broadcast never asks each member its role.
         self._audiences: dict[Role, dict[Member, None]] = {"gm": {}, "player": {}}
         self.history: deque[Recorded] = deque(maxlen=settings.resume_buffer)
+        self.chat = chat
         self._metadata = MetadataCache()
         # Dirty tracking: `version` counts changes, `saved_version` the last one written.
         self.version = 0
@@ -132,8 +153,11 @@ class Session:
                 self._frame("state.sync", actor.user_id, state_view(self.state, actor.role))
             )
             member.deliver(self._frame("map.list", actor.user_id, map_list(self.state)))
+            history = self.chat.log.history_for(actor.user_id, actor.role)
+            member.deliver(self._frame("chat.history", actor.user_id, history))
             self.metrics.message_out("state.sync")
             self.metrics.message_out("map.list")
+            self.metrics.message_out("chat.history")
             return False
 
     def _check_caps(self, user_id: str) -> None:
@@ -160,7 +184,10 @@ class Session:
         gm = actor.role == "gm"
         for record in missed:
             out = record.gm if gm else record.player
-            if out is not None:
+            audience = record.audience
+            if out is not None and (
+                audience is None or audience.includes(actor.user_id, actor.role)
+            ):
                 member.deliver(out)
                 self.metrics.message_out(out.kind)
         return True
@@ -183,6 +210,62 @@ class Session:
                 return
             for event in events:
                 self._publish(event)
+
+    async def send_chat(self, member: Member, payload: ChatSend) -> None:
+        """Take one chat.send: checked, rolled and stored without the lock, then published."""
+        try:
+            message = await self.chat.accept(member.actor, member.username, payload, self)
+        except Refusal as refusal:
+            self.reply_error(member, refusal.code, refusal.message)
+            return
+        if message.roll is not UNSET:
+            self.metrics.chat_rolls.inc()
+        await self.publish_chat(message)
+
+    async def publish_chat(self, message: ChatMessage) -> bool:
+        """Publish a stored chat message to its audience, unless the chat log has it already.
+
+        False when the session was evicted meanwhile: the message is stored, and the next
+        load's history has it.
+        """
+        async with self.lock:
+            if self.closed:
+                return False
+            data = self.chat.log.append(message)
+            if data is None:
+                return True
+            self.state.seq += 1
+            # The seq is persisted with the state: a chat message makes the state dirty.
+            self.version += 1
+            seq = self.state.seq
+            frame = Frame(
+                type="chat.message",
+                campaign_id=self.campaign_id,
+                user_id=message.user_id,
+                seq=seq,
+                payload=Raw(data),
+            )
+            out = Outgoing(text_frame(encode_frame(frame)), "chat.message")
+            audience = Audience.of(message)
+            self.history.append(Recorded(seq, out, out, False, audience))
+            reached = 0
+            for member in self.members:
+                actor = member.actor
+                if audience.includes(actor.user_id, actor.role):
+                    member.deliver(out)
+                    reached += 1
+            self.metrics.message_out("chat.message", reached)
+            return True
+
+    # --- what chat asks of the table (app.chat.Roster), answered without waiting --------------
+
+    def connected(self, user_id: str) -> bool:
+        """Whether the user has a connection to this campaign now."""
+        return any(member.actor.user_id == user_id for member in self.members)
+
+    def owns_character(self, user_id: str, character_id: str) -> bool:
+        """Whether the user owns a token of the character in this campaign's state."""
+        return owns_character(self.state, user_id, character_id)
 
     def reply(self, member: Member, kind: str, payload: Any) -> None:
         """Send a one-client reply (no seq)."""

@@ -89,10 +89,7 @@ async def production(
 
 async def join(server: RunningServer, token: str, campaign: str = CAMPAIGN) -> Peer:
     """Connect and read the greeting; fails if the server closes instead."""
-    peer = await Peer.open(server.ws_url(campaign, token))
-    peer.sync = await peer.expect("state.sync")
-    await peer.expect("map.list")
-    return peer
+    return await Peer.greeted(server.ws_url(campaign, token))
 
 
 async def refusal(server: RunningServer, token: str, campaign: str = CAMPAIGN) -> tuple[Any, ...]:

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from app.broadcast import BROADCAST_NAMESPACE, MAX_BODY_BYTES, BroadcastEndpoint, announce
 from app.config import DEFAULT_USERNAME_SQL, Settings
 from app.logs import REDACTED, JsonFormatter, RedactingFilter, log_config, protect
+from app.metrics import Metrics
 from app.persistence.chat import ChatStore, SqlChatStore
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
@@ -74,6 +75,7 @@ class BroadcastServices:
     settings: Settings
     chat_store: ChatStore
     chat_publisher: Recorder
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass

@@ -1,20 +1,25 @@
 """Every refusal a client can provoke: GM-only messages, bad frames, and every error code.
 
 Error codes: every code of PROTOCOL.md "Errors" is provoked here from a client except `internal`,
-which the server defines but never sends (no code path produces it).
+which the server defines but never sends (no code path produces it). `db_error` is provoked
+with the chat table dropped from under a running server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from app.config import Limits
 from app.errors import ERROR_CODES
+from app.persistence.database import create_engine
 from tests.support.harness import (
+    TIMEOUT,
     Peer,
     RunningServer,
     map_payload,
@@ -184,12 +189,17 @@ async def test_every_error_code_but_internal_is_reachable_from_a_client(tmp_path
         player = await server.join("c-codes", "pl-bo")
         await gm.send("map.set", map_payload("m1"))
         await gm.send("token.add", token_payload("t1"))
+        engine = create_engine(None, settings.sqlite_path)
+        async with asyncio.timeout(TIMEOUT), engine.begin() as connection:
+            await connection.execute(text("DROP TABLE chat_messages"))
+        await engine.dispose()
         provocations: list[tuple[Peer, str | bytes]] = [
             (gm, "{"),
             (gm, "[]"),
             (gm, '{"type": "nope"}'),
             (gm, '{"type": "token.move", "payload": {}}'),
             (player, '{"type": "scene.darkness", "payload": {"darkness_level": 1}}'),
+            (player, '{"type": "chat.send", "payload": {"content": "lost"}}'),
             (gm, '{"type": "token.remove", "payload": {"token_id": "t9"}}'),
             (gm, '{"type": "map.delete", "payload": {"map_id": "m1"}}'),
             (gm, json.dumps({"type": "token.add", "payload": token_payload("t2")})),
@@ -200,6 +210,7 @@ async def test_every_error_code_but_internal_is_reachable_from_a_client(tmp_path
         for _ in range(6):
             await gm.send("ping")
         await gm.until(lambda f: f["type"] == "error" and f["payload"]["code"] == "rate_limited")
-        await player.until(lambda f: f["type"] == "error")
+        for _ in range(2):
+            await player.until(lambda f: f["type"] == "error")
         seen = {f["payload"]["code"] for f in gm.received + player.received if f["type"] == "error"}
         assert seen == set(ERROR_CODES) - {"internal"}

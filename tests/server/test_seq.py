@@ -114,6 +114,7 @@ async def open_slow_peer(server: RunningServer, campaign: str, user: str) -> Pee
     peer = await Peer.open(server.ws_url(campaign, server.token(user)), sock=sock, max_queue=1)
     peer.sync = await peer.expect("state.sync")
     await peer.expect("map.list")
+    peer.history = await peer.expect("chat.history")
     return peer
 
 

@@ -17,14 +17,23 @@ from typing import Any
 from jose import jwk
 from jose.backends.base import Key
 
+from app.auth.roles import DevClaimRoles
 from app.auth.tokens import TokenPolicyConfig, TokenVerifier
+from app.chat import CampaignChat
+from app.config import Settings
 from app.connection import text_of
 from app.errors import CloseCode, CloseConnection
 from app.model import Actor, Role, StateChange
+from app.persistence.chat import MemoryChatStore
 from app.persistence.store import MemoryStore
 from app.protocol import AuthRefreshMsg, PingMsg, decode_client_message
 from app.session import Outgoing
 from tests.support.jwks_server import AZP, signing_key
+
+
+def campaign_chat(campaign_id: str, settings: Settings) -> CampaignChat:
+    """An empty campaign chat over a MemoryChatStore, roles from dev tokens (none offline)."""
+    return CampaignChat(campaign_id, settings.chat, MemoryChatStore(), DevClaimRoles())
 
 
 def change(kind: str, payload: dict[str, Any]) -> StateChange:
@@ -46,8 +55,9 @@ class Delivery:
 class FakeMember:
     """A session member that keeps every message it is handed, decoded into a dict."""
 
-    def __init__(self, user_id: str, role: Role = "player") -> None:
+    def __init__(self, user_id: str, role: Role = "player", username: str | None = None) -> None:
         self.actor = Actor(user_id=user_id, role=role)
+        self.username = username
         self.deliveries: list[Delivery] = []
 
     def deliver(self, outgoing: Outgoing) -> None:

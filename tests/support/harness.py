@@ -70,7 +70,7 @@ class RunningServer:
         return self.keys.mint(user, role, **kwargs)
 
     async def join(self, campaign: str, user: str, role: Role = "player", **query: Any) -> Peer:
-        """Connect `user` to `campaign` and read the greeting (state.sync + map.list)."""
+        """Connect `user` to `campaign` and read the greeting (see `Peer.greeted`)."""
         return await Peer.greeted(self.ws_url(campaign, self.token(user, role), **query))
 
 
@@ -112,6 +112,7 @@ class Peer:
         self.received: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self.sync: dict[str, Any] = {}
+        self.history: dict[str, Any] = {}
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> Peer:
@@ -124,10 +125,12 @@ class Peer:
 
     @classmethod
     async def greeted(cls, url: str) -> Peer:
-        """Connect to `url` and read the greeting (state.sync, kept in `sync`, + map.list)."""
+        """Connect to `url` and read a full join's greeting: state.sync (kept in `sync`),
+        map.list, chat.history (kept in `history`)."""
         peer = await cls.open(url)
         peer.sync = await peer.expect("state.sync")
         await peer.expect("map.list")
+        peer.history = await peer.expect("chat.history")
         return peer
 
     async def send(self, kind: str, payload: Any = None, **envelope: Any) -> None:

@@ -166,6 +166,11 @@ async def _every_kind_of_frame(server: RunningServer) -> list[str]:
     await gm.send("map.switch", {"map_id": "m1"})
     await gm.until(lambda f: f["type"] == "state.sync")
     await gm.request("token.remove", {"token_id": "nope"})
+    roll = {"content": {"text": "I strike"}, "character_id": "npc-1", "roll": "2d20kh1+5 hit"}
+    await gm.send("chat.send", roll)
+    await gm.until(lambda f: f["type"] == "chat.message")
+    await player.send("chat.send", {"content": "psst", "recipient_id": "alice"})
+    await gm.until(lambda f: f["type"] == "chat.message" and f["user_id"] == "bob")
     await gm.roundtrip()
     if not any(f["type"] == "state.saved" for f in gm.received):
         await gm.until(lambda f: f["type"] == "state.saved")
@@ -178,9 +183,12 @@ async def _every_kind_of_frame(server: RunningServer) -> list[str]:
     resumed = await Peer.open(server.ws_url("schema", server.token("bob"), **query))
     await resumed.expect("state.resume")
     await resumed.expect("token.add")
+    late = await server.join("schema", "carol")
+    assert len(late.history["payload"]["messages"]) == 1
     await gm.close()
     await resumed.close()
-    return gm.raw + player.raw + resumed.raw
+    await late.close()
+    return gm.raw + player.raw + resumed.raw + late.raw
 
 
 @pytest.mark.anyio

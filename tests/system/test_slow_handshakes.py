@@ -245,6 +245,7 @@ async def test_a_websocket_that_is_quiet_after_its_upgrade_outlives_the_deadline
             peer = Peer(ws)
             await peer.expect("state.sync")
             await peer.expect("map.list")
+            await peer.expect("chat.history")
             await asyncio.sleep(1.0)  # quiet for more than three deadlines: nothing may cut it
             await peer.send("ping", {})
             await peer.expect("pong")

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from app.auth.roles import DevClaimRoles
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.manager import MAX_FLUSH_BACKOFF, SNAPSHOT_SLICE, SessionManager
 from app.metrics import Metrics
+from app.persistence.chat import MemoryChatStore
 from app.protocol import TokenAddMsg, decode_client_message
 from app.session import Session
 from tests.support.fakes import FakeMember, RecordingStore, change
@@ -29,7 +31,12 @@ STORED = json.dumps({"campaign_id": "c1", "tokens": {"t1": token_payload("t1", x
 def manager_of(**overrides: Any) -> tuple[SessionManager, RecordingStore]:
     """A manager over an empty RecordingStore; its flush loop is not started."""
     store = RecordingStore()
-    return SessionManager(replace(SETTINGS, **overrides), store, Metrics()), store
+    return manager_over(replace(SETTINGS, **overrides), store, Metrics()), store
+
+
+def manager_over(settings: Settings, store: RecordingStore, metrics: Metrics) -> SessionManager:
+    """A manager over `store`, its chat in memory."""
+    return SessionManager(settings, store, metrics, MemoryChatStore(), DevClaimRoles())
 
 
 async def edited(session: Session, member: FakeMember, token_id: str = "t1") -> None:
@@ -74,7 +81,8 @@ async def test_joins_racing_for_an_unloaded_campaign_share_one_load() -> None:
 
     assert store.loads == 1
     assert len({id(session) for session, _ in results}) == 1
-    assert all(member.types == ["state.sync", "map.list"] for member in members)
+    greeting = ["state.sync", "map.list", "chat.history"]
+    assert all(member.types == greeting for member in members)
 
 
 async def test_a_session_starts_from_the_stored_state() -> None:
@@ -342,7 +350,7 @@ async def test_a_flush_asked_for_while_another_writes_waits_and_writes_nothing_t
 
 async def test_the_session_gauges_count_live_and_dirty_sessions_at_each_scrape() -> None:
     metrics = Metrics()
-    manager = SessionManager(SETTINGS, RecordingStore(), metrics)
+    manager = manager_over(SETTINGS, RecordingStore(), metrics)
     gm = FakeMember("gm-ada", "gm")
     session, _ = await manager.join("c1", gm)
     await manager.join("c2", FakeMember("gm-ada", "gm"))
@@ -410,7 +418,7 @@ def test_a_failing_flush_loop_backs_off_to_the_cap_and_logs_once_per_outage(
         interval = settings.flush_interval
         store = RecordingStore()
         metrics = Metrics()
-        manager = SessionManager(settings, store, metrics)
+        manager = manager_over(settings, store, metrics)
         gm = FakeMember("gm1", "gm")
         session, _ = await manager.join("c1", gm)
         clock = asyncio.get_running_loop().time
@@ -479,7 +487,7 @@ def test_a_session_waiting_for_eviction_during_an_outage_adds_no_writes_to_the_b
         settings = Settings(env="test", evict_grace=0.0)
         interval = settings.flush_interval
         store = RecordingStore()
-        manager = SessionManager(settings, store, Metrics())
+        manager = manager_over(settings, store, Metrics())
         gm = FakeMember("gm1", "gm")
         session, _ = await manager.join("c1", gm)
         clock = asyncio.get_running_loop().time

@@ -130,7 +130,7 @@ def test_no_metric_has_a_campaign_or_user_label() -> None:
 
     label_names = {name for _, labels in _samples(metrics) for name, _ in labels}
 
-    assert label_names <= {"type", "code", "reason", "le"}
+    assert label_names <= {"type", "code", "reason", "status", "le"}
 
 
 def test_broadcast_latency_buckets_resolve_sub_millisecond_to_100_ms() -> None:

@@ -15,7 +15,7 @@ from app.metrics import Metrics
 from app.protocol import decode_stored_state
 from app.rules import new_state
 from app.session import Session, SessionClosed
-from tests.support.fakes import FakeMember, change
+from tests.support.fakes import FakeMember, campaign_chat, change
 from tests.support.harness import map_payload, token_payload
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +25,8 @@ SETTINGS = Settings(env="test")
 
 def session_of(**overrides: Any) -> Session:
     """A session of a fresh campaign `c1`."""
-    return Session(new_state("c1"), replace(SETTINGS, **overrides), Metrics())
+    settings = replace(SETTINGS, **overrides)
+    return Session(new_state("c1"), settings, Metrics(), campaign_chat("c1", settings))
 
 
 async def seated(session: Session, member: FakeMember) -> FakeMember:
@@ -45,14 +46,14 @@ async def table(session: Session) -> tuple[FakeMember, FakeMember]:
 # --- joining and leaving ------------------------------------------------------------------------
 
 
-async def test_a_joining_member_gets_the_state_at_the_current_seq_then_the_map_list() -> None:
+async def test_a_joining_member_gets_the_state_at_the_current_seq_the_map_list_then_chat() -> None:
     session = session_of()
     gm = FakeMember("gm-ada", "gm")
 
     resumed = await session.join(gm)
 
     assert resumed is False
-    sync, listing = gm.received
+    sync, listing, history = gm.received
     assert (sync["type"], sync["campaign_id"], sync["user_id"], sync["seq"]) == (
         "state.sync",
         "c1",
@@ -64,7 +65,13 @@ async def test_a_joining_member_gets_the_state_at_the_current_seq_then_the_map_l
         "type": "map.list",
         "campaign_id": "c1",
         "user_id": "gm-ada",
-        "payload": {"maps": []},
+        "payload": {"maps": [], "active_map_id": ""},
+    }
+    assert history == {
+        "type": "chat.history",
+        "campaign_id": "c1",
+        "user_id": "gm-ada",
+        "payload": {"messages": []},
     }
 
 
@@ -104,9 +111,9 @@ async def test_a_session_evicted_while_a_join_waited_refuses_that_join() -> None
 async def test_a_state_loaded_without_a_library_gets_an_empty_one_and_a_fresh_epoch() -> None:
     state = new_state("c1")
     state.saved_maps = UNSET
-    first = Session(state, SETTINGS, Metrics())
+    first = Session(state, SETTINGS, Metrics(), campaign_chat("c1", SETTINGS))
     epoch = first.epoch
-    second = Session(state, SETTINGS, Metrics())
+    second = Session(state, SETTINGS, Metrics(), campaign_chat("c1", SETTINGS))
 
     assert first.state.saved_maps == {}
     assert second.epoch != epoch
@@ -338,7 +345,7 @@ async def test_a_resume_the_history_cannot_serve_gets_a_full_state_sync(
     resumed = await session.join(back, since, session.epoch if epoch == "current" else epoch)
 
     assert resumed is False
-    assert [m["type"] for m in back.received] == ["state.sync", "map.list"]
+    assert [m["type"] for m in back.received] == ["state.sync", "map.list", "chat.history"]
     assert back.received[0]["seq"] == 6
 
 
@@ -353,7 +360,7 @@ async def test_a_resume_across_a_map_switch_gets_a_full_state_sync() -> None:
 
     assert not await session.join(back, since=since, epoch=session.epoch)
 
-    assert [m["type"] for m in back.received] == ["state.sync", "map.list"]
+    assert [m["type"] for m in back.received] == ["state.sync", "map.list", "chat.history"]
 
 
 # --- snapshots and saving -----------------------------------------------------------------------
