@@ -43,7 +43,7 @@ def last_seq(peer: Peer) -> int:
     return seq
 
 
-# --- audiences ------------------------------------------------------------------------------------
+# --- audiences ----------------------------------------------------------------------------------
 
 
 async def test_a_public_message_reaches_every_member_with_the_next_seq_and_is_stored_first(
@@ -173,7 +173,7 @@ async def test_the_server_rolls_the_dice_of_a_message_and_the_roll_follows_its_a
         assert [row.roll is not None for row in rows] == [True, True]
 
 
-# --- refusals -------------------------------------------------------------------------------------
+# --- refusals -----------------------------------------------------------------------------------
 
 # (what, chat.send fields, code, a phrase of the message); the sender is the player pl-ana.
 REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
@@ -327,7 +327,7 @@ async def test_history_outlives_a_restart_loaded_from_the_table_with_rolls_and_i
     assert player.history["payload"] == {"messages": [m["payload"] for m in live]}
 
 
-# --- resume ---------------------------------------------------------------------------------------
+# --- resume -------------------------------------------------------------------------------------
 
 
 async def test_a_resume_replays_missed_chat_to_exactly_those_who_would_have_received_it(

@@ -31,7 +31,9 @@ from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, StoreUnavailable
 from tests.support.harness import serve, settings_for
-from tests.support.sql import alembic
+from tests.support.sql import GO_CAMPAIGN as CAMPAIGN
+from tests.support.sql import GO_CHARACTER as CHARACTER
+from tests.support.sql import GO_INSERT, GO_POSTGRES_DDL, GO_ROWS, alembic
 from tests.support.tcpproxy import TcpProxy
 
 T = TypeVar("T")
@@ -41,46 +43,6 @@ ROLL = (
     '"dice":[{"value":4,"kept":false},{"value":18,"kept":true}],"value":18},'
     '{"sign":1,"constant":5,"value":5}]}'
 )
-CAMPAIGN = "5f0c4e8e-2f7a-4d5e-9a43-1c1d2e3f4a5b"
-CHARACTER = "0b7e3c1a-9d2f-4e6b-8a1c-2d3e4f5a6b7c"
-# chat_messages as the Next.js app made it for the Go service (GO-SERVICE.md 2.2), with users.
-GO_POSTGRES_DDL = (
-    "CREATE TABLE users (id text PRIMARY KEY, username text)",
-    """CREATE TABLE chat_messages (
-      id           UUID        PRIMARY KEY DEFAULT gen_random_uuid(),
-      campaign_id  UUID        NOT NULL,
-      user_id      TEXT        NOT NULL,
-      character_id UUID        NULL,
-      recipient_id TEXT        NULL,
-      message_type TEXT        NOT NULL,
-      content      JSONB       NOT NULL,
-      gm_only      BOOLEAN     NOT NULL,
-      created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
-    )""",
-)
-# The Go service's save query, as it wrote every row.
-GO_INSERT = (
-    "INSERT INTO chat_messages (campaign_id,user_id,character_id,recipient_id,message_type,"
-    "content,gm_only,created_at) VALUES (CAST(:campaign AS uuid), :user, "
-    "CAST(NULLIF(:character, '') AS uuid), NULLIF(:recipient, ''), :type, CAST(:content AS jsonb),"
-    " :gm_only, :at)"
-)
-
-
-def at(hour: int, minute: int) -> datetime:
-    return datetime(2025, 3, 1, hour, minute, tzinfo=UTC)
-
-
-GO_ROWS: list[dict[str, Any]] = [
-    {"user": "user_gm", "character": "", "recipient": "", "type": "text", "gm_only": False,
-     "content": '{"text": "Welcome, travellers", "style": {"bold": true}}', "at": at(20, 0)},
-    {"user": "user_ana", "character": CHARACTER, "recipient": "", "type": "roll", "gm_only": False,
-     "content": '{"formula": "1d20+3", "result": 17}', "at": at(20, 1)},
-    {"user": "user_ana", "character": "", "recipient": "user_gm", "type": "text", "gm_only": False,
-     "content": '"psst"', "at": at(20, 2)},
-    {"user": "user_gm", "character": "", "recipient": "", "type": "text", "gm_only": True,
-     "content": '{"text": "the door is trapped"}', "at": at(20, 3)},
-]  # fmt: skip
 
 
 def run(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,49 @@ def alembic(*args: str, cwd: Path, database_url: str | None) -> subprocess.Compl
         timeout=60,
         check=False,
     )
+
+
+# --- the Go service's chat, as the Next.js app's database holds it ------------------------------
+
+# A campaign and a character of the Go rows (that database's ids are UUIDs).
+GO_CAMPAIGN = "5f0c4e8e-2f7a-4d5e-9a43-1c1d2e3f4a5b"
+GO_CHARACTER = "0b7e3c1a-9d2f-4e6b-8a1c-2d3e4f5a6b7c"
+# chat_messages as the Next.js app made it for the Go service (GO-SERVICE.md 2.2), with users.
+GO_POSTGRES_DDL = (
+    "CREATE TABLE users (id text PRIMARY KEY, username text)",
+    """CREATE TABLE chat_messages (
+      id           UUID        PRIMARY KEY DEFAULT gen_random_uuid(),
+      campaign_id  UUID        NOT NULL,
+      user_id      TEXT        NOT NULL,
+      character_id UUID        NULL,
+      recipient_id TEXT        NULL,
+      message_type TEXT        NOT NULL,
+      content      JSONB       NOT NULL,
+      gm_only      BOOLEAN     NOT NULL,
+      created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+    )""",
+)
+# The Go service's save query, as it wrote every row.
+GO_INSERT = (
+    "INSERT INTO chat_messages (campaign_id,user_id,character_id,recipient_id,message_type,"
+    "content,gm_only,created_at) VALUES (CAST(:campaign AS uuid), :user, "
+    "CAST(NULLIF(:character, '') AS uuid), NULLIF(:recipient, ''), :type, CAST(:content AS jsonb),"
+    " :gm_only, :at)"
+)
+
+
+def at(hour: int, minute: int) -> datetime:
+    """A moment of the evening the Go rows were written."""
+    return datetime(2025, 3, 1, hour, minute, tzinfo=UTC)
+
+
+GO_ROWS: list[dict[str, Any]] = [
+    {"user": "user_gm", "character": "", "recipient": "", "type": "text", "gm_only": False,
+     "content": '{"text": "Welcome, travellers", "style": {"bold": true}}', "at": at(20, 0)},
+    {"user": "user_ana", "character": GO_CHARACTER, "recipient": "", "type": "roll",
+     "gm_only": False, "content": '{"formula": "1d20+3", "result": 17}', "at": at(20, 1)},
+    {"user": "user_ana", "character": "", "recipient": "user_gm", "type": "text", "gm_only": False,
+     "content": '"psst"', "at": at(20, 2)},
+    {"user": "user_gm", "character": "", "recipient": "", "type": "text", "gm_only": True,
+     "content": '{"text": "the door is trapped"}', "at": at(20, 3)},
+]  # fmt: skip

@@ -666,3 +666,40 @@ def test_the_chat_wire_structs_have_a_json_schema_with_the_roll_in_it() -> None:
         "created_at",
     }
     assert components["ChatSend"]["required"] == ["content"]
+
+
+class CountingChatStore(MemoryChatStore):
+    """A MemoryChatStore that counts the loads of history."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def recent(self, campaign_id: str, limit: int) -> list[StoredMessage]:
+        self.loads += 1
+        return await super().recent(campaign_id, limit)
+
+
+async def test_a_failed_load_is_retried_after_the_interval_once_for_concurrent_joins() -> None:
+    store = CountingChatStore()
+    await within(store.insert(compose_now()))
+    now = [0.0]
+    chat = CampaignChat("c1", LIMITS, store, Roles({}), clock=lambda: now[0])
+    store.outage = True
+    await within(chat.load())
+    store.outage = False
+
+    now[0] = 9.9
+    await within(chat.retry(10.0))
+    assert (chat.log.incomplete, store.loads) == (True, 1)
+    now[0] = 10.0
+
+    async def both() -> None:
+        await asyncio.gather(chat.retry(10.0), chat.retry(10.0))
+
+    await within(both())
+    assert (chat.log.incomplete, len(chat.log), store.loads) == (False, 1, 2)
+    # A complete log is never loaded again.
+    now[0] = 100.0
+    await within(chat.retry(10.0))
+    assert store.loads == 2

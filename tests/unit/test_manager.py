@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from app.auth.roles import DevClaimRoles
+from app.chat import message_of
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.manager import MAX_FLUSH_BACKOFF, SNAPSHOT_SLICE, SessionManager
 from app.metrics import Metrics
-from app.persistence.chat import MemoryChatStore
+from app.persistence.chat import MemoryChatStore, StoredMessage
 from app.protocol import TokenAddMsg, decode_client_message
 from app.session import Session
 from tests.support.fakes import FakeMember, RecordingStore, change
@@ -174,6 +177,86 @@ async def test_a_join_that_finds_its_session_evicted_while_it_waited_gets_a_fres
     assert fresh is not old
     assert manager.sessions == {"c1": fresh}
     assert store.loads == 2
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+
+def chatting(chat_store: MemoryChatStore) -> tuple[SessionManager, RecordingStore]:
+    """A manager over an empty RecordingStore and `chat_store`."""
+    store = RecordingStore()
+    return SessionManager(SETTINGS, store, Metrics(), chat_store, DevClaimRoles()), store
+
+
+def stored_message(number: int, **fields: Any) -> StoredMessage:
+    """A public message of c1 from gm-ada, `number` seconds into 2026."""
+    moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=number)
+    base: dict[str, Any] = {"message_type": "text", "content": f'"m{number}"', "gm_only": False}
+    return StoredMessage(f"id-{number}", "c1", "gm-ada", created_at=moment, **(base | fields))
+
+
+async def test_a_campaigns_chat_is_loaded_with_its_state_and_served_to_each_join() -> None:
+    chat_store = MemoryChatStore()
+    for number, gm_only in ((1, False), (2, True)):
+        await chat_store.insert(stored_message(number, gm_only=gm_only))
+    manager, _ = chatting(chat_store)
+    gm, player = FakeMember("gm-ada", "gm"), FakeMember("pl-bo")
+
+    await manager.join("c1", gm)
+    await manager.join("c1", player)
+
+    assert [m["content"] for m in gm.received[2]["payload"]["messages"]] == ["m1", "m2"]
+    public = json.loads(msgspec.json.encode(message_of(stored_message(1))))
+    assert player.received[2]["payload"] == {"messages": [public]}
+
+
+async def test_a_failed_chat_load_lets_the_join_in_with_a_history_marked_incomplete() -> None:
+    chat_store = MemoryChatStore()
+    chat_store.outage = True
+    manager, _ = chatting(chat_store)
+    gm = FakeMember("gm-ada", "gm")
+
+    session, _ = await manager.join("c1", gm)
+
+    assert gm.types == ["state.sync", "map.list", "chat.history"]
+    assert gm.received[2]["payload"] == {"messages": [], "incomplete": True}
+    assert manager.sessions == {"c1": session}
+
+
+async def test_publishing_reaches_a_live_campaign_and_says_false_for_one_not_live_here() -> None:
+    manager, _ = chatting(MemoryChatStore())
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+    gm.take()
+
+    live = await manager.publish(message_of(stored_message(1)))
+    elsewhere = await manager.publish(message_of(replace(stored_message(2), campaign_id="c2")))
+    session.closed = True
+    evicted = await manager.publish(message_of(stored_message(3)))
+
+    assert (live, elsewhere, evicted) == (True, False, False)
+    assert [(m["type"], m["seq"]) for m in gm.take()] == [("chat.message", 1)]
+
+
+async def test_a_message_published_during_its_campaigns_load_waits_and_is_not_sent_twice() -> None:
+    chat_store = MemoryChatStore()
+    message = stored_message(1)
+    await chat_store.insert(message)
+    manager, store = chatting(chat_store)
+    store.load_gate.clear()
+    gm = FakeMember("gm-ada", "gm")
+    join = asyncio.create_task(manager.join("c1", gm))
+    await poll(lambda: store.loads == 1, TIMEOUT, "the load to start")
+
+    published = asyncio.create_task(manager.publish(message_of(message)))
+    store.load_gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        session, _ = await join
+        assert await published is True
+
+    assert gm.types == ["state.sync", "map.list", "chat.history"]
+    assert [m["id"] for m in gm.received[2]["payload"]["messages"]] == [message.id]
+    assert session.state.seq == 0
 
 
 # --- eviction -----------------------------------------------------------------------------------

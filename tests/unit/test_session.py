@@ -12,7 +12,8 @@ from msgspec import UNSET
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
-from app.protocol import decode_stored_state
+from app.model import Role
+from app.protocol import ChatMessage, decode_stored_state
 from app.rules import new_state
 from app.session import Session, SessionClosed
 from tests.support.fakes import FakeMember, campaign_chat, change
@@ -361,6 +362,64 @@ async def test_a_resume_across_a_map_switch_gets_a_full_state_sync() -> None:
     assert not await session.join(back, since=since, epoch=session.epoch)
 
     assert [m["type"] for m in back.received] == ["state.sync", "map.list", "chat.history"]
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+
+def whisper(number: int, sender: str, recipient: str) -> ChatMessage:
+    """A chat message from `sender` to `recipient` alone."""
+    return ChatMessage(
+        id=f"m{number}",
+        campaign_id="c1",
+        user_id=sender,
+        recipient_id=recipient,
+        message_type="text",
+        content=msgspec.Raw(b'"psst"'),
+        gm_only=False,
+        created_at="2026-02-19T10:55:13Z",
+    )
+
+
+async def test_a_chat_message_takes_the_next_seq_and_reaches_and_replays_to_its_audience() -> None:
+    session = session_of()
+    gm, bo = await table(session)
+    ana = await seated(session, FakeMember("pl-ana"))
+
+    assert await session.publish_chat(whisper(1, "pl-ana", "pl-bo"))
+
+    (to_ana,), (to_bo,) = ana.take(), bo.take()
+    assert to_ana == to_bo
+    assert (to_ana["type"], to_ana["seq"], to_ana["user_id"]) == ("chat.message", 1, "pl-ana")
+    assert gm.take() == []
+    assert session.dirty
+    replays = {}
+    returning: list[tuple[str, Role]] = [
+        ("gm-ada", "gm"),
+        ("pl-ana", "player"),
+        ("pl-cy", "player"),
+    ]
+    for user, role in returning:
+        back = FakeMember(user, role)
+        assert await session.join(back, since=0, epoch=session.epoch)
+        replays[user] = back.types
+    assert replays == {
+        "gm-ada": ["state.resume"],
+        "pl-ana": ["state.resume", "chat.message"],
+        "pl-cy": ["state.resume"],
+    }
+
+
+async def test_a_chat_message_the_log_holds_already_is_not_published_again() -> None:
+    session = session_of()
+    _, bo = await table(session)
+
+    first = await session.publish_chat(whisper(1, "gm-ada", "pl-bo"))
+    again = await session.publish_chat(whisper(1, "gm-ada", "pl-bo"))
+
+    assert (first, again) == (True, True)
+    assert [m["seq"] for m in bo.take()] == [1]
+    assert session.state.seq == 1
 
 
 # --- snapshots and saving -----------------------------------------------------------------------
