@@ -92,6 +92,12 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     resume_buffer: int = 1000
+    # Presence, drag locks and ephemeral signals (docs/PROTOCOL.md).
+    presence_grace: float = 10.0
+    lock_idle_timeout: float = 5.0
+    cursor_rate: float = 20.0
+    pointer_ping_rate: float = 2.0
+    pointer_ping_burst: int = 5
     ws_impl: str = "websockets-sansio"
     ws_per_message_deflate: bool = False
     handshake_timeout: float = 10.0
@@ -276,6 +282,11 @@ def _parse(env: Mapping[str, str]) -> Settings:
         ping_interval=_num(env, "VTT_PING_INTERVAL", 20.0, minimum=0.1),
         ping_timeout=_num(env, "VTT_PING_TIMEOUT", 20.0, minimum=0.1),
         resume_buffer=_int(env, "VTT_RESUME_BUFFER", 1000, minimum=0),
+        presence_grace=_num(env, "VTT_PRESENCE_GRACE", 10.0),
+        lock_idle_timeout=_num(env, "VTT_LOCK_IDLE_TIMEOUT", 5.0, minimum=0.1),
+        cursor_rate=_num(env, "VTT_CURSOR_RATE_PER_SECOND", 20.0, minimum=0.1),
+        pointer_ping_rate=_num(env, "VTT_POINTER_PING_RATE_PER_SECOND", 2.0, minimum=0.01),
+        pointer_ping_burst=_int(env, "VTT_POINTER_PING_BURST", 5, minimum=1),
         ws_impl=_str(env, "VTT_WS_IMPL") or "websockets-sansio",
         ws_per_message_deflate=_bool(env, "VTT_WS_PER_MESSAGE_DEFLATE", False),
         handshake_timeout=_num(env, "VTT_HANDSHAKE_TIMEOUT", 10.0, minimum=0.1),

@@ -18,13 +18,17 @@ from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
 from app.protocol import (
+    MESSAGES,
     AuthRefreshMsg,
     ChatSend,
     ChatSendMsg,
     ClientMessage,
     DecodeFailure,
     PingMsg,
+    Signal,
+    TokenGrabMsg,
     TokenMoveMsg,
+    TokenReleaseMsg,
     decode_client_message,
 )
 from app.ratelimit import TokenBucket, Verdict
@@ -47,9 +51,15 @@ CLOSE_DEADLINE = 5.0
 MOVE = str(TokenMoveMsg.__struct_config__.tag)
 MOVE_FRAME_MAX = 2048
 DRAG_QUIET = 1.0
-MERGED_MOVES_PER_SECOND = 1000.0
 _MOVE_TEXT = f'"{MOVE}"'
 _MOVE_BYTES = _MOVE_TEXT.encode()
+# Ephemeral signals (pings, cursors, rulers) never take from the bucket: the session paces
+# them per sender. A frame this small is decoded to see whether it is one (a ruler of 64
+# points is ~3 KiB). Merged moves and signals together are read at most this fast.
+SIGNAL_FRAME_MAX = 8192
+UNMETERED_PER_SECOND = 1000.0
+_SIGNAL_TEXTS = tuple(f'"{row.tag}"' for row in MESSAGES.rows if row.ephemeral)
+_SIGNAL_BYTES = tuple(text.encode() for text in _SIGNAL_TEXTS)
 
 
 class FrameSocket(Protocol):
@@ -73,7 +83,8 @@ class FrameSocket(Protocol):
 
 
 class _Entry:
-    """One queued message; a queued move is replaced when a newer move of its token arrives."""
+    """One queued message; a queued move or signal is replaced when a newer one of its token
+    or lane arrives."""
 
     __slots__ = ("outgoing",)
 
@@ -82,22 +93,34 @@ class _Entry:
 
 
 class Outbox:
-    """Messages waiting for the socket, in order, with the queued move of each token."""
+    """Messages waiting for the socket, in order, with the queued move of each token and the
+    queued signal of each lane (so a lane never has more than one frame waiting)."""
 
-    __slots__ = ("_entries", "_moves", "_next_key", "bytes")
+    __slots__ = ("_entries", "_moves", "_next_key", "_signals", "bytes")
 
     def __init__(self) -> None:
-        # A running key keeps the order; `_moves` maps a token to its queued move's key.
+        # A running key keeps the order; `_moves` maps a token to its queued move's key,
+        # `_signals` a lane to its queued signal's key.
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next_key = 0
         self._moves: dict[str, int] = {}
+        self._signals: dict[str, int] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, outgoing: Outgoing) -> None:
-        """Queue `outgoing` last, or in place of the queued move it supersedes."""
+    def put(self, outgoing: Outgoing) -> Outgoing | None:
+        """Queue `outgoing` last, or in place of the queued message it supersedes (returned)."""
+        signal = outgoing.signal
+        if signal is not None:
+            # A signal is about no token: it ends no move's conflation, and a newer one of its
+            # lane replaces it whatever lies between (it carries no seq).
+            key = self._signals.get(signal)
+            if key is not None:
+                return self._replace(key, outgoing)
+            self._signals[signal] = self._append(outgoing)
+            return None
         token_id = outgoing.token_id
         if outgoing.conflates and token_id is not None:
             key = self._moves.get(token_id)
@@ -105,39 +128,64 @@ class Outbox:
                 # The newer move replaces the queued one and goes last, so seqs stay in order;
                 # nothing after the old one concerns this token (any other event about it, or
                 # any non-token event, ends the token's conflation).
-                queued = self._entries[key]
-                self.bytes += len(outgoing.frame) - len(queued.outgoing.frame)
-                queued.outgoing = outgoing
-                self._entries.move_to_end(key)
-                return
+                return self._replace(key, outgoing)
         elif token_id is None:
             if self._moves:
                 self._moves.clear()
         else:
             self._moves.pop(token_id, None)
+        key = self._append(outgoing)
+        if outgoing.conflates and token_id is not None:
+            self._moves[token_id] = key
+        return None
+
+    def _append(self, outgoing: Outgoing) -> int:
         key = self._next_key
         self._next_key += 1
         self._entries[key] = _Entry(outgoing)
-        if outgoing.conflates and token_id is not None:
-            self._moves[token_id] = key
         self.bytes += len(outgoing.frame)
+        return key
+
+    def _replace(self, key: int, outgoing: Outgoing) -> Outgoing:
+        queued = self._entries[key]
+        replaced = queued.outgoing
+        self.bytes += len(outgoing.frame) - len(replaced.frame)
+        queued.outgoing = outgoing
+        self._entries.move_to_end(key)
+        return replaced
 
     def pop(self) -> Outgoing | None:
-        """The oldest message, taken out (no newer move replaces it from here on)."""
+        """The oldest message, taken out (no newer move or signal replaces it from here on)."""
         if not self._entries:
             return None
         key, entry = self._entries.popitem(last=False)
         outgoing = entry.outgoing
         self.bytes -= len(outgoing.frame)
+        signal = outgoing.signal
+        if signal is not None:
+            if self._signals.get(signal) == key:
+                del self._signals[signal]
+            return outgoing
         token_id = outgoing.token_id
         if token_id is not None and self._moves.get(token_id) == key:
             del self._moves[token_id]
         return outgoing
 
+    def drop_signals(self) -> list[Outgoing]:
+        """Take every queued signal out, to make room for what must arrive; the dropped."""
+        dropped = []
+        for key in self._signals.values():
+            outgoing = self._entries.pop(key).outgoing
+            self.bytes -= len(outgoing.frame)
+            dropped.append(outgoing)
+        self._signals.clear()
+        return dropped
+
     def clear(self) -> None:
         """Drop everything queued."""
         self._entries.clear()
         self._moves.clear()
+        self._signals.clear()
         self.bytes = 0
 
 
@@ -158,11 +206,11 @@ class Connection:
         "_chatter",
         "_dragging_until",
         "_expiry",
-        "_merge_pace",
         "_outbox",
         "_pending",
         "_reader",
         "_send",
+        "_unmetered_pace",
         "abandoned",
         "actor",
         "campaign_id",
@@ -213,10 +261,11 @@ class Connection:
         )
         self._expiry: asyncio.TimerHandle | None = None
         # Merged moves: each token's latest position waiting for the bucket, in the order the
-        # tokens first waited; until when the connection counts as dragging; the read pace.
+        # tokens first waited; until when the connection counts as dragging; the read pace of
+        # what the bucket does not meter (merged moves and signals).
         self._pending: dict[str, TokenMoveMsg] = {}
         self._dragging_until = 0.0
-        self._merge_pace: TokenBucket | None = None
+        self._unmetered_pace: TokenBucket | None = None
         # chat.sends waiting for their turn (at most the chat burst), and the task taking them.
         self._chats: deque[ChatSend] = deque()
         self._chatter: asyncio.Task[None] | None = None
@@ -242,15 +291,25 @@ class Connection:
             socket.write(outgoing.frame)
             return
         outbox = self._outbox
-        outbox.put(outgoing)
-        if (
+        replaced = outbox.put(outgoing)
+        if replaced is not None and replaced.signal is not None:
+            self.metrics.dropped(replaced.kind, "coalesced")
+        if self._over_bound():
+            # Signals go first: they are the only frames a client can do without.
+            for dropped in outbox.drop_signals():
+                self.metrics.dropped(dropped.kind, "backlog")
+            if self._over_bound():
+                self.metrics.slow_client_closes.inc()
+                self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+                return
+        self._start_writer()
+
+    def _over_bound(self) -> bool:
+        outbox = self._outbox
+        return (
             len(outbox) > self.settings.outbox_max_messages
             or outbox.bytes > self.settings.outbox_max_bytes
-        ):
-            self.metrics.slow_client_closes.inc()
-            self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
-            return
-        self._start_writer()
+        )
 
     def close(self, reason: CloseConnection) -> None:
         """Close soon with `reason`: queued frames are dropped, the writer sends the close."""
@@ -370,7 +429,13 @@ class Connection:
         if move is not None:
             self.metrics.message_in(MOVE)
             if self._merge(move, now):
-                await self._pace_merges(now)
+                await self._pace_unmetered(now)
+                return
+        else:
+            signal = _signal_in(data)
+            if signal is not None:
+                self.metrics.message_in(MESSAGES.of(signal).tag)
+                await self._relay(signal, session)
                 return
         if self._pending or now < self._dragging_until:
             if await self._wait_turn(session, auth):
@@ -392,14 +457,19 @@ class Connection:
         self._dragging_until = now + DRAG_QUIET
         return True
 
-    async def _pace_merges(self, now: float) -> None:
-        """Read merged moves no faster than MERGED_MOVES_PER_SECOND."""
-        pace = self._merge_pace
+    async def _pace_unmetered(self, now: float) -> None:
+        """Read merged moves and signals no faster than UNMETERED_PER_SECOND."""
+        pace = self._unmetered_pace
         if pace is None:
-            burst = int(MERGED_MOVES_PER_SECOND // 10)
-            pace = self._merge_pace = TokenBucket(MERGED_MOVES_PER_SECOND, burst, math.inf, now)
+            burst = int(UNMETERED_PER_SECOND // 10)
+            pace = self._unmetered_pace = TokenBucket(UNMETERED_PER_SECOND, burst, math.inf, now)
         if not pace.try_take(now):
             await asyncio.sleep(pace.delay(now))
+
+    async def _relay(self, signal: Signal, session: Session) -> None:
+        """Hand a signal to the session, which paces it per sender; then pace the reading."""
+        await session.submit_live(self, signal)
+        await self._pace_unmetered(time.monotonic())
 
     async def _receive_until_due(self, receive: Receive) -> Message | None:
         """The next message, or None once the bucket can take the oldest pending move."""
@@ -466,6 +536,12 @@ class Connection:
             else:
                 message = data
             match message:
+                case Signal():
+                    # The bucket's token for it goes back: signals are paced by the session.
+                    self._bucket.refund()
+                    await self._relay(message, session)
+                case TokenGrabMsg() | TokenReleaseMsg():
+                    await session.submit_live(self, message)
                 case PingMsg():
                     session.pong(self)
                 case AuthRefreshMsg(payload=refresh):
@@ -557,6 +633,23 @@ def _move_in(data: str | bytes) -> TokenMoveMsg | None:
     except DecodeFailure:
         return None
     return message if isinstance(message, TokenMoveMsg) else None
+
+
+def _signal_in(data: str | bytes) -> Signal | None:
+    """`data` decoded, when it is a signal small enough to look at."""
+    if len(data) > SIGNAL_FRAME_MAX:
+        return None
+    if isinstance(data, str):
+        tagged = any(text in data for text in _SIGNAL_TEXTS)
+    else:
+        tagged = any(text in data for text in _SIGNAL_BYTES)
+    if not tagged:
+        return None
+    try:
+        message = decode_client_message(data)
+    except DecodeFailure:
+        return None
+    return message if isinstance(message, Signal) else None
 
 
 def text_of(frame: bytes) -> str:

@@ -79,6 +79,7 @@ ERROR_CODES: Final = (
     "limit_exceeded",
     "rate_limited",
     "db_error",
+    "locked",
     "internal",
 )
 
@@ -115,3 +116,13 @@ def limit_exceeded(message: str) -> Refusal:
 def invalid_request(message: str) -> Refusal:
     """A well-formed request that cannot apply to the current state."""
     return Refusal("invalid_request", message)
+
+
+def locked(message: str) -> Refusal:
+    """Another user holds the token's drag lock."""
+    return Refusal("locked", message)
+
+
+def rate_limited(message: str) -> Refusal:
+    """The sender sent more of something than its rate allows; the excess was dropped."""
+    return Refusal("rate_limited", message)

@@ -147,7 +147,7 @@ class SessionManager:
         await asyncio.sleep(self.settings.evict_grace)
         while not session.members and not self.closing:
             if not session.dirty:
-                session.closed = True
+                session.close()
                 if self.sessions.get(session.campaign_id) is session:
                     del self.sessions[session.campaign_id]
                 return

@@ -25,6 +25,11 @@ UNKNOWN = "unknown"
 MESSAGE_TYPES: frozenset[str] = MESSAGES.tags
 # Every status POST /internal/broadcast answers (app.broadcast).
 BROADCAST_STATUSES: tuple[int, ...] = (204, 400, 401, 404, 405, 413, 503)
+SIGNAL_TYPES: tuple[str, ...] = tuple(row.tag for row in MESSAGES.rows if row.ephemeral)
+# Why an ephemeral frame was dropped: a newer one of the same sender and channel replaced it
+# (waiting for its turn, or queued for a recipient), a recipient's queue was full, or a pointer
+# ping came over its sender's rate.
+DROP_REASONS: tuple[str, ...] = ("coalesced", "backlog", "rate")
 
 # A broadcast is frame received -> last recipient queued: in-memory work, so sub-ms is
 # normal and anything past 100 ms means the event loop is starved.
@@ -72,6 +77,8 @@ class PerMessageCounts(Collector):
         self.received = dict.fromkeys(types, 0)
         self.sent = dict.fromkeys(types, 0)
         self.errors = dict.fromkeys((*ERROR_CODES, UNKNOWN), 0)
+        self.relayed = dict.fromkeys(SIGNAL_TYPES, 0)
+        self.dropped = {(kind, reason): 0 for kind in SIGNAL_TYPES for reason in DROP_REASONS}
         self.latency_buckets = [0] * (len(BROADCAST_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -91,6 +98,22 @@ class PerMessageCounts(Collector):
             for key, value in values.items():
                 family.add_metric([key], value)
             yield family
+        relayed = CounterMetricFamily(
+            "vtt_ephemeral_relayed",
+            "Ephemeral frames (pings, cursors, rulers) handed to recipients, by type.",
+            labels=["type"],
+        )
+        for kind, value in self.relayed.items():
+            relayed.add_metric([kind], value)
+        yield relayed
+        dropped = CounterMetricFamily(
+            "vtt_ephemeral_dropped",
+            "Ephemeral frames dropped, by type and reason (coalesced, backlog, rate).",
+            labels=["type", "reason"],
+        )
+        for (kind, reason), value in self.dropped.items():
+            dropped.add_metric([kind, reason], value)
+        yield dropped
         cumulative, running = [], 0
         bounds = (*BROADCAST_BUCKETS, float("inf"))
         for bound, count in zip(bounds, self.latency_buckets, strict=True):
@@ -137,6 +160,12 @@ class Metrics:
         self.handshake_bound_refusals = Counter(
             "vtt_handshake_bound_refusals",
             "Connections dropped at once because too many were still sending request headers.",
+            registry=registry,
+        )
+        self.lock_refusals = Counter(
+            "vtt_lock_refusals",
+            "Grabs, moves, updates, removals and replacements refused: another user held the "
+            "token's drag lock.",
             registry=registry,
         )
         self.slow_client_closes = Counter(
@@ -188,6 +217,15 @@ class Metrics:
         sent = self.counts.sent
         key = message_type if message_type in sent else UNKNOWN
         sent[key] += count
+
+    def relayed(self, message_type: str, count: int) -> None:
+        """Count `count` ephemeral frames of `message_type` handed to recipients."""
+        self.counts.relayed[message_type] += count
+        self.message_out(message_type, count)
+
+    def dropped(self, message_type: str, reason: str) -> None:
+        """Count one ephemeral frame of `message_type` dropped for `reason`."""
+        self.counts.dropped[message_type, reason] += 1
 
     def error(self, code: str) -> None:
         """Count one error reply with `code`."""

@@ -40,6 +40,11 @@ Size = Annotated[float, Meta(gt=0, le=10_000_000)]
 # A token's size may be 0: the Go service took such tokens, and its frontend sends them.
 Extent = Annotated[float, Meta(ge=0, le=10_000_000)]
 Short = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
+# A ruler's colour is a hex colour only, so that no client can slip CSS into another's page.
+HexColor = Annotated[
+    str, Meta(pattern=r"^#(?:[0-9A-Fa-f]{3,4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})(?![\s\S])")
+]
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 JwtText = Annotated[str, Meta(min_length=1, max_length=16_384)]
 # chat.send: `""` is allowed in a lenient id because it means "absent"; a present one is 1-128.
 ChatType = Annotated[str, Meta(max_length=32, pattern=NO_NUL)]
@@ -81,7 +86,7 @@ class FogZone(Struct):
 
 
 class Point(Struct):
-    """A dd2vtt point, in grid squares."""
+    """A point: in grid squares in dd2vtt metadata, in map coordinates (as tokens) in a ruler."""
 
     x: Coord
     y: Coord
@@ -379,6 +384,63 @@ class ChatHistory(ServerPayload, omit_defaults=True):
     incomplete: bool | UnsetType = UNSET
 
 
+# --- presence and drag locks (never stored, never numbered) ------------------------------------
+
+
+class PresenceMember(Struct, kw_only=True, omit_defaults=True):
+    """One user at the table; `connections` is 0 while their grace on leaving runs."""
+
+    user_id: str
+    role: Literal["gm", "player"]
+    username: str | UnsetType = UNSET
+    connections: int
+
+
+class PresenceSync(ServerPayload):
+    """presence.sync payload: everyone at the table, in arrival order."""
+
+    members: list[PresenceMember]
+
+
+class PresenceJoin(ServerPayload, omit_defaults=True):
+    """presence.join payload: a user's first connection arrived."""
+
+    user_id: str
+    role: Literal["gm", "player"]
+    username: str | UnsetType = UNSET
+
+
+class PresenceLeave(ServerPayload):
+    """presence.leave payload: a user's last connection has been gone for the grace."""
+
+    user_id: str
+
+
+class TokenHold(ServerPayload):
+    """token.grabbed payload: who holds the token's drag lock now."""
+
+    token_id: str
+    user_id: str
+
+
+# --- ephemeral signals: relayed to the other members, never stored ------------------------------
+
+
+class Spot(ServerPayload):
+    """pointer.ping and cursor.move payload: a point on the map."""
+
+    x: Coord
+    y: Coord
+
+
+class Ruler(ServerPayload, omit_defaults=True):
+    """ruler.update payload: the measured path, with an optional colour and label."""
+
+    points: Annotated[list[Point], Meta(min_length=1, max_length=64)]
+    color: HexColor | UnsetType = UNSET
+    label: Label | UnsetType = UNSET
+
+
 # --- what clients send: one envelope per type, its tag and payload (the table says the rest) -----
 
 
@@ -441,6 +503,38 @@ class ChatSendMsg(ClientMessage, tag="chat.send"):
     payload: ChatSend
 
 
+class TokenGrabMsg(ClientMessage, tag="token.grab"):
+    payload: TokenRef
+
+
+class TokenReleaseMsg(ClientMessage, tag="token.release"):
+    payload: TokenRef
+
+
+class Signal(ClientMessage):
+    """An ephemeral message: relayed to the other members as sent, never stored or numbered."""
+
+
+class PointerPingMsg(Signal, tag="pointer.ping"):
+    payload: Spot
+
+
+class CursorMoveMsg(Signal, tag="cursor.move"):
+    payload: Spot
+
+
+class CursorHideMsg(Signal, tag="cursor.hide"):
+    payload: Empty = msgspec.field(default_factory=Empty)
+
+
+class RulerUpdateMsg(Signal, tag="ruler.update"):
+    payload: Ruler
+
+
+class RulerClearMsg(Signal, tag="ruler.clear"):
+    payload: Empty = msgspec.field(default_factory=Empty)
+
+
 # --- the message table: every message type, declared once -------------------------------------
 
 
@@ -492,6 +586,11 @@ class MessageType:
     def numbered(self) -> bool:
         """Whether this type takes a seq (for a client's message: whether it is a change)."""
         return self.numbering is not Numbering.NEVER
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether this is an ephemeral signal: relayed, never stored, dropped when late."""
+        return self.envelope is not None and issubclass(self.envelope, Signal)
 
 
 def both(envelope: type[ClientMessage], *, numbered: bool, gm_only: bool = False) -> MessageType:
@@ -600,6 +699,13 @@ MESSAGES: Final = MessageTable(
     # Not a change to the table (app.rules never sees it): app.chat takes it, and the
     # chat.message it causes takes a seq.
     from_client(ChatSendMsg, numbered=False),
+    from_client(TokenGrabMsg, numbered=False),
+    from_client(TokenReleaseMsg, numbered=False),
+    both(PointerPingMsg, numbered=False),
+    both(CursorMoveMsg, numbered=False),
+    both(CursorHideMsg, numbered=False),
+    both(RulerUpdateMsg, numbered=False),
+    both(RulerClearMsg, numbered=False),
     from_server("state.sync", CampaignState, Numbering.ALWAYS),
     from_server("state.resume", StateResume, Numbering.ALWAYS),
     from_server("state.saved", StateSaved),
@@ -609,6 +715,11 @@ MESSAGES: Final = MessageTable(
     from_server("chat.message", ChatMessage, Numbering.ALWAYS),
     # To one client on a full join, right after its map.list.
     from_server("chat.history", ChatHistory),
+    from_server("presence.sync", PresenceSync),
+    from_server("presence.join", PresenceJoin),
+    from_server("presence.leave", PresenceLeave),
+    from_server("token.grabbed", TokenHold),
+    from_server("token.released", TokenRef),
 )
 
 

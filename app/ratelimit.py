@@ -67,6 +67,10 @@ class TokenBucket:
             self._flood_start = None
         return True
 
+    def refund(self) -> None:
+        """Give back the token taken for a message the bucket does not meter after all."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
     def delay(self, now: float) -> float:
         """Seconds from `now` until a token is available (0 when one is)."""
         tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)

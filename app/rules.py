@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from msgspec import UNSET
@@ -33,36 +34,52 @@ from app.protocol import (
     TokenUpdateMsg,
 )
 
+# Whether a user may change a token now: False while another user holds its drag lock.
+LockCheck = Callable[[str, str], bool]
+
+
+def _unlocked(token_id: str, user_id: str) -> bool:
+    del token_id, user_id
+    return True
+
 
 def new_state(campaign_id: str) -> CampaignState:
     """The state of a campaign nobody has used yet."""
     return CampaignState(campaign_id=campaign_id, saved_maps={})
 
 
-def apply(state: CampaignState, message: StateChange, actor: Actor, rules: Rules) -> list[Event]:
+def apply(
+    state: CampaignState,
+    message: StateChange,
+    actor: Actor,
+    rules: Rules,
+    may_change: LockCheck = _unlocked,
+) -> list[Event]:
     """Apply `message` to `state` in place and return the events to broadcast.
 
-    Raises Refusal (and leaves `state` untouched) when the message may not apply.
+    Raises Refusal (and leaves `state` untouched) when the message may not apply. A token
+    another user holds the drag lock of (`may_change` says) is refused as `locked`, after the
+    checks that it exists for the sender and that the sender may touch it.
     """
     kind = MESSAGES.of(message)
     if kind.gm_only and actor.role != "gm":
         raise errors.forbidden(f"only the GM may send {kind.tag}")
     match message:
         case TokenAddMsg(payload=token):
-            return [_token_add(state, token, actor, rules)]
+            return [_token_add(state, token, actor, rules, may_change)]
         case TokenMoveMsg(payload=move):
-            current = _addressable_token(state, move.token_id, actor, rules)
+            current = _changeable_token(state, move.token_id, actor, rules, may_change)
             current.x, current.y = move.x, move.y
             return [_token_event("token.move", move, actor, current, current.visible)]
         case TokenRemoveMsg(payload=ref):
-            current = _addressable_token(state, ref.token_id, actor, rules)
+            current = _changeable_token(state, ref.token_id, actor, rules, may_change)
             del state.tokens[ref.token_id]
             event = Event(
                 "token.remove", ref, actor.user_id, ref.token_id, visible_before=current.visible
             )
             return [event]
         case TokenUpdateMsg(payload=update):
-            return [_token_update(state, update, actor, rules)]
+            return [_token_update(state, update, actor, rules, may_change)]
         case FogUpdateMsg(payload=fog):
             if len(fog.zones) > rules.limits.max_fog_zones:
                 raise errors.limit_exceeded(
@@ -114,13 +131,28 @@ def _may_touch(token: Token, actor: Actor, rules: Rules) -> bool:
     return actor.role == "gm" or rules.token_policy == "open" or token.owner_id == actor.user_id
 
 
-def _addressable_token(state: CampaignState, token_id: str, actor: Actor, rules: Rules) -> Token:
+def addressable_token(state: CampaignState, token_id: str, actor: Actor, rules: Rules) -> Token:
+    """The token `actor` addresses: not_found when it is unknown or hidden from them,
+    forbidden when they may not touch it."""
     token = state.tokens.get(token_id)
     if token is None or (actor.role != "gm" and not token.visible):
         raise errors.not_found(f"no token {token_id!r}")
     if not _may_touch(token, actor, rules):
         raise errors.forbidden(f"token {token_id!r} belongs to another user")
     return token
+
+
+def _changeable_token(
+    state: CampaignState, token_id: str, actor: Actor, rules: Rules, may_change: LockCheck
+) -> Token:
+    token = addressable_token(state, token_id, actor, rules)
+    _check_lock(token_id, actor, may_change)
+    return token
+
+
+def _check_lock(token_id: str, actor: Actor, may_change: LockCheck) -> None:
+    if not may_change(token_id, actor.user_id):
+        raise errors.locked(f"token {token_id!r} is being dragged by another user")
 
 
 def _token_event(
@@ -138,7 +170,9 @@ def _token_event(
     )
 
 
-def _token_add(state: CampaignState, token: Token, actor: Actor, rules: Rules) -> Event:
+def _token_add(
+    state: CampaignState, token: Token, actor: Actor, rules: Rules, may_change: LockCheck
+) -> Event:
     existing = state.tokens.get(token.token_id)
     if actor.role != "gm":
         if not token.visible:
@@ -149,6 +183,9 @@ def _token_add(state: CampaignState, token: Token, actor: Actor, rules: Rules) -
             raise errors.forbidden(f"token {token.token_id!r} belongs to another user")
     if existing is None and len(state.tokens) >= rules.limits.max_tokens:
         raise errors.limit_exceeded(f"at most {rules.limits.max_tokens} tokens per map")
+    if existing is not None:
+        # Replacing a token changes it as an update would.
+        _check_lock(token.token_id, actor, may_change)
     _check_image(token.image_url, rules)
     token.owner_id = actor.user_id
     state.tokens[token.token_id] = token
@@ -156,8 +193,10 @@ def _token_add(state: CampaignState, token: Token, actor: Actor, rules: Rules) -
     return _token_event("token.add", token, actor, token, before)
 
 
-def _token_update(state: CampaignState, update: TokenUpdate, actor: Actor, rules: Rules) -> Event:
-    current = _addressable_token(state, update.token_id, actor, rules)
+def _token_update(
+    state: CampaignState, update: TokenUpdate, actor: Actor, rules: Rules, may_change: LockCheck
+) -> Event:
+    current = _changeable_token(state, update.token_id, actor, rules, may_change)
     if actor.role != "gm":
         if update.visible is not UNSET:
             raise errors.forbidden("only the GM may change a token's visibility")

@@ -19,6 +19,7 @@ from msgspec import UNSET, Raw, Struct
 from app.audience import state_view, view
 from app.chat import Audience, CampaignChat, owns_character
 from app.config import Settings
+from app.ephemeral import Ephemeral, LiveMessage
 from app.errors import CloseCode, CloseConnection, Refusal
 from app.metacache import MetadataCache
 from app.metrics import Metrics
@@ -45,16 +46,25 @@ class Outgoing(Struct, frozen=True, gc=False):
     `frame` is the complete WebSocket text frame, the same bytes for every recipient.
     A member may replace a `conflates` message it has not sent yet by a newer one about the
     same `token_id`; any other message about that token (or about no token) ends that.
+    An ephemeral frame names its `signal` lane (one sender's channel, app/signals.py): a
+    member replaces one it has not sent yet by a newer one of the lane, whatever lies between,
+    and drops them first when it falls behind.
     """
 
     frame: bytes
     kind: str
     token_id: str | None = None
     conflates: bool = False
+    signal: str | None = None
 
 
 class Member(Protocol):
-    """A connected client as the session sees it: someone to hand frames to, never a socket."""
+    """A connected client as the session sees it: someone to hand frames to, never a socket.
+
+    Members are told apart by identity (dict keys, a drag lock's connection).
+    """
+
+    def __hash__(self) -> int: ...
 
     @property
     def actor(self) -> Actor:
@@ -123,6 +133,17 @@ class Session:
         self.version = 0
         self.saved_version = 0
         self.closed = False
+        # Presence, drag locks and signals: nothing of it is stored, numbered or replayed.
+        self.ephemeral = Ephemeral(
+            self.state,
+            self.members,
+            self._audiences,
+            self._frame,
+            self.lock,
+            self.rules,
+            settings,
+            metrics,
+        )
 
     @property
     def epoch(self) -> str:
@@ -148,6 +169,7 @@ class Session:
             self._audiences[member.actor.role][member] = None
             actor = member.actor
             if since is not None and epoch == self.epoch and self._replay(member, since):
+                self.ephemeral.arrive(member)
                 return True
             member.deliver(
                 self._frame("state.sync", actor.user_id, state_view(self.state, actor.role))
@@ -158,6 +180,7 @@ class Session:
             self.metrics.message_out("state.sync")
             self.metrics.message_out("map.list")
             self.metrics.message_out("chat.history")
+            self.ephemeral.arrive(member)
             return False
 
     def _check_caps(self, user_id: str) -> None:
@@ -197,17 +220,26 @@ class Session:
         async with self.lock:
             self.members.pop(member, None)
             self._audiences[member.actor.role].pop(member, None)
+            self.ephemeral.leave(member)
+
+    def close(self) -> None:
+        """Take no more joins and stop the timers: the manager is evicting this session."""
+        self.closed = True
+        self.ephemeral.close()
 
     # --- messages -----------------------------------------------------------------------------
 
     async def submit(self, member: Member, message: StateChange) -> None:
         """Apply one client message and broadcast the result, or reply with an error."""
         async with self.lock:
+            live = self.ephemeral
+            before = live.visibility()
             try:
-                events = apply(self.state, message, member.actor, self.rules)
+                events = apply(self.state, message, member.actor, self.rules, live.may_change)
             except Refusal as refusal:
                 self.reply_error(member, refusal.code, refusal.message)
                 return
+            live.changed(events, member.actor, before)
             for event in events:
                 self._publish(event)
 
@@ -267,6 +299,14 @@ class Session:
         """Whether the user owns a token of the character in this campaign's state."""
         return owns_character(self.state, user_id, character_id)
 
+    async def submit_live(self, member: Member, message: LiveMessage) -> None:
+        """Handle a message that changes nothing stored: a drag lock's grab or release, a signal."""
+        async with self.lock:
+            try:
+                self.ephemeral.receive(member, message)
+            except Refusal as refusal:
+                self.reply_error(member, refusal.code, refusal.message)
+
     def reply(self, member: Member, kind: str, payload: Any) -> None:
         """Send a one-client reply (no seq)."""
         member.deliver(self._frame(kind, member.actor.user_id, payload))
@@ -318,14 +358,14 @@ class Session:
         data = text_frame(encode_frame(frame))
         return Outgoing(data, kind, event.token_id, kind == "token.move")
 
-    def _frame(self, kind: str, user_id: str, payload: Any) -> Outgoing:
+    def _frame(self, kind: str, user_id: str, payload: Any, signal: str | None = None) -> Outgoing:
         seq = self.state.seq if kind in {"state.sync", "state.resume"} else None
         if isinstance(payload, CampaignState):
             payload = self._metadata.pack(payload)
         frame = Frame(
             type=kind, campaign_id=self.campaign_id, user_id=user_id, seq=seq, payload=payload
         )
-        return Outgoing(text_frame(encode_frame(frame)), kind)
+        return Outgoing(text_frame(encode_frame(frame)), kind, signal=signal)
 
     # --- persistence ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 They implement the Protocols of app/ (`Member`, `Store`, `KeySource`) so that unit tests drive
 the session, the manager and the verifier directly, without sockets or databases; `change`
-builds what a member submits.
+builds what a member submits, `live` what it submits aside (grabs, releases, signals).
 """
 
 from __future__ import annotations
@@ -22,12 +22,21 @@ from app.auth.tokens import TokenPolicyConfig, TokenVerifier
 from app.chat import CampaignChat
 from app.config import Settings
 from app.connection import text_of
+from app.ephemeral import LiveMessage
 from app.errors import CloseCode, CloseConnection
 from app.model import Actor, Role, StateChange
 from app.persistence.chat import MemoryChatStore
 from app.persistence.store import MemoryStore
-from app.protocol import AuthRefreshMsg, PingMsg, decode_client_message
+from app.protocol import (
+    AuthRefreshMsg,
+    PingMsg,
+    Signal,
+    TokenGrabMsg,
+    TokenReleaseMsg,
+    decode_client_message,
+)
 from app.session import Outgoing
+from tests.support.harness import PRESENCE
 from tests.support.jwks_server import AZP, signing_key
 
 
@@ -43,6 +52,13 @@ def change(kind: str, payload: dict[str, Any]) -> StateChange:
     return message
 
 
+def live(kind: str, payload: dict[str, Any]) -> LiveMessage:
+    """A message that changes nothing stored (a grab, a release, a signal), decoded."""
+    message = decode_client_message(json.dumps({"type": kind, "payload": payload}))
+    assert isinstance(message, TokenGrabMsg | TokenReleaseMsg | Signal), kind
+    return message
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One message a member was handed: decoded, with what lets its outbox conflate it."""
@@ -50,20 +66,36 @@ class Delivery:
     message: dict[str, Any]
     token_id: str | None
     conflates: bool
+    signal: str | None = None
 
 
 class FakeMember:
-    """A session member that keeps every message it is handed, decoded into a dict."""
+    """A session member that keeps every message it is handed, decoded into a dict.
 
-    def __init__(self, user_id: str, role: Role = "player", username: str | None = None) -> None:
+    `deliveries` (and so `received`, `types`, `take`) leaves out the types in `skip`, which
+    arrive whenever someone else comes or goes; `everything` keeps them too.
+    """
+
+    def __init__(
+        self,
+        user_id: str,
+        role: Role = "player",
+        username: str | None = None,
+        skip: frozenset[str] = PRESENCE,
+    ) -> None:
         self.actor = Actor(user_id=user_id, role=role)
         self.username = username
+        self.skip = skip
         self.deliveries: list[Delivery] = []
+        self.everything: list[Delivery] = []
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Keep the message, decoded."""
         message = json.loads(text_of(outgoing.frame))
-        self.deliveries.append(Delivery(message, outgoing.token_id, outgoing.conflates))
+        delivery = Delivery(message, outgoing.token_id, outgoing.conflates, outgoing.signal)
+        self.everything.append(delivery)
+        if message["type"] not in self.skip:
+            self.deliveries.append(delivery)
 
     @property
     def received(self) -> list[dict[str, Any]]:

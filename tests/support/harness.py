@@ -26,6 +26,9 @@ from app.transport.serve import Server, uvicorn_options
 from tests.support.poll import poll
 
 TIMEOUT = 10.0
+# Frames that come whenever someone else arrives or leaves: a Peer passes over them (they are
+# in `everything` only) unless it was opened to see them.
+PRESENCE = frozenset({"presence.sync", "presence.join", "presence.leave"})
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
@@ -69,9 +72,17 @@ class RunningServer:
         """A dev token for `user`."""
         return self.keys.mint(user, role, **kwargs)
 
-    async def join(self, campaign: str, user: str, role: Role = "player", **query: Any) -> Peer:
+    async def join(
+        self,
+        campaign: str,
+        user: str,
+        role: Role = "player",
+        *,
+        skip: frozenset[str] = PRESENCE,
+        **query: Any,
+    ) -> Peer:
         """Connect `user` to `campaign` and read the greeting (see `Peer.greeted`)."""
-        return await Peer.greeted(self.ws_url(campaign, self.token(user, role), **query))
+        return await Peer.greeted(self.ws_url(campaign, self.token(user, role), **query), skip)
 
 
 @asynccontextmanager
@@ -105,18 +116,24 @@ async def serve(settings: Settings, *, freeze_gc: bool = False) -> AsyncIterator
 
 
 class Peer:
-    """A WebSocket client that keeps every frame it received, in order."""
+    """A WebSocket client that keeps every frame it received, in order.
 
-    def __init__(self, ws: ClientConnection) -> None:
+    Frames whose type is in `skip` are passed over: `recv` (and so `expect`, `until`, ...)
+    never returns them, and `received` and `raw` leave them out; `everything` has them all.
+    """
+
+    def __init__(self, ws: ClientConnection, skip: frozenset[str] = PRESENCE) -> None:
         self.ws = ws
+        self.skip = skip
         self.received: list[dict[str, Any]] = []
         self.raw: list[str] = []
+        self.everything: list[dict[str, Any]] = []
         self.sync: dict[str, Any] = {}
         self.history: dict[str, Any] = {}
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> Peer:
-        """Connect to `url`."""
+        """Connect to `url` (its `skip` can be set before the first `recv`)."""
         async with asyncio.timeout(TIMEOUT):
             # By default an unbounded queue: a peer that reads little must still see the close.
             options = {"max_size": None, "max_queue": None, "open_timeout": TIMEOUT, **kwargs}
@@ -124,10 +141,11 @@ class Peer:
         return cls(ws)
 
     @classmethod
-    async def greeted(cls, url: str) -> Peer:
+    async def greeted(cls, url: str, skip: frozenset[str] = PRESENCE) -> Peer:
         """Connect to `url` and read a full join's greeting: state.sync (kept in `sync`),
         map.list, chat.history (kept in `history`)."""
         peer = await cls.open(url)
+        peer.skip = skip
         peer.sync = await peer.expect("state.sync")
         await peer.expect("map.list")
         peer.history = await peer.expect("chat.history")
@@ -146,12 +164,22 @@ class Peer:
             await self.ws.send(data)
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The next frame, decoded."""
+        """The next frame not skipped, decoded."""
         async with asyncio.timeout(timeout):
-            raw = await self.ws.recv()
-        assert isinstance(raw, str), "the server sends text frames only"
-        self.raw.append(raw)
+            while True:
+                raw = await self.ws.recv()
+                assert isinstance(raw, str), "the server sends text frames only"
+                frame = self._keep(raw)
+                if frame is not None:
+                    return frame
+
+    def _keep(self, raw: str) -> dict[str, Any] | None:
+        """Record a frame; it, unless it is skipped."""
         frame: dict[str, Any] = json.loads(raw)
+        self.everything.append(frame)
+        if frame["type"] in self.skip:
+            return None
+        self.raw.append(raw)
         self.received.append(frame)
         return frame
 
@@ -192,9 +220,7 @@ class Peer:
         async with asyncio.timeout(timeout):
             try:
                 while True:
-                    raw = await self.ws.recv()
-                    self.raw.append(str(raw))
-                    self.received.append(json.loads(raw))
+                    self._keep(str(await self.ws.recv()))
             except ConnectionClosed as closed:
                 frame = closed.rcvd
                 return (frame.code, frame.reason) if frame else (None, "")

@@ -106,6 +106,19 @@ def test_the_asyncapi_document_has_an_operation_for_every_message_both_ways() ->
 
 # --- frames against the committed JSON Schema ------------------------------------------------
 
+# One of each ephemeral signal, as a GM sends them.
+SIGNALS: list[tuple[str, dict[str, Any]]] = [
+    ("pointer.ping", {"x": 3, "y": 4}),
+    ("cursor.move", {"x": 1.5, "y": 2}),
+    ("cursor.hide", {}),
+    (
+        "ruler.update",
+        {"points": [{"x": 0, "y": 0}, {"x": 5, "y": 0}], "color": "#f80", "label": "25 ft"},
+    ),
+    ("ruler.clear", {}),
+]
+KINDS = frozenset(kind for kind, _ in SIGNALS)
+
 
 def _errors(
     instance: Any, schema: dict[str, Any] | bool, document: dict[str, Any], at: str
@@ -151,9 +164,17 @@ def _errors(
 
 async def _every_kind_of_frame(server: RunningServer) -> list[str]:
     """Raw frames of every server type, as a GM and a player receive them."""
-    gm = await server.join("schema", "alice", "gm")
-    player = await server.join("schema", "bob")
+    gm = await server.join("schema", "alice", "gm", skip=frozenset())
+    player = await server.join("schema", "bob", skip=frozenset())
     await gm.request("token.add", token_payload("t1", image_url="/img/t1.png"))
+    await gm.send("token.grab", {"token_id": "t1"})
+    await player.until(lambda f: f["type"] == "token.grabbed")
+    await gm.send("token.release", {"token_id": "t1"})
+    await player.until(lambda f: f["type"] == "token.released")
+    for kind, payload in SIGNALS:
+        await gm.send(kind, payload)
+        relayed = await player.until(lambda f: f["type"] in KINDS)
+        assert relayed["type"] == kind
     await gm.request("token.add", token_payload("hidden", visible=False))
     await gm.request("token.move", {"token_id": "t1", "x": 64, "y": 64})
     await gm.request("token.update", {"token_id": "hidden", "visible": True})
@@ -178,6 +199,7 @@ async def _every_kind_of_frame(server: RunningServer) -> list[str]:
     since = max(f["seq"] for f in player.received if "seq" in f)
     epoch = next(f for f in reversed(player.received) if f["type"] == "state.sync")["payload"]
     await player.close()
+    await gm.until(lambda f: f["type"] == "presence.leave")
     await gm.request("token.add", token_payload("t2"))
     query = {"since": since, "epoch": epoch["epoch"]}
     resumed = await Peer.open(server.ws_url("schema", server.token("bob"), **query))
@@ -193,7 +215,7 @@ async def _every_kind_of_frame(server: RunningServer) -> list[str]:
 
 @pytest.mark.anyio
 async def test_every_frame_the_server_sends_matches_the_committed_schema(tmp_path: Path) -> None:
-    async with serve(settings_for(tmp_path, flush_interval=0.05)) as server:
+    async with serve(settings_for(tmp_path, flush_interval=0.05, presence_grace=0.05)) as server:
         raw_frames = await _every_kind_of_frame(server)
     document = json.loads(SERVER_SCHEMA.read_text(encoding="utf-8"))
     strict = msgspec.json.Decoder(union_of(server_envelopes().values()))
@@ -225,6 +247,10 @@ def test_client_examples_valid_by_the_schema_are_accepted_by_the_server_decoder(
             "type": "chat.send",
             "payload": {"content": {"text": "hi"}, "recipient_id": "", "roll": "1d20+2 attack"},
         },
+        {"type": "token.grab", "payload": {"token_id": "t1"}},
+        {"type": "token.release", "payload": {"token_id": "t1"}},
+        *({"type": kind, "payload": payload} for kind, payload in SIGNALS),
+        {"type": "cursor.hide"},
     ]
     assert {example["type"] for example in examples} == set(MESSAGES.client)
     strict = msgspec.json.Decoder(union_of(client_envelopes().values()))

@@ -221,5 +221,10 @@ def _example(kind: str) -> dict[str, Any]:
         "map.delete": {"map_id": "m1"},
         "scene.darkness": {"darkness_level": 0.5},
         "auth.refresh": {"token": "a.b.c"},
+        "token.grab": {"token_id": "t1"},
+        "token.release": {"token_id": "t1"},
+        "pointer.ping": {"x": 1, "y": 2},
+        "cursor.move": {"x": 1, "y": 2},
+        "ruler.update": {"points": [{"x": 1, "y": 2}]},
     }
     return examples[kind]

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Message
 
@@ -479,3 +479,125 @@ async def test_a_closing_client_gets_nothing_written_straight_to_its_socket() ->
 
         assert peer.frames == []
         await eventually(lambda: bool(peer.closes))
+
+
+# --- ephemeral signals ------------------------------------------------------------------------
+
+
+def signal(kind: str, sender: str, x: float) -> Outgoing:
+    """An ephemeral frame of `sender`'s lane for `kind` (cursor.move and cursor.hide share one)."""
+    channel = kind.split(".")[0]
+    data = json.dumps({"type": kind, "user_id": sender, "payload": {"x": x}}).encode()
+    return Outgoing(text_frame(data), kind, signal=f"{channel} {sender}")
+
+
+def signals_of(peer: FakePeer) -> list[tuple[str, str, float]]:
+    """(type, sender, x) of every ephemeral frame that reached the peer."""
+    return [
+        (f["type"], f["user_id"], f["payload"].get("x", 0.0)) for f in peer.frames if "user_id" in f
+    ]
+
+
+async def test_a_queued_signal_is_replaced_by_the_newer_one_of_its_lane_across_other_frames(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(signal("cursor.move", "bob", 1))
+        connection.deliver(frame("fog.update", 1))
+        connection.deliver(signal("cursor.move", "cat", 1))
+        connection.deliver(signal("cursor.move", "bob", 2))
+        connection.deliver(signal("cursor.hide", "bob", 3))
+
+        assert connection.queued == 3
+        await drained(connection, peer, 4)
+        assert [f["type"] for f in peer.frames[1:]] == ["fog.update", "cursor.move", "cursor.hide"]
+        assert signals_of(peer) == [("cursor.move", "cat", 1), ("cursor.hide", "bob", 3)]
+        dropped = connection.metrics.counts.dropped
+        assert dropped["cursor.move", "coalesced"] == 2
+
+
+async def test_signals_never_end_the_conflation_of_moves(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(move(1, "t1", 1))
+        connection.deliver(signal("cursor.move", "bob", 1))
+        connection.deliver(move(2, "t1", 2))
+
+        assert connection.queued == 2
+        await drained(connection, peer, 3)
+        assert [f["type"] for f in peer.frames[1:]] == ["cursor.move", "token.move"]
+
+
+async def test_over_the_bound_the_queued_signals_are_dropped_before_anyone_is_closed(
+    direct: bool,
+) -> None:
+    async with outbox(direct, outbox_max_messages=4) as (connection, peer):
+        await stalled(connection, peer)
+        for sender in ("bob", "cat", "dan"):
+            connection.deliver(signal("cursor.move", sender, 1))
+        connection.deliver(frame("token.add", 1, "t1"))
+        connection.deliver(frame("token.add", 2, "t2"))
+
+        assert connection.closing is None
+        assert connection.queued == 2, "the three signals made room for what must arrive"
+        dropped = connection.metrics.counts.dropped
+        assert dropped["cursor.move", "backlog"] == 3
+        await drained(connection, peer, 3)
+        assert seqs(peer) == [1, 2]
+
+
+async def test_a_client_over_the_bound_without_signals_to_drop_is_still_closed(
+    direct: bool,
+) -> None:
+    async with outbox(direct, outbox_max_messages=2) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(signal("ruler.update", "bob", 1))
+        for seq in range(1, 4):
+            connection.deliver(frame("token.add", seq, f"t{seq}"))
+
+        assert connection.closing is not None
+        assert connection.closing.code == CloseCode.TRY_AGAIN_LATER
+
+
+async def test_a_signal_that_would_overflow_a_full_queue_is_dropped_not_the_client(
+    direct: bool,
+) -> None:
+    async with outbox(direct, outbox_max_messages=2) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(frame("token.add", 1, "t1"))
+        connection.deliver(frame("token.add", 2, "t2"))
+        connection.deliver(signal("pointer.ping", "bob", 1))
+
+        assert connection.closing is None
+        await drained(connection, peer, 3)
+        assert seqs(peer) == [1, 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    deliveries=st.lists(
+        st.tuples(
+            st.sampled_from(["cursor.move", "cursor.hide", "ruler.update", "pointer.ping"]),
+            st.sampled_from(["bob", "cat", "dan"]),
+        ),
+        max_size=200,
+    )
+)
+async def test_a_socket_that_is_not_writable_queues_at_most_one_frame_per_lane(
+    deliveries: list[tuple[str, str]],
+) -> None:
+    async with outbox(direct=True) as (connection, peer):
+        await stalled(connection, peer)
+        latest: dict[tuple[str, str], float] = {}
+        for x, (kind, sender) in enumerate(deliveries):
+            connection.deliver(signal(kind, sender, x))
+            latest[kind.split(".")[0], sender] = x
+            assert connection.queued <= len(latest)
+
+        await drained(connection, peer, 1 + len(latest))
+        written = {
+            (f["type"].split(".")[0], f["user_id"]): f["payload"]["x"] for f in peer.frames[1:]
+        }
+        assert written == latest, "each lane's latest frame, once"
+        assert len(peer.frames) == 1 + len(latest)

@@ -50,6 +50,7 @@ ID, NAME, GIVEN_NAME, URL, COORD, SIZE, EXTENT, BOOL, REAL, ZONES, METADATA, JWT
     "metadata",
     "jwt",
 )
+POINTS, COLOR, LABEL = "points", "color", "label"
 
 # type -> (required fields, optional fields), each field -> kind
 SCHEMA: dict[str, tuple[dict[str, str], dict[str, str]]] = {
@@ -81,7 +82,14 @@ SCHEMA: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "map.delete": ({"map_id": ID}, {}),
     "scene.darkness": ({"darkness_level": REAL}, {}),
     "auth.refresh": ({"token": JWT}, {}),
+    "token.grab": ({"token_id": ID}, {}),
+    "token.release": ({"token_id": ID}, {}),
+    "pointer.ping": ({"x": COORD, "y": COORD}, {}),
+    "cursor.move": ({"x": COORD, "y": COORD}, {}),
+    "ruler.update": ({"points": POINTS}, {"color": COLOR, "label": LABEL}),
 }
+# Types whose payload, when sent at all, carries nothing: any object is read as empty.
+EMPTY_PAYLOADS = ("cursor.hide", "ruler.clear")
 
 MESSAGE_CLASS: dict[str, Any] = {tag: row.envelope for tag, row in MESSAGES.client.items()}
 
@@ -207,6 +215,9 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     ZONES: zones,
     METADATA: metadata,
     JWT: st.text(min_size=1, max_size=300),
+    POINTS: st.lists(points, min_size=1, max_size=64),
+    COLOR: st.from_regex(r"\A#([0-9A-Fa-f]{3,4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})\Z"),
+    LABEL: st.text(texts, min_size=1, max_size=64),
 }
 
 
@@ -277,6 +288,17 @@ WRONG_TYPE: dict[str, st.SearchStrategy[Any]] = {
         st.fixed_dictionaries({"portals": st.just([{"closed": 1}])}),
         st.fixed_dictionaries({"environment": st.just({"baked_lighting": "yes"})}),
     ),
+    POINTS: st.one_of(
+        st.text(max_size=5),
+        st.integers(),
+        st.booleans(),
+        st.none(),
+        st.fixed_dictionaries({"x": coords, "y": coords}),
+        st.lists(_json_scalars, min_size=1, max_size=3),
+        st.just([{"x": "1", "y": 0}]),
+    ),
+    COLOR: not_strings,
+    LABEL: not_strings,
 }
 
 # Schemes other than http(s), protocol-relative and backslash tricks, whitespace, controls.
@@ -357,6 +379,17 @@ OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
         st.just({"lights": [{"color": "f" * 65}]}),
         st.just({"environment": {"ambient_light": "f" * 65}}),
     ),
+    POINTS: st.one_of(
+        st.just([]),
+        st.lists(points, min_size=65, max_size=80),
+        st.just([{"x": BEYOND + 1, "y": 0}]),
+        st.just([{"x": 0}]),
+    ),
+    # Only hex colours: nothing a page could read as more CSS than a colour.
+    COLOR: st.sampled_from(
+        ["red", "#ff", "#fffff", "#ggg", "fff", "#fff;background:url(x)", "#fff ", "#fff\n"]
+    ),
+    LABEL: st.one_of(st.text(texts, min_size=65, max_size=80), st.just("a\x00b")),
 }
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -478,6 +511,24 @@ def test_client_invented_payload_fields_are_dropped_at_every_depth(data: st.Data
 def test_a_ping_decodes_with_or_without_a_payload(payload: Any) -> None:
     text = json.dumps({"type": "ping"} if payload is None else {"type": "ping", "payload": payload})
     assert type(decode_client_message(text)) is PingMsg
+
+
+@pytest.mark.parametrize("kind", EMPTY_PAYLOADS)
+@PER_FIELD
+@given(payload=st.one_of(st.none(), st.dictionaries(st.text(max_size=5), _json_scalars)))
+def test_a_cursor_hide_or_ruler_clear_decodes_empty_with_or_without_an_object_payload(
+    kind: str, payload: dict[str, Any] | None
+) -> None:
+    message = decode_client_message(frame(kind, payload))
+    assert type(message) is MESSAGE_CLASS[kind]
+    assert message.payload == Empty()
+
+
+@pytest.mark.parametrize("kind", EMPTY_PAYLOADS)
+def test_a_cursor_hide_or_ruler_clear_whose_payload_is_not_an_object_is_invalid_payload(
+    kind: str,
+) -> None:
+    assert failure(json.dumps({"type": kind, "payload": [1]})) == "invalid_payload"
 
 
 @SETTINGS
@@ -828,7 +879,7 @@ def test_a_decoded_token_reencodes_without_nulls(payload: dict[str, Any]) -> Non
 
 def test_the_contract_above_covers_every_client_message_type_of_the_message_table() -> None:
     # chat.send's content takes any JSON value (null included): tests/unit/test_chat.py checks it.
-    assert set(SCHEMA) | {"ping", "chat.send"} == set(MESSAGES.client)
+    assert set(SCHEMA) | {"ping", "chat.send", *EMPTY_PAYLOADS} == set(MESSAGES.client)
 
 
 def test_a_message_type_declared_twice_for_one_direction_is_refused() -> None:

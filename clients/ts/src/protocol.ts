@@ -81,6 +81,26 @@ export interface ClientChatSend {
   user_id?: string;
 }
 
+/** `cursor.hide`, client to server. */
+export interface ClientCursorHide {
+  type: "cursor.hide";
+  payload?: Empty;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `cursor.move`, client to server. */
+export interface ClientCursorMove {
+  type: "cursor.move";
+  payload: Spot;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
 /** `fog.update`, client to server. */
 export interface ClientFogUpdate {
   type: "fog.update";
@@ -141,6 +161,36 @@ export interface ClientPing {
   user_id?: string;
 }
 
+/** `pointer.ping`, client to server. */
+export interface ClientPointerPing {
+  type: "pointer.ping";
+  payload: Spot;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `ruler.clear`, client to server. */
+export interface ClientRulerClear {
+  type: "ruler.clear";
+  payload?: Empty;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `ruler.update`, client to server. */
+export interface ClientRulerUpdate {
+  type: "ruler.update";
+  payload: Ruler;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
 /** `scene.darkness`, client to server. */
 export interface ClientSceneDarkness {
   type: "scene.darkness";
@@ -161,10 +211,30 @@ export interface ClientTokenAdd {
   user_id?: string;
 }
 
+/** `token.grab`, client to server. */
+export interface ClientTokenGrab {
+  type: "token.grab";
+  payload: TokenRef;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
 /** `token.move`, client to server. */
 export interface ClientTokenMove {
   type: "token.move";
   payload: TokenMove;
+  /** Ignored: the server stamps it from the connection. */
+  campaign_id?: string;
+  /** Ignored: the server stamps it from the connection. */
+  user_id?: string;
+}
+
+/** `token.release`, client to server. */
+export interface ClientTokenRelease {
+  type: "token.release";
+  payload: TokenRef;
   /** Ignored: the server stamps it from the connection. */
   campaign_id?: string;
   /** Ignored: the server stamps it from the connection. */
@@ -294,7 +364,7 @@ export interface MapSet {
   map_metadata?: MapMetadata;
 }
 
-/** A dd2vtt point, in grid squares. */
+/** A point: in grid squares in dd2vtt metadata, in map coordinates (as tokens) in a ruler. */
 export interface Point {
   /** >= -10000000, <= 10000000. */
   x: number;
@@ -311,6 +381,31 @@ export interface Portal {
   freestanding?: boolean;
 }
 
+/** presence.join payload: a user's first connection arrived. */
+export interface PresenceJoin {
+  user_id: string;
+  role: "gm" | "player";
+  username?: string;
+}
+
+/** presence.leave payload: a user's last connection has been gone for the grace. */
+export interface PresenceLeave {
+  user_id: string;
+}
+
+/** One user at the table; `connections` is 0 while their grace on leaving runs. */
+export interface PresenceMember {
+  user_id: string;
+  role: "gm" | "player";
+  username?: string;
+  connections: number;
+}
+
+/** presence.sync payload: everyone at the table, in arrival order. */
+export interface PresenceSync {
+  members: PresenceMember[];
+}
+
 /** A rolled expression, as a chat message carries it. */
 export interface Roll {
   expression: string;
@@ -318,6 +413,14 @@ export interface Roll {
   total: number;
   capped?: boolean;
   terms: Term[];
+}
+
+/** ruler.update payload: the measured path, with an optional colour and label. */
+export interface Ruler {
+  points: Point[];
+  color?: string;
+  /** 1-64 chars. */
+  label?: string;
 }
 
 /** A map in the library, with the tokens and fog it had when last active. */
@@ -362,6 +465,26 @@ export interface ServerChatMessage {
   /** The campaign's event number (docs/PROTOCOL.md). >= 0. */
   seq: number;
   payload: ChatMessage;
+}
+
+/** `cursor.hide`, server to client. */
+export interface ServerCursorHide {
+  type: "cursor.hide";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Empty;
+}
+
+/** `cursor.move`, server to client. */
+export interface ServerCursorMove {
+  type: "cursor.move";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Spot;
 }
 
 /** `error`, server to client. */
@@ -410,6 +533,16 @@ export interface ServerMapSet {
   payload: MapSet;
 }
 
+/** `pointer.ping`, server to client. */
+export interface ServerPointerPing {
+  type: "pointer.ping";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Spot;
+}
+
 /** `pong`, server to client. */
 export interface ServerPong {
   type: "pong";
@@ -418,6 +551,56 @@ export interface ServerPong {
   /** Whose action this is (for replies: the recipient), server-stamped. */
   user_id: string;
   payload: Empty;
+}
+
+/** `presence.join`, server to client. */
+export interface ServerPresenceJoin {
+  type: "presence.join";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: PresenceJoin;
+}
+
+/** `presence.leave`, server to client. */
+export interface ServerPresenceLeave {
+  type: "presence.leave";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: PresenceLeave;
+}
+
+/** `presence.sync`, server to client. */
+export interface ServerPresenceSync {
+  type: "presence.sync";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: PresenceSync;
+}
+
+/** `ruler.clear`, server to client. */
+export interface ServerRulerClear {
+  type: "ruler.clear";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Empty;
+}
+
+/** `ruler.update`, server to client. */
+export interface ServerRulerUpdate {
+  type: "ruler.update";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: Ruler;
 }
 
 /** `scene.darkness`, server to client. */
@@ -478,6 +661,16 @@ export interface ServerTokenAdd {
   payload: Token;
 }
 
+/** `token.grabbed`, server to client. */
+export interface ServerTokenGrabbed {
+  type: "token.grabbed";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: TokenHold;
+}
+
 /** `token.move`, server to client. */
 export interface ServerTokenMove {
   type: "token.move";
@@ -488,6 +681,16 @@ export interface ServerTokenMove {
   /** The campaign's event number (docs/PROTOCOL.md). >= 0. */
   seq: number;
   payload: TokenMove;
+}
+
+/** `token.released`, server to client. */
+export interface ServerTokenReleased {
+  type: "token.released";
+  /** The campaign, stamped by the server. */
+  campaign_id: string;
+  /** Whose action this is (for replies: the recipient), server-stamped. */
+  user_id: string;
+  payload: TokenRef;
 }
 
 /** `token.remove`, server to client. */
@@ -512,6 +715,14 @@ export interface ServerTokenUpdate {
   /** The campaign's event number (docs/PROTOCOL.md). >= 0. */
   seq: number;
   payload: TokenUpdate;
+}
+
+/** pointer.ping and cursor.move payload: a point on the map. */
+export interface Spot {
+  /** >= -10000000, <= 10000000. */
+  x: number;
+  /** >= -10000000, <= 10000000. */
+  y: number;
 }
 
 /** state.resume payload: the missed events from_seq..to_seq follow, then live traffic. */
@@ -567,6 +778,12 @@ export interface Token {
   owner_id?: string;
 }
 
+/** token.grabbed payload: who holds the token's drag lock now. */
+export interface TokenHold {
+  token_id: string;
+  user_id: string;
+}
+
 /** token.move payload. */
 export interface TokenMove {
   /** 1-128 chars. */
@@ -614,7 +831,14 @@ export type ClientMessage =
   | ClientSceneDarkness
   | ClientPing
   | ClientAuthRefresh
-  | ClientChatSend;
+  | ClientChatSend
+  | ClientTokenGrab
+  | ClientTokenRelease
+  | ClientPointerPing
+  | ClientCursorMove
+  | ClientCursorHide
+  | ClientRulerUpdate
+  | ClientRulerClear;
 
 /** Every frame the server sends. */
 export type ServerMessage =
@@ -625,6 +849,11 @@ export type ServerMessage =
   | ServerFogUpdate
   | ServerMapSet
   | ServerSceneDarkness
+  | ServerPointerPing
+  | ServerCursorMove
+  | ServerCursorHide
+  | ServerRulerUpdate
+  | ServerRulerClear
   | ServerStateSync
   | ServerStateResume
   | ServerStateSaved
@@ -632,7 +861,12 @@ export type ServerMessage =
   | ServerPong
   | ServerError
   | ServerChatMessage
-  | ServerChatHistory;
+  | ServerChatHistory
+  | ServerPresenceSync
+  | ServerPresenceJoin
+  | ServerPresenceLeave
+  | ServerTokenGrabbed
+  | ServerTokenReleased;
 
 export type ClientMessageType = ClientMessage["type"];
 
@@ -658,6 +892,13 @@ export const CLIENT_MESSAGE_TYPES = [
   "ping",
   "auth.refresh",
   "chat.send",
+  "token.grab",
+  "token.release",
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
 ] as const satisfies readonly ClientMessageType[];
 
 export const SERVER_MESSAGE_TYPES = [
@@ -668,6 +909,11 @@ export const SERVER_MESSAGE_TYPES = [
   "fog.update",
   "map.set",
   "scene.darkness",
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
   "state.sync",
   "state.resume",
   "state.saved",
@@ -676,6 +922,11 @@ export const SERVER_MESSAGE_TYPES = [
   "error",
   "chat.message",
   "chat.history",
+  "presence.sync",
+  "presence.join",
+  "presence.leave",
+  "token.grabbed",
+  "token.released",
 ] as const satisfies readonly ServerMessageType[];
 
 /** What only a GM may send; a player's gets `error` `forbidden`. */
@@ -690,8 +941,18 @@ export const GM_ONLY_MESSAGE_TYPES = [
 
 /** Server frames that never carry a `seq`. */
 export const UNNUMBERED_SERVER_TYPES = [
+  "pointer.ping",
+  "cursor.move",
+  "cursor.hide",
+  "ruler.update",
+  "ruler.clear",
   "state.saved",
   "pong",
   "error",
   "chat.history",
+  "presence.sync",
+  "presence.join",
+  "presence.leave",
+  "token.grabbed",
+  "token.released",
 ] as const satisfies readonly ServerMessageType[];

@@ -1,0 +1,164 @@
+"""Signal pacing alone, on an injected clock: lanes, turns, latest-wins, the ping rate."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.protocol import MESSAGES, CursorHideMsg, CursorMoveMsg, Empty, Spot
+from app.ratelimit import Verdict
+from app.signals import CHANNELS, HIDES, Pacer, PingLimits, lane
+
+RATE = 20.0
+KEY = lane("cursor", "alice")
+
+
+def move(x: float) -> CursorMoveMsg:
+    """A cursor.move to (x, 0)."""
+    return CursorMoveMsg(payload=Spot(x=x, y=0.0))
+
+
+def test_every_signal_type_of_the_message_table_has_a_channel_and_every_channel_a_hide() -> None:
+    assert set(CHANNELS) == {row.tag for row in MESSAGES.rows if row.ephemeral}
+    assert set(HIDES) == set(CHANNELS.values()) - {"ping"}
+    assert all(CHANNELS[hide] == channel for channel, hide in HIDES.items())
+
+
+def test_lanes_of_different_users_or_channels_never_share_a_key() -> None:
+    keys = {lane(channel, user) for channel in ("cursor", "ruler") for user in ("a", "b", "a b")}
+    assert len(keys) == 6
+
+
+def test_the_first_signal_of_a_lane_goes_at_once_and_one_within_the_interval_waits() -> None:
+    pacer = Pacer(RATE)
+
+    assert pacer.offer(KEY, move(1), 0.0).now
+    waiting = pacer.offer(KEY, move(2), 0.01)
+
+    assert (waiting.now, waiting.replaced) == (False, None)
+    assert pacer.due(KEY) == 1 / RATE
+
+
+def test_a_newer_signal_replaces_the_waiting_one_and_the_latest_is_let_through() -> None:
+    pacer = Pacer(RATE)
+    pacer.offer(KEY, move(1), 0.0)
+    second = move(2)
+    pacer.offer(KEY, second, 0.01)
+
+    third = move(3)
+    offered = pacer.offer(KEY, third, 0.02)
+
+    assert offered.replaced is second
+    assert pacer.take(KEY, 0.05) is third
+    assert pacer.take(KEY, 0.05) is None
+
+
+def test_a_signal_after_the_interval_goes_at_once_but_not_past_one_still_waiting() -> None:
+    pacer = Pacer(RATE)
+    pacer.offer(KEY, move(1), 0.0)
+
+    assert pacer.offer(KEY, move(2), 0.05).now
+    pacer.offer(KEY, move(3), 0.06)
+    assert not pacer.offer(KEY, move(4), 1.0).now, "the waiting one keeps its place"
+
+
+def test_lanes_are_paced_independently() -> None:
+    pacer = Pacer(RATE)
+    pacer.offer(KEY, move(1), 0.0)
+
+    assert pacer.offer(lane("cursor", "bob"), move(1), 0.0).now
+    assert pacer.offer(lane("ruler", "alice"), move(1), 0.0).now
+
+
+def test_a_lane_shows_after_a_move_and_not_after_a_hide() -> None:
+    pacer = Pacer(RATE)
+    assert not pacer.showing(KEY)
+
+    pacer.offer(KEY, move(1), 0.0)
+    assert pacer.showing(KEY)
+    pacer.offer(KEY, CursorHideMsg(payload=Empty()), 1.0)
+    assert not pacer.showing(KEY)
+
+
+def test_hiding_a_lane_drops_what_waits_and_says_whether_something_showed() -> None:
+    pacer = Pacer(RATE)
+    assert not pacer.hide(KEY, "cursor.hide")
+    pacer.offer(KEY, move(1), 0.0)
+    pacer.offer(KEY, move(2), 0.01)
+
+    assert pacer.hide(KEY, "cursor.hide")
+    assert pacer.take(KEY, 1.0) is None
+    assert not pacer.showing(KEY)
+    assert not pacer.hide(KEY, "cursor.hide")
+
+
+def test_a_forgotten_lane_starts_afresh() -> None:
+    pacer = Pacer(RATE)
+    pacer.offer(KEY, move(1), 0.0)
+
+    pacer.forget(KEY)
+
+    assert not pacer.showing(KEY)
+    assert pacer.offer(KEY, move(2), 0.001).now
+
+
+@given(times=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=60))
+def test_a_lane_lets_through_at_most_its_rate_and_always_ends_on_the_latest(
+    times: list[float],
+) -> None:
+    pacer = Pacer(RATE)
+    sent: list[tuple[float, float]] = []
+    waiting_since: float | None = None
+    for index, now in enumerate(sorted(times)):
+        # A waiting signal whose turn came before this one arrives is let through first.
+        if waiting_since is not None and pacer.due(KEY) <= now:
+            due = pacer.due(KEY)
+            signal = pacer.take(KEY, due)
+            assert signal is not None
+            sent.append((due, signal.payload.x))
+            waiting_since = None
+        offered = pacer.offer(KEY, move(index), now)
+        if offered.now:
+            sent.append((now, index))
+        elif waiting_since is None:
+            waiting_since = now
+    if waiting_since is not None:
+        due = pacer.due(KEY)
+        signal = pacer.take(KEY, due)
+        assert signal is not None
+        sent.append((due, signal.payload.x))
+
+    assert sent[-1][1] == len(times) - 1, "the last signal always goes out"
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent)]
+    assert all(gap >= 1 / RATE - 1e-9 for gap in gaps)
+
+
+def test_pings_pass_up_to_the_burst_then_drop_telling_once_a_second() -> None:
+    limits = PingLimits(2.0, 5)
+
+    verdicts = [limits.take("alice", 0.0) for _ in range(8)]
+
+    assert verdicts == [Verdict.ACCEPT] * 5 + [Verdict.DROP_AND_TELL, Verdict.DROP, Verdict.DROP]
+    assert limits.take("bob", 0.0) is Verdict.ACCEPT, "each user has their own allowance"
+    assert limits.take("alice", 0.5) is Verdict.ACCEPT, "two a second come back"
+    assert limits.take("alice", 0.5) is Verdict.DROP, "told less than a second ago"
+    assert [limits.take("alice", 1.0) for _ in range(2)] == [Verdict.ACCEPT, Verdict.DROP_AND_TELL]
+
+
+def test_pings_never_close_however_long_they_flood() -> None:
+    limits = PingLimits(2.0, 5)
+
+    verdicts = {limits.take("alice", step / 100) for step in range(10_000)}
+
+    assert Verdict.CLOSE not in verdicts
+
+
+def test_a_forgotten_user_starts_with_a_full_allowance() -> None:
+    limits = PingLimits(2.0, 1)
+    limits.take("alice", 0.0)
+
+    limits.forget("alice")
+
+    assert limits.take("alice", 0.0) is Verdict.ACCEPT
