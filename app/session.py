@@ -289,16 +289,6 @@ class Session:
             self.metrics.message_out("chat.message", reached)
             return True
 
-    # --- what chat asks of the table (app.chat.Roster), answered without waiting --------------
-
-    def connected(self, user_id: str) -> bool:
-        """Whether the user has a connection to this campaign now."""
-        return any(member.actor.user_id == user_id for member in self.members)
-
-    def owns_character(self, user_id: str, character_id: str) -> bool:
-        """Whether the user owns a token of the character in this campaign's state."""
-        return owns_character(self.state, user_id, character_id)
-
     async def submit_live(self, member: Member, message: LiveMessage) -> None:
         """Handle a message that changes nothing stored: a drag lock's grab or release, a signal."""
         async with self.lock:
@@ -366,6 +356,16 @@ class Session:
             type=kind, campaign_id=self.campaign_id, user_id=user_id, seq=seq, payload=payload
         )
         return Outgoing(text_frame(encode_frame(frame)), kind, signal=signal)
+
+    # --- what chat asks of the table (app.chat.Roster), answered without waiting --------------
+
+    def connected(self, user_id: str) -> bool:
+        """Whether the user has a connection to this campaign now."""
+        return any(member.actor.user_id == user_id for member in self.members)
+
+    def owns_character(self, user_id: str, character_id: str) -> bool:
+        """Whether the user owns a token of the character in this campaign's state."""
+        return owns_character(self.state, user_id, character_id)
 
     # --- persistence ---------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ async def test_broadcasts_to_idle_sockets_are_written_directly(
         greetings = len(writes)
         await gm.request("token.add", token_payload("t1"))
         await player.expect("token.add")
-        assert greetings == 4, "each join's state.sync and map.list went straight out too"
+        assert greetings == 6, "each join's state.sync, map.list, chat.history went straight out"
         assert len(writes) == greetings + 2
         assert writes[-2] is writes[-1], "one frame object shared by both recipients"
         assert writes[-1].endswith(player.raw[-1].encode())

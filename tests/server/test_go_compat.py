@@ -21,6 +21,16 @@ from tests.support.harness import (
 pytestmark = pytest.mark.anyio
 
 # docs/PROTOCOL.md "Fields always present": message type -> payload fields in every such frame.
+# chat.message's payload and each chat.history entry, as Go's ChatMessagePayload always sent.
+CHAT_MESSAGE = {
+    "id",
+    "campaign_id",
+    "user_id",
+    "message_type",
+    "content",
+    "gm_only",
+    "created_at",
+}
 ALWAYS: dict[str, set[str]] = {
     "state.sync": {
         "campaign_id",
@@ -44,6 +54,8 @@ ALWAYS: dict[str, set[str]] = {
     "pong": set(),
     "error": {"code", "message"},
     "state.saved": {"seq"},
+    "chat.history": {"messages"},
+    "chat.message": CHAT_MESSAGE,
 }
 TOKEN = {"token_id", "name", "x", "y", "width", "height", "visible"}
 ZONE = {"x", "y", "w", "h", "visible"}
@@ -121,6 +133,8 @@ async def test_every_frame_carries_every_field_the_go_service_always_sent(
     await gm.request("token.add", token_payload("t2"))
     await gm.request("token.remove", {"token_id": "t2"})
     await gm.request("map.rename", {"map_id": "nope", "new_name": "x"})
+    await gm.send("chat.send", {"message_type": "text", "content": {"text": "hi"}})
+    await player.until(lambda f: f["type"] == "chat.message")
     await gm.send("map.switch", {"map_id": "m1"})
     await gm.until(lambda f: f["type"] == "state.sync")
     await gm.until(lambda f: f["type"] == "state.saved")
@@ -138,6 +152,8 @@ async def test_every_frame_carries_every_field_the_go_service_always_sent(
             assert set(zone) == ZONE, frame
         for entry in payload.get("maps", []):
             assert set(entry) == MAP_ENTRY, frame
+        for message in payload.get("messages", []):
+            assert set(message) >= CHAT_MESSAGE, frame
         for saved in payload.get("saved_maps", {}).values():
             assert set(saved) >= SAVED_MAP, frame
             _check_metadata(saved.get("map_metadata"))

@@ -70,6 +70,7 @@ async def test_real_traffic_moves_exactly_the_counters_it_should(tmp_path: Path)
     assert _increase(before, after, "vtt_messages_out_total") == {
         "state.sync": 2,
         "map.list": 2,
+        "chat.history": 2,
         # Each joiner's presence.sync; the GM's arrival to the GM, the player's to both.
         "presence.sync": 2,
         "presence.join": 3,
@@ -99,6 +100,7 @@ async def test_the_greeting_of_every_join_is_counted_as_messages_out(tmp_path: P
     assert _increase(before, after, "vtt_messages_out_total") == {
         "state.sync": 2,
         "map.list": 2,
+        "chat.history": 2,
         "presence.sync": 2,
         "presence.join": 3,
     }
