@@ -51,7 +51,7 @@ describe("npm pack", () => {
       expect(files).toContain(`${stem}.js`);
       expect(files).toContain(`${stem}.d.ts`);
     }
-    const unexpected = files.filter((path) => path !== "package.json" && !/^dist\/[\w-]+\.(js|d\.ts)$/.test(path));
+    const unexpected = files.filter((path) => path !== "package.json" && !/^dist\/[\w.-]+\.(js|d\.ts)$/.test(path));
     expect(unexpected).toEqual([]);
   });
 
