@@ -26,9 +26,15 @@ export function VTTProvider(props: { config: Partial<VTTConfig>; children?: Reac
 }
 
 /** What the hook adds to VTTClient's methods: stable functions, usable before the client exists. */
-type Actions = Pick<VTTClient, "send" | "sendChat">;
+type Actions = Pick<
+  VTTClient,
+  "send" | "sendChat" | "pingAt" | "moveCursor" | "hideCursor" | "updateRuler" | "clearRuler" | "mayGrab" | "beginDrag"
+>;
 
-/** The view and the client's methods; before the client exists, sends wait for it (answering true). */
+/**
+ * The view and the client's methods. Before the client exists, `send` and `sendChat` wait for it
+ * (answering true), the pointer methods do nothing, `mayGrab` is false and `beginDrag` null.
+ */
 export interface VTTHandle extends ClientView, Actions {
   /** The underlying client, or null before the first effect ran. */
   client: VTTClient | null;
@@ -91,7 +97,17 @@ export function useVTT(campaignId: string, config?: Partial<VTTConfig>): VTTHand
       }
       return current.send(type, ...payload);
     };
-    return { send, sendChat: (message) => send("chat.send", message) };
+    return {
+      send,
+      sendChat: (message) => send("chat.send", message),
+      pingAt: (x, y) => clientRef.current?.pingAt(x, y) ?? false,
+      moveCursor: (x, y) => clientRef.current?.moveCursor(x, y),
+      hideCursor: () => clientRef.current?.hideCursor(),
+      updateRuler: (ruler) => clientRef.current?.updateRuler(ruler),
+      clearRuler: () => clientRef.current?.clearRuler(),
+      mayGrab: (tokenId) => clientRef.current?.mayGrab(tokenId) ?? false,
+      beginDrag: (tokenId) => clientRef.current?.beginDrag(tokenId) ?? null,
+    };
   }, []);
 
   return { ...view, ...actions, client };
