@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Token } from "../src/protocol.ts";
 import { Members, type Seat } from "./members.ts";
-import { TestServer, waitFor } from "./server.ts";
+import { TcpProxy, TestServer, waitFor } from "./server.ts";
 
 let server: TestServer;
 const members = new Members(() => server, "presence-test");
@@ -195,5 +195,28 @@ describe("drag locks", () => {
     await waitFor(() => drag?.active === false, 5_000, "the drag to end");
     expect(bob.client.view().locks).toEqual({});
     expect(bob.client.beginDrag("t4")).toBeNull();
+  });
+
+  it("grabs the lock again after a reconnect in the middle of a drag", async () => {
+    const id = members.campaign();
+    const proxy = await TcpProxy.start(server.port);
+    try {
+      const gm = await join(id, "alice", "gm");
+      const bob = await members.join(id, "bob", "player", "presence.sync", { url: proxy.url });
+      gm.client.send("token.add", token("t5"));
+      await hasToken(bob, "t5");
+      const drag = bob.client.beginDrag("t5");
+      await waitFor(() => gm.client.view().locks.t5 === "bob", 5_000, "the lock");
+      proxy.cut();
+      // The server ends a connection's locks when it goes.
+      await waitFor(() => !("t5" in gm.client.view().locks), 5_000, "the lock to end with the connection");
+      await waitFor(() => gm.client.view().locks.t5 === "bob", 10_000, "bob's drag to grab it again");
+      expect(drag?.active).toBe(true);
+      drag?.end(256, 64);
+      await waitFor(() => placeOf(gm, "t5")?.[0] === 256, 5_000, "the drop");
+      await waitFor(() => !("t5" in gm.client.view().locks), 5_000, "the release");
+    } finally {
+      await proxy.close();
+    }
   });
 });
