@@ -269,6 +269,13 @@ class Ephemeral:
             for token_id, holder in self.locks.held().items()
             if holder.role == "gm" and not (token_id in tokens and tokens[token_id].visible)
         }
+        # What waited while the veil was on belongs to it: it goes now, to the GMs alone.
+        for user_id in self._veiled - veiled:
+            for channel in HIDES:
+                key = lane(channel, user_id)
+                if key in self._waits:
+                    self._stop_waiting(key)
+                    self._let_through(key, user_id)
         players = self._audiences["player"]
         for user_id in veiled - self._veiled:
             for channel, hide in HIDES.items():

@@ -48,39 +48,47 @@ class Offered(NamedTuple):
 
 @dataclass(slots=True)
 class _Lane:
-    sent_at: float
+    # When the next signal is due at the rate (a "theoretical arrival time").
+    next_at: float
     last: str
     waiting: Signal | None = None
 
 
 class Pacer:
     """At most `rate` signals a second through each lane; one that comes sooner waits for its
-    turn, and a newer one takes its place (latest wins), so the last one always goes out."""
+    turn, and a newer one takes its place (latest wins), so the last one always goes out.
 
-    __slots__ = ("_lanes", "interval")
+    The rate is kept on average, as a cell-rate meter keeps it: a signal may go up to half an
+    interval before its due time (a sender at exactly the rate, jittered by the network, is
+    never held back), and n + 1 signals are never let through in less than n intervals minus
+    that half, so no window of a second holds more than `rate` + 1.
+    """
+
+    __slots__ = ("_lanes", "interval", "tolerance")
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
+        self.tolerance = self.interval / 2
         self._lanes: dict[str, _Lane] = {}
 
     def offer(self, key: str, signal: Signal, now: float) -> Offered:
         """Let `signal` through now, or keep it waiting until `due(key)`."""
         current = self._lanes.get(key)
         if current is None:
-            self._lanes[key] = _Lane(now, kind_of(signal))
+            self._lanes[key] = _Lane(now + self.interval, kind_of(signal))
             return Offered(now=True)
         if current.waiting is not None:
             replaced, current.waiting = current.waiting, signal
             return Offered(now=False, replaced=replaced)
-        if now >= current.sent_at + self.interval:
-            current.sent_at, current.last = now, kind_of(signal)
+        if now >= current.next_at - self.tolerance:
+            self._through(current, signal, now)
             return Offered(now=True)
         current.waiting = signal
         return Offered(now=False)
 
     def due(self, key: str) -> float:
         """When the signal waiting in `key` may go (the lane must exist)."""
-        return self._lanes[key].sent_at + self.interval
+        return self._lanes[key].next_at - self.tolerance
 
     def take(self, key: str, now: float) -> Signal | None:
         """The signal waiting in `key`, let through now; None when nothing waits."""
@@ -88,8 +96,12 @@ class Pacer:
         if current is None or current.waiting is None:
             return None
         signal, current.waiting = current.waiting, None
-        current.sent_at, current.last = now, kind_of(signal)
+        self._through(current, signal, now)
         return signal
+
+    def _through(self, current: _Lane, signal: Signal, now: float) -> None:
+        current.next_at = max(now, current.next_at) + self.interval
+        current.last = kind_of(signal)
 
     def showing(self, key: str) -> bool:
         """Whether the last signal through `key` shows something (a cursor, a ruler)."""

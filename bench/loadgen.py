@@ -9,6 +9,10 @@ stdin), and `result` carries the figures. Diagnostics go to stderr.
 Latency travels in the coordinates, because the server re-encodes payloads from validated
 structs and would drop an invented field: x is the send time in microseconds modulo 10 s,
 y is a per-campaign counter used to detect loss and reordering.
+
+The `cursor` mode is the `fixed` mode with the mover sending cursor.move instead of
+token.move: the same load through the ephemeral relay, which sends a cursor to everyone but
+its sender (a token.move comes back to its sender too).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ CONNECT_CONCURRENCY = 100
 HANDSHAKE_TIMEOUT = 30.0
 LAG_INTERVAL = 0.005
 DRAIN_TIMEOUT = 2.0
+# What the mover sends in each mode (its type and its frame, to be given x and y), and whether
+# its own frame comes back to it.
+MOVED = {
+    "fixed": (
+        "token.move",
+        b'{"type":"token.move","payload":{"token_id":"t1","x":%d,"y":%d}}',
+        True,
+    ),
+    "cursor": ("cursor.move", b'{"type":"cursor.move","payload":{"x":%d,"y":%d}}', False),
+}
 
 
 class Envelope(msgspec.Struct, gc=False):
@@ -118,9 +132,11 @@ class Campaign:
 class Client(WSListener):
     """One WebSocket connection: records state.sync, latencies, errors and closes."""
 
-    def __init__(self, campaign: Campaign, stats: Stats) -> None:
+    def __init__(self, campaign: Campaign, stats: Stats, watched: str) -> None:
         self.campaign = campaign
         self.stats = stats
+        # The frame type whose coordinates carry the send time and the counter.
+        self.watched = watched
         self.transport: WSTransport | None = None
         self.synced: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.connect_started_us = 0
@@ -144,7 +160,7 @@ class Client(WSListener):
         received_us = now_us()
         envelope = _decode_envelope(frame.get_payload_as_bytes())
         kind = envelope.type
-        if kind == "token.move":
+        if kind == self.watched:
             move = _decode_move(envelope.payload)
             y = int(move.y)
             if y <= self.last_y:
@@ -195,9 +211,12 @@ class Client(WSListener):
 class Generator:
     """All campaigns and clients of one run, on one event loop."""
 
-    def __init__(self, url: str, plan: list[dict[str, Any]], clients_per_campaign: int) -> None:
+    def __init__(
+        self, url: str, plan: list[dict[str, Any]], clients_per_campaign: int, mode: str
+    ) -> None:
         self.url = url
         self.k = clients_per_campaign
+        self.moved, self.move_frame, self.echoed = MOVED.get(mode, MOVED["fixed"])
         self.stats = Stats()
         self.campaigns = [
             Campaign(i, entry["id"], entry["tokens"][:clients_per_campaign])
@@ -213,7 +232,7 @@ class Generator:
 
     async def connect_client(self, campaign: Campaign, slot: int) -> Client:
         """Open one connection and wait for its state.sync; failures are counted, not raised."""
-        client = Client(campaign, self.stats)
+        client = Client(campaign, self.stats, self.moved)
         client.connect_started_us = now_us()
         url = f"{self.url}?campaign={campaign.id}&token={campaign.tokens[slot]}"
         try:
@@ -299,9 +318,7 @@ class Generator:
         y = campaign.next_y
         campaign.next_y = y + 1
         x = (time.perf_counter_ns() // 1000) % X_MODULO_US
-        campaign.mover.send(
-            b'{"type":"token.move","payload":{"token_id":"t1","x":%d,"y":%d}}' % (x, y)
-        )
+        campaign.mover.send(self.move_frame % (x, y))
         due += period
         now = self.loop.time()
         if due < now:
@@ -373,7 +390,8 @@ class Generator:
         for campaign in active:
             campaign.window_end_y = campaign.next_y
         expected = sum(
-            (c.window_end_y - c.window_first_y) * sum(1 for cl in c.clients if cl.alive)
+            (c.window_end_y - c.window_first_y)
+            * sum(1 for cl in c.clients if cl.alive and self.receives(c, cl))
             for c in active
         )
         self.stats.drain_target = expected
@@ -387,7 +405,10 @@ class Generator:
         emit({"event": "window_end", **label})
         delivered = self._delivered(active)
         sent = sum(c.window_end_y - c.window_first_y for c in active)
-        offered = sum((c.window_end_y - c.window_first_y) * len(c.clients) for c in active)
+        offered = sum(
+            (c.window_end_y - c.window_first_y) * sum(self.receives(c, cl) for cl in c.clients)
+            for c in active
+        )
         lat = sorted(self.stats.latencies_us)
         lags = sorted(self.lag_samples)
         gen_cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
@@ -417,6 +438,10 @@ class Generator:
                 "missed_sends": self.stats.missed_sends - missed_before,
             },
         }
+
+    def receives(self, campaign: Campaign, client: Client) -> bool:
+        """Whether `client` gets the mover's frames (the mover itself only when they echo)."""
+        return self.echoed or client is not campaign.mover
 
     @staticmethod
     def _delivered(active: list[Campaign]) -> int:
@@ -452,11 +477,12 @@ def step_passes(result: dict[str, Any], p99_limit_ms: float) -> bool:
 
 
 async def run_fixed(gen: Generator, args: argparse.Namespace) -> None:
-    """Fixed load: connect R campaigns, add the token, measure one window."""
+    """Fixed load: connect R campaigns, add the token, measure one window (of moves, or of
+    cursors in the cursor mode)."""
     active = gen.campaigns[: args.campaigns]
     await gen.connect_campaigns(active, CONNECT_CONCURRENCY)
     await gen.add_tokens(active)
-    result = await gen.measure(active, args.rate, args.warmup, args.window, {"mode": "fixed"})
+    result = await gen.measure(active, args.rate, args.warmup, args.window, {"mode": args.mode})
     result["generator_limited"] = generator_limited(result)
     gen.close_all()
     emit({"event": "result", **result})
@@ -579,7 +605,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", required=True, help="JSON file written by bench.run")
-    parser.add_argument("--mode", choices=["fixed", "ramp", "idle", "storm"], default="fixed")
+    parser.add_argument(
+        "--mode", choices=["fixed", "cursor", "ramp", "idle", "storm"], default="fixed"
+    )
     parser.add_argument("--campaigns", type=int, default=100)
     parser.add_argument("--clients", type=int, default=6, help="clients per campaign, GM first")
     parser.add_argument("--rate", type=float, default=20.0, help="moves per second per campaign")
@@ -599,9 +627,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def main(args: argparse.Namespace, plan: dict[str, Any]) -> None:
     """Run the chosen mode on the plan within the deadline."""
-    gen = Generator(plan["url"], plan["campaigns"], args.clients)
+    gen = Generator(plan["url"], plan["campaigns"], args.clients, args.mode)
     modes: dict[str, Callable[[Generator, argparse.Namespace], Any]] = {
         "fixed": run_fixed,
+        "cursor": run_fixed,
         "ramp": run_ramp,
         "idle": run_idle,
         "storm": run_storm,

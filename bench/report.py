@@ -39,9 +39,14 @@ FIXED_FIGURES: dict[str, Callable[[dict[str, Any]], float]] = {
 }
 
 
+def _fixed_like(mode: str) -> bool:
+    """Whether `mode` is a fixed load (of moves, or of cursors)."""
+    return mode.startswith(("fixed", "cursor"))
+
+
 def summarise(mode: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the medians of one mode's results for one server."""
-    if mode.startswith("fixed"):
+    if _fixed_like(mode):
         out: dict[str, Any] = {
             k: _median([f(r) for r in results]) for k, f in FIXED_FIGURES.items()
         }
@@ -91,7 +96,7 @@ def one_line(mode: str, result: dict[str, Any]) -> str:
     """A short progress line for one measurement."""
     if "failed" in result or "skipped" in result or "error" in result:
         return str(result.get("failed") or result.get("skipped") or result.get("error"))
-    if mode.startswith("fixed"):
+    if _fixed_like(mode):
         return (
             f"{result['delivered_per_s']:.0f} msg/s, {result['cpu_per_msg_us']:.1f} us CPU/msg, "
             f"p99 {result['latency_ms']['p99']:.2f} ms, lost {result['lost']}, "
@@ -210,6 +215,19 @@ def targets(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 + (" (DEFECT: > 1.2x)" if ratio and ratio > 1.2 else ""),
             )
         )
+    for mode in (m for m in summary if m.startswith("cursor ")):
+        moves = get("fixed " + mode.removeprefix("cursor "), OURS, "cpu_per_msg_us")
+        cursors = get(mode, OURS, "cpu_per_msg_us")
+        ratio = cursors / moves if cursors and moves else None
+        rows.append(
+            (
+                f"cursor relay CPU per delivered frame <= token.move's, {mode.split()[1]} "
+                "(issue 15.2)",
+                f"{_fmt(cursors)} us ({_fmt(ratio)}x a move)",
+                f"token.move: {_fmt(moves)} us (ours)",
+                verdict(None if ratio is None else ratio <= 1.0),
+            )
+        )
     if fixed300:
         ours, base = get(fixed300, OURS, "p99_ms"), get(fixed300, BASELINE, "p99_ms")
         rows.append(
@@ -316,7 +334,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"## {mode}", ""]
         reps = ", ".join(f"{s}: {by_server.get(s, {}).get('repeats', 0)}" for s in servers)
         failures = [f for s in servers for f in by_server.get(s, {}).get("failures", [])]
-        if mode.startswith("fixed"):
+        if _fixed_like(mode):
             lines += _table(FIXED_ROWS, by_server, servers)
         elif mode == "ramp":
             lines += _table(

@@ -2,6 +2,10 @@
 
 `python -m bench.run --quick` (a few minutes) or `--full` (everything). Servers run pinned to
 core 0, the load generator to core 1. Results go to bench/results/latest.json and latest.md.
+
+The `cursor` mode runs each fixed load again on our server with cursor.move instead of
+token.move (issue 15.2: the ephemeral relay costs no more per delivered frame than a move),
+right after that repeat's fixed runs, so both are measured under the same conditions.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ class Profile:
     storm_repeats: int
     flush_campaigns: int
     flush_runs: int
-    modes: tuple[str, ...] = ("fixed", "ramp", "idle", "storm", "flush")
+    modes: tuple[str, ...] = ("fixed", "cursor", "ramp", "idle", "storm", "flush")
 
 
 QUICK = Profile(
@@ -269,8 +273,8 @@ class Bench:
 
     # Modes
 
-    def fixed(self, name: str, load: FixedLoad) -> dict[str, Any]:
-        """One fixed-load measurement against server `name`."""
+    def fixed(self, name: str, load: FixedLoad, mode: str = "fixed") -> dict[str, Any]:
+        """One fixed-load measurement against server `name`, of moves or (`cursor`) cursors."""
         with self.running(name) as server:
             plan = self.plan(name, server.port, load.campaigns, load.clients)
             on_event, windows = self.window_sampler(server)
@@ -279,7 +283,7 @@ class Bench:
                     "--plan",
                     str(plan),
                     "--mode",
-                    "fixed",
+                    mode,
                     "--campaigns",
                     str(load.campaigns),
                     "--clients",
@@ -442,12 +446,16 @@ class Bench:
     def run_all(self, modes: tuple[str, ...], repeats: int | None) -> None:
         """Run the selected modes, alternating servers A B A B within each mode."""
         p = self.profile
-        for load in p.fixed if "fixed" in modes else ():
+        for load in p.fixed if {"fixed", "cursor"} & set(modes) else ():
             for _ in range(repeats or p.repeats):
-                for name in self.servers:
+                for name in self.servers if "fixed" in modes else ():
                     self.record(
                         f"fixed {load.label}", name, functools.partial(self.fixed, name, load)
                     )
+                # The baseline relays only token.move: the cursor relay is ours alone.
+                if "cursor" in modes and OURS in self.servers:
+                    cursor = functools.partial(self.fixed, OURS, load, "cursor")
+                    self.record(f"cursor {load.label}", OURS, cursor)
         plan: list[tuple[str, int, Callable[[str], dict[str, Any]]]] = [
             ("ramp", p.ramp.repeats, self.ramp),
             ("idle", p.idle_repeats, self.idle),
@@ -625,7 +633,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--full", action="store_true", help="every mode, longer windows, more repeats"
     )
     parser.add_argument("--auth", choices=["dev", "jwks"], default="jwks")
-    parser.add_argument("--modes", help="comma list of fixed,ramp,idle,storm,flush")
+    parser.add_argument("--modes", help="comma list of fixed,cursor,ramp,idle,storm,flush")
     parser.add_argument("--repeats", type=int, help="override the repeats of every mode")
     parser.add_argument(
         "--pg-url",

@@ -61,13 +61,13 @@ metadata = st.none() | st.just({"walls": [[{"x": 0, "y": 0}, {"x": 3, "y": 0}]]}
 class World:
     """One server on one event loop, driven step by step from hypothesis's synchronous rules."""
 
-    def __init__(self, tmp_path: Path, policy: str) -> None:
+    def __init__(self, tmp_path: Path, policy: str, **overrides: Any) -> None:
         self.policy = policy
         self.loop = asyncio.new_event_loop()
         # Every example is a new campaign: flush and evict them soon, or hundreds of idle
         # sessions from a long shrink pile up in one server.
-        options = {"rate_per_second": 1e6, "rate_burst": 10**6}
-        options |= {"flush_interval": 0.2, "evict_grace": 0.2}
+        options: dict[str, Any] = {"rate_per_second": 1e6, "rate_burst": 10**6}
+        options |= {"flush_interval": 0.2, "evict_grace": 0.2, **overrides}
         self._serving = serve(settings_for(tmp_path, token_policy=policy, **options))
         self.server: RunningServer = self.run(self._serving.__aenter__())
         self._tokens: dict[tuple[str, Role], str] = {}

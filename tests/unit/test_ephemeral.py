@@ -383,14 +383,17 @@ async def test_a_gm_hides_a_token_a_player_drags_only_after_taking_its_lock() ->
     assert holder.user_id == "gm"
 
 
-async def test_hiding_a_token_a_gm_holds_keeps_the_lock() -> None:
+async def test_hiding_a_token_a_gm_holds_keeps_the_lock_and_veils_the_gm() -> None:
     session = session_of()
-    gm, _, _ = await locked_table(session)
+    gm, bob, _ = await locked_table(session)
+    await session.submit_live(gm, live("cursor.move", {"x": 1, "y": 1}))
     await session.submit_live(gm, live("token.grab", {"token_id": "t1"}))
+    bob.take()
 
     await session.submit(gm, change("token.update", {"token_id": "t1", "visible": False}))
 
     assert set(session.ephemeral.locks.held()) == {"t1"}
+    assert [m["type"] for m in bob.take()] == ["cursor.hide", "token.remove"]
 
 
 @pytest.mark.parametrize(
@@ -574,3 +577,19 @@ async def test_while_a_gm_drags_a_hidden_token_players_get_none_of_that_gms_sign
     await session.submit_live(gm, live("cursor.move", {"x": 60, "y": 60}))
     await poll(lambda: bool(of_type(bob, "cursor.move")), TIMEOUT, "the cursor after release")
     assert [m["type"] for m in bob.take()] == ["cursor.move"]
+
+
+async def test_a_signal_still_waiting_when_the_veil_lifts_goes_to_the_gms_alone() -> None:
+    session = session_of()
+    gm, bob, _ = await locked_table(session)
+    other_gm = member("gm2", "gm")
+    await seated(session, other_gm)
+    await session.submit_live(gm, live("token.grab", {"token_id": "h1"}))
+    await session.submit_live(gm, live("cursor.move", {"x": 50, "y": 50}))
+    await session.submit_live(gm, live("cursor.move", {"x": 51, "y": 51}))
+
+    await session.submit_live(gm, live("token.release", {"token_id": "h1"}))
+    await after(2 / SETTINGS.cursor_rate)
+
+    assert [m["payload"]["x"] for m in of_type(other_gm, "cursor.move")] == [50, 51]
+    assert of_type(bob, "cursor.move") == []

@@ -275,6 +275,22 @@ async def test_a_clean_session_left_by_its_last_member_is_evicted_without_a_writ
     assert store.saves == 0
 
 
+async def test_a_session_whose_users_are_all_within_the_presence_grace_is_still_evicted() -> None:
+    manager, _ = manager_of(evict_grace=0.0, presence_grace=3600.0)
+    gm = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", gm)
+
+    await session.leave(gm)
+    manager.released(session)
+    await poll(lambda: "c1" not in manager.sessions, TIMEOUT, "the eviction")
+
+    assert session.closed
+    assert session.ephemeral.presence.next_departure() is not None, "gm was still departing"
+    fresh, _ = await manager.join("c1", FakeMember("pl-bo"))
+    assert fresh is not session
+    assert [p.user_id for p in fresh.ephemeral.presence.members()] == ["pl-bo"]
+
+
 async def test_a_dirty_idle_session_is_written_before_it_is_evicted() -> None:
     manager, store = manager_of(evict_grace=0.0)
     gm = FakeMember("gm-ada", "gm")

@@ -31,14 +31,24 @@ def test_lanes_of_different_users_or_channels_never_share_a_key() -> None:
     assert len(keys) == 6
 
 
-def test_the_first_signal_of_a_lane_goes_at_once_and_one_within_the_interval_waits() -> None:
+def test_the_first_signal_of_a_lane_goes_at_once_and_one_too_soon_waits_for_its_turn() -> None:
     pacer = Pacer(RATE)
 
     assert pacer.offer(KEY, move(1), 0.0).now
     waiting = pacer.offer(KEY, move(2), 0.01)
 
     assert (waiting.now, waiting.replaced) == (False, None)
-    assert pacer.due(KEY) == 1 / RATE
+    assert pacer.due(KEY) == 0.5 / RATE
+
+
+def test_a_sender_at_the_rate_with_jitter_is_never_held_back() -> None:
+    # Each frame off its schedule by up to a fifth of the interval, either way.
+    pacer = Pacer(RATE)
+    jitter = [0.0, -0.01, 0.01, -0.01, 0.01, -0.01, 0.0, 0.01, 0.005, -0.01]
+
+    offered = [pacer.offer(KEY, move(n), n / RATE + j) for n, j in enumerate(jitter)]
+
+    assert all(offer.now for offer in offered)
 
 
 def test_a_newer_signal_replaces_the_waiting_one_and_the_latest_is_let_through() -> None:
@@ -62,6 +72,18 @@ def test_a_signal_after_the_interval_goes_at_once_but_not_past_one_still_waiting
     assert pacer.offer(KEY, move(2), 0.05).now
     pacer.offer(KEY, move(3), 0.06)
     assert not pacer.offer(KEY, move(4), 1.0).now, "the waiting one keeps its place"
+
+
+def test_a_sender_flat_out_gets_the_rate_and_no_more() -> None:
+    pacer = Pacer(RATE)
+    sent = 0
+    for step in range(10_000):
+        now = step / 10_000
+        if step and pacer.due(KEY) <= now:
+            sent += pacer.take(KEY, now) is not None
+        sent += pacer.offer(KEY, move(step), now).now
+
+    assert RATE <= sent <= RATE + 1
 
 
 def test_lanes_are_paced_independently() -> None:
@@ -131,8 +153,9 @@ def test_a_lane_lets_through_at_most_its_rate_and_always_ends_on_the_latest(
         sent.append((due, signal.payload.x))
 
     assert sent[-1][1] == len(times) - 1, "the last signal always goes out"
-    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent)]
-    assert all(gap >= 1 / RATE - 1e-9 for gap in gaps)
+    interval = 1 / RATE
+    for (i, (earlier, _)), (j, (later, _)) in itertools.combinations(enumerate(sent), 2):
+        assert later - earlier >= (j - i) * interval - interval / 2 - 1e-9
 
 
 def test_pings_pass_up_to_the_burst_then_drop_telling_once_a_second() -> None:
