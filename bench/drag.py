@@ -61,9 +61,9 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 async def greeted(url: str) -> ClientConnection:
-    """Connect and read the greeting (state.sync, map.list)."""
+    """Connect and read the greeting (state.sync, map.list, chat.history)."""
     ws = await connect(url, max_size=None, open_timeout=30)
-    for _ in range(2):
+    for _ in range(3):
         await asyncio.wait_for(ws.recv(), timeout=30)
     return ws
 

@@ -376,6 +376,48 @@ async def test_the_map_and_fog_the_gm_sets_are_drawn_on_the_players_page(
     assert geometry == ["128", "64", "192", "128"]
 
 
+async def say(page: Page, text: str) -> None:
+    """Send `text` with the chat box."""
+    await page.get_by_label("Chat message").fill(text)
+    await page.get_by_role("button", name="Send").click()
+
+
+def chat_line(text: str) -> str:
+    """The chat message whose content is `text`."""
+    return f'li.chat-message:has(.content:text-is("{text}"))'
+
+
+async def test_a_chat_message_and_a_roll_cross_over_between_the_gms_and_the_players_pages(
+    production: str, table: Table
+) -> None:
+    gm = await table.open(production, "gm", "alice", "gm", "talking")
+    player = await table.open(production, "player", "bob", "player", "talking")
+    for page in (gm.page, player.page):
+        await page.wait_for_selector('li.member[data-user-id="bob"][data-role="player"]')
+        assert await page.locator('li.member[data-user-id="alice"][data-role="gm"]').count() == 1
+        assert await page.locator("li.member").count() == 2
+
+    await say(gm.page, "welcome, adventurers")
+    await player.page.wait_for_selector(chat_line("welcome, adventurers"))
+    roll = "/roll 2d20kh1+5 # attack"
+    await say(player.page, roll)
+    results = []
+    for page in (gm.page, player.page):
+        shown = page.locator(f"{chat_line(roll)} .roll")
+        await shown.wait_for()
+        results.append((await shown.get_attribute("data-total"), await shown.text_content()))
+    assert results[0] == results[1]
+    total, text = results[0]
+    assert total is not None
+    assert text is not None
+    assert text.startswith("2d20kh1+5: [")
+    assert text.endswith(f"= {total} (attack)")
+    assert [await page.locator("li.chat-message").count() for page in (gm.page, player.page)] == [
+        2,
+        2,
+    ]
+
+
 async def test_under_strict_mode_each_page_holds_one_websocket_until_its_tab_closes(
     vtt: RunningServer, development: str, table: Table
 ) -> None:

@@ -1,7 +1,11 @@
 // One reconnecting connection to a campaign's table: tokens, backoff, resume, queue and mirror.
 import { reconnectAfter } from "./closecodes.generated.ts";
+import { TokenDrag, type Drag } from "./drag.ts";
+import { mayGrab } from "./locks.ts";
 import { TableMirror, type TableView } from "./mirror.ts";
+import { nextPingExpiry } from "./pointers.ts";
 import type { ClientMessageType, ClientPayload, ErrorPayload, ServerMessage } from "./protocol.ts";
+import { Throttle, TWENTY_HZ_MS } from "./throttle.ts";
 
 /** The part of the browser's WebSocket this client uses (the `ws` package's fits too). */
 export interface SocketLike {
@@ -35,6 +39,8 @@ export interface ConnectOptions {
   refreshIntervalMs?: number;
   /** How many messages may wait for the connection; `send` returns false beyond it. */
   maxQueued?: number;
+  /** How long another member's ping stays in the view. */
+  pingLifetimeMs?: number;
   /** Jitter source, for tests. */
   random?: () => number;
 }
@@ -59,6 +65,8 @@ export interface ClientView extends TableView {
   readonly failure: Failure | null;
   /** The last `error` reply (the server did not apply a message of ours). */
   readonly lastError: ErrorPayload | null;
+  /** This client's user, as the server stamped its greeting; null before the first join. */
+  readonly userId: string | null;
 }
 
 export type SendArgs<K extends ClientMessageType> =
@@ -69,6 +77,24 @@ export interface VTTClient {
   view(): ClientView;
   /** Send now when joined, else queue until the next join; false when stopped or the queue is full. */
   send<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean;
+  /** Send a chat message (queued like `send`); a `roll` is rolled by the server. */
+  sendChat(message: ClientPayload<"chat.send">): boolean;
+  /** "Look here" to the others; only while joined (never queued), false otherwise. */
+  pingAt(x: number, y: number): boolean;
+  /** Show the others this user's cursor; at most 20 per second go out, the latest winning; never queued. */
+  moveCursor(x: number, y: number): void;
+  /** Take this user's cursor off the others' tables. */
+  hideCursor(): void;
+  /** Show the others this user's ruler; throttled and never queued, like the cursor. */
+  updateRuler(ruler: ClientPayload<"ruler.update">): void;
+  clearRuler(): void;
+  /** Whether this user would get `tokenId`'s drag lock now (free, theirs, or a GM over a player). */
+  mayGrab(tokenId: string): boolean;
+  /**
+   * Start dragging a token: token.grab, then `move()`s at most 20 per second (the latest winning),
+   * then token.release on `end()`. Null when another user holds its lock or the token is unknown.
+   */
+  beginDrag(tokenId: string): Drag | null;
   /** Called after every change of the view; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
   /** Called with every frame received, replies included, before it is applied. */
@@ -85,6 +111,10 @@ const OPEN = 1;
 const CLIENT_GOING_AWAY = 1000;
 
 function ignore(): void {}
+
+function encode(type: ClientMessageType, payload: unknown): string {
+  return JSON.stringify(payload === undefined ? { type } : { type, payload });
+}
 
 /** The delay before retry `attempt` (0-based): exponential with "equal jitter", capped. */
 export function backoffDelay(attempt: number, initialMs: number, maxMs: number, random: () => number): number {
@@ -129,6 +159,17 @@ class Connection implements VTTClient {
   private failures = 0;
   private unauthorizedInARow = 0;
   private current: ClientView;
+  // --- what this user shows the others
+  private readonly cursor = new Throttle<{ x: number; y: number }>(TWENTY_HZ_MS, (at) => {
+    this.cursorShown = this.sendNow("cursor.move", at) || this.cursorShown;
+  });
+  private cursorShown = false;
+  private readonly ruler = new Throttle<ClientPayload<"ruler.update">>(TWENTY_HZ_MS, (ruler) => {
+    this.rulerShown = this.sendNow("ruler.update", ruler) || this.rulerShown;
+  });
+  private rulerShown = false;
+  private readonly drags = new Set<TokenDrag>();
+  private pingTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(options: ConnectOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: SocketFactory }).WebSocket;
@@ -141,11 +182,12 @@ class Connection implements VTTClient {
       busyDelayMs: 5_000,
       refreshIntervalMs: 45_000,
       maxQueued: 1_000,
+      pingLifetimeMs: 3_000,
       random: Math.random,
       ...options,
       WebSocket: WebSocketImpl,
     };
-    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null };
+    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null, userId: null };
     void this.attempt();
   }
 
@@ -157,9 +199,8 @@ class Connection implements VTTClient {
     if (this.current.status === "stopped") {
       return false;
     }
-    const text = JSON.stringify(payload[0] === undefined ? { type } : { type, payload: payload[0] });
-    if (this.current.status === "open" && this.socket?.readyState === OPEN) {
-      this.socket.send(text);
+    const text = encode(type, payload[0]);
+    if (this.sendText(text)) {
       return true;
     }
     if (this.queue.length >= this.options.maxQueued) {
@@ -167,6 +208,60 @@ class Connection implements VTTClient {
     }
     this.queue.push(text);
     return true;
+  }
+
+  sendChat(message: ClientPayload<"chat.send">): boolean {
+    return this.send("chat.send", message);
+  }
+
+  pingAt(x: number, y: number): boolean {
+    return this.sendNow("pointer.ping", { x, y });
+  }
+
+  moveCursor(x: number, y: number): void {
+    this.cursor.push({ x, y });
+  }
+
+  hideCursor(): void {
+    this.cursor.cancel();
+    if (this.cursorShown) {
+      this.cursorShown = !this.sendNow("cursor.hide");
+    }
+  }
+
+  updateRuler(ruler: ClientPayload<"ruler.update">): void {
+    this.ruler.push(ruler);
+  }
+
+  clearRuler(): void {
+    this.ruler.cancel();
+    if (this.rulerShown) {
+      this.rulerShown = !this.sendNow("ruler.clear");
+    }
+  }
+
+  mayGrab(tokenId: string): boolean {
+    const { locks, members, userId } = this.current;
+    return mayGrab(locks, members, userId, tokenId);
+  }
+
+  beginDrag(tokenId: string): Drag | null {
+    const tokens = this.current.state?.tokens;
+    if (this.current.status === "stopped" || (tokens !== undefined && !(tokenId in tokens)) || !this.mayGrab(tokenId)) {
+      return null;
+    }
+    for (const drag of this.drags) {
+      if (drag.tokenId === tokenId) {
+        drag.stop();
+      }
+    }
+    const drag = new TokenDrag(tokenId, {
+      send: (type, token_id) => this.send(type, { token_id }),
+      move: (token_id, x, y) => this.send("token.move", { token_id, x, y }),
+      done: (ended) => this.drags.delete(ended),
+    });
+    this.drags.add(drag);
+    return drag;
   }
 
   subscribe(listener: () => void): () => void {
@@ -193,6 +288,15 @@ class Connection implements VTTClient {
     }
     this.abandon();
     this.queue = [];
+    this.cursor.cancel();
+    this.ruler.cancel();
+    for (const drag of this.drags) {
+      drag.stop();
+    }
+    if (this.pingTimer !== null) {
+      clearTimeout(this.pingTimer);
+      this.pingTimer = null;
+    }
     this.update({ status: "stopped" });
     this.listeners.clear();
     this.frameListeners.clear();
@@ -279,7 +383,7 @@ class Connection implements VTTClient {
     }
     if (frame.type === "state.sync" || frame.type === "state.resume") {
       if (this.current.status !== "open") {
-        this.joined();
+        this.joined(frame.user_id);
         return;
       }
     }
@@ -287,13 +391,40 @@ class Connection implements VTTClient {
       this.update({ lastError: frame.payload });
     } else if (applied === "applied") {
       this.update({});
+      this.observed(frame);
+    }
+  }
+
+  /** After an applied frame: drags follow the locks and tokens; pings get their expiry. */
+  private observed(frame: ServerMessage): void {
+    const { state, locks, userId } = this.current;
+    for (const drag of this.drags) {
+      drag.observe(state?.tokens, locks, userId);
+    }
+    if (frame.type === "pointer.ping" && this.pingTimer === null) {
+      this.expirePings();
+    }
+  }
+
+  /** Drop the pings that have had their time, then wait for the next to expire. */
+  private expirePings(): void {
+    this.pingTimer = null;
+    const lifetime = this.options.pingLifetimeMs;
+    if (this.mirror.expirePings(Date.now(), lifetime)) {
+      this.update({});
+    }
+    const next = nextPingExpiry(this.mirror.view.pings, lifetime);
+    if (next !== null) {
+      this.pingTimer = setTimeout(() => this.expirePings(), Math.max(0, next - Date.now()));
     }
   }
 
   /** The server's greeting arrived: the join succeeded, so flush what waited for it. */
-  private joined(): void {
+  private joined(userId: string): void {
     this.failures = 0;
     this.unauthorizedInARow = 0;
+    // A new connection: the server shows nothing of ours yet, and holds none of our locks.
+    this.cursorShown = this.rulerShown = false;
     const socket = this.socket;
     const queued = this.queue;
     this.queue = [];
@@ -301,7 +432,23 @@ class Connection implements VTTClient {
       socket?.send(text);
     }
     this.startRefreshing();
-    this.update({ status: "open", failure: null });
+    this.update({ status: "open", failure: null, userId });
+    for (const drag of this.drags) {
+      drag.grab();
+    }
+  }
+
+  /** Send only when joined: what is stale by the next join (cursors, rulers, pings) is never queued. */
+  private sendNow<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean {
+    return this.sendText(encode(type, payload[0]));
+  }
+
+  private sendText(text: string): boolean {
+    if (this.current.status !== "open" || this.socket?.readyState !== OPEN) {
+      return false;
+    }
+    this.socket.send(text);
+    return true;
   }
 
   private closed(failure: Failure): void {

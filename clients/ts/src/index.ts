@@ -14,5 +14,10 @@ export {
   type TokenSource,
   type VTTClient,
 } from "./client.ts";
+export type { ChatView } from "./chat.ts";
+export type { Drag } from "./drag.ts";
+export type { Locks } from "./locks.ts";
 export { TableMirror, type Applied, type TableView } from "./mirror.ts";
+export type { Ping, Pointers } from "./pointers.ts";
+export type { Members } from "./presence.ts";
 export * from "./protocol.ts";

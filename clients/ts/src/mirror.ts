@@ -1,5 +1,9 @@
 // The local copy of one campaign's table, kept by applying the server's frames in seq order.
-import type { CampaignState, MapList, SavedMap, ServerMessage, Token } from "./protocol.ts";
+import { chatFromHistory, NO_CHAT, withMessage, type ChatView } from "./chat.ts";
+import { locksOn, NO_LOCKS, withLock, withoutLock, type Locks } from "./locks.ts";
+import { livePings, NO_POINTERS, type Pointers } from "./pointers.ts";
+import { membersFrom, NO_MEMBERS, withJoin, withoutUser, type Members } from "./presence.ts";
+import type { CampaignState, MapList, SavedMap, ServerFrame, ServerMessage, Token } from "./protocol.ts";
 
 /** What applying one frame did. */
 export type Applied =
@@ -11,7 +15,7 @@ export type Applied =
   | "desync";
 
 /** An immutable view of the mirror; a new object whenever anything in it changes. */
-export interface TableView {
+export interface TableView extends Pointers {
   /** The state as this client may see it (hidden tokens for GMs only), or null before the first state.sync. */
   readonly state: CampaignState | null;
   /** The map library as the last map.list showed it. */
@@ -22,27 +26,43 @@ export interface TableView {
   readonly epoch: string | null;
   /** The highest seq the server reported durable (state.saved). */
   readonly savedSeq: number | null;
+  /** The chat this client may see: the join's history, then live (and replayed) messages. */
+  readonly chat: ChatView;
+  /** Who is at the table (presence), by user id; this client's user included. */
+  readonly members: Members;
+  /** Who holds each token's drag lock: user id by token id. */
+  readonly locks: Locks;
 }
 
-const EMPTY: TableView = Object.freeze({
+/** The frames that change the table itself (numbered; applied once, in seq order). */
+type TableEvent = ServerFrame<"token.add" | "token.move" | "token.remove" | "token.update" | "fog.update" | "scene.darkness" | "map.set">;
+
+export const EMPTY_TABLE: TableView = Object.freeze({
   state: null,
   maps: null,
   seq: null,
   epoch: null,
   savedSeq: null,
+  chat: NO_CHAT,
+  members: NO_MEMBERS,
+  locks: NO_LOCKS,
+  ...NO_POINTERS,
 });
 
 /** Applies server frames to a copy of the table; every change yields a new `view`. */
 export class TableMirror {
-  view: TableView = EMPTY;
+  view: TableView = EMPTY_TABLE;
 
   /** Forget everything (the next connection will get a whole state.sync). */
   reset(): void {
-    this.view = EMPTY;
+    this.view = EMPTY_TABLE;
   }
 
-  /** Apply one frame; state.sync always replaces, numbered events apply once, in order. */
-  apply(frame: ServerMessage): Applied {
+  /**
+   * Apply one frame; state.sync always replaces, numbered events apply once, in order. `now`
+   * (`Date.now()`) stamps a ping's arrival.
+   */
+  apply(frame: ServerMessage, now = Date.now()): Applied {
     switch (frame.type) {
       case "state.sync":
         this.view = {
@@ -50,6 +70,7 @@ export class TableMirror {
           state: frame.payload,
           seq: frame.seq,
           epoch: frame.payload.epoch ?? this.view.epoch,
+          locks: locksOn(this.view.locks, frame.payload.tokens),
         };
         return "applied";
       case "state.resume": {
@@ -64,18 +85,6 @@ export class TableMirror {
         return "applied";
       case "pong":
       case "error":
-      case "chat.history":
-      case "presence.sync":
-      case "presence.join":
-      case "presence.leave":
-      case "token.grabbed":
-      case "token.released":
-      case "pointer.ping":
-      case "cursor.move":
-      case "cursor.hide":
-      case "ruler.update":
-      case "ruler.clear":
-        // Nothing on the table: chat's history, presence, drag locks and signals (no seq).
         return "ignored";
       case "map.list":
         if (frame.seq !== undefined && !this.advance(frame.seq)) {
@@ -83,9 +92,70 @@ export class TableMirror {
         }
         this.view = { ...this.view, maps: frame.payload, state: renameLibrary(this.view.state, frame.payload) };
         return "applied";
+      case "chat.history":
+        this.view = { ...this.view, chat: chatFromHistory(frame.payload) };
+        return "applied";
+      case "chat.message":
+        if (this.view.state === null || !this.advance(frame.seq)) {
+          return "ignored";
+        }
+        this.view = { ...this.view, chat: withMessage(this.view.chat, frame.payload) };
+        return "applied";
+      case "presence.sync":
+        // A new connection's picture: the locks held now follow it, cursors come with the next move.
+        this.view = { ...this.view, members: membersFrom(frame.payload), locks: NO_LOCKS, ...NO_POINTERS };
+        return "applied";
+      case "presence.join":
+        this.view = { ...this.view, members: withJoin(this.view.members, frame.payload) };
+        return "applied";
+      case "presence.leave":
+        return this.forgetUser(frame.payload.user_id);
+      case "token.grabbed":
+        this.view = { ...this.view, locks: withLock(this.view.locks, frame.payload.token_id, frame.payload.user_id) };
+        return "applied";
+      case "token.released":
+        this.view = { ...this.view, locks: withoutLock(this.view.locks, frame.payload.token_id) };
+        return "applied";
+      case "pointer.ping":
+        this.view = { ...this.view, pings: { ...this.view.pings, [frame.user_id]: { x: frame.payload.x, y: frame.payload.y, at: now } } };
+        return "applied";
+      case "cursor.move":
+        this.view = { ...this.view, cursors: { ...this.view.cursors, [frame.user_id]: frame.payload } };
+        return "applied";
+      case "cursor.hide":
+        this.view = { ...this.view, cursors: withoutUser(this.view.cursors, frame.user_id) };
+        return "applied";
+      case "ruler.update":
+        this.view = { ...this.view, rulers: { ...this.view.rulers, [frame.user_id]: frame.payload } };
+        return "applied";
+      case "ruler.clear":
+        this.view = { ...this.view, rulers: withoutUser(this.view.rulers, frame.user_id) };
+        return "applied";
       default:
         return this.applyEvent(frame);
     }
+  }
+
+  /** Drop the pings older than `lifetimeMs` at `now`; whether any was dropped. */
+  expirePings(now: number, lifetimeMs: number): boolean {
+    const pings = livePings(this.view.pings, now, lifetimeMs);
+    if (pings === this.view.pings) {
+      return false;
+    }
+    this.view = { ...this.view, pings };
+    return true;
+  }
+
+  private forgetUser(userId: string): Applied {
+    const { members, cursors, rulers, pings } = this.view;
+    this.view = {
+      ...this.view,
+      members: withoutUser(members, userId),
+      cursors: withoutUser(cursors, userId),
+      rulers: withoutUser(rulers, userId),
+      pings: withoutUser(pings, userId),
+    };
+    return "applied";
   }
 
   private advance(seq: number): boolean {
@@ -96,16 +166,10 @@ export class TableMirror {
     return true;
   }
 
-  private applyEvent(
-    frame: Exclude<ServerMessage, { type: "state.sync" | "state.resume" | "state.saved" | "pong" | "error" | "map.list" | "chat.history" | "presence.sync" | "presence.join" | "presence.leave" | "token.grabbed" | "token.released" | "pointer.ping" | "cursor.move" | "cursor.hide" | "ruler.update" | "ruler.clear" }>,
-  ): Applied {
+  private applyEvent(frame: TableEvent): Applied {
     const state = this.view.state;
     if (state === null || !this.advance(frame.seq)) {
       return "ignored";
-    }
-    if (frame.type === "chat.message") {
-      // Chat changes nothing on the table; its seq is counted above.
-      return "applied";
     }
     let next: CampaignState;
     switch (frame.type) {
@@ -125,6 +189,7 @@ export class TableMirror {
       case "token.remove": {
         const { [frame.payload.token_id]: _removed, ...tokens } = state.tokens;
         next = { ...state, tokens };
+        this.view = { ...this.view, locks: withoutLock(this.view.locks, frame.payload.token_id) };
         break;
       }
       case "fog.update":

@@ -5,12 +5,14 @@ import {
   useCallback,
   useContext,
   useEffect,
+  useMemo,
   useRef,
   useState,
   useSyncExternalStore,
   type ReactNode,
 } from "react";
 import { connect, type ClientView, type ConnectOptions, type SendArgs, type VTTClient } from "./client.ts";
+import { EMPTY_TABLE } from "./mirror.ts";
 import type { ClientMessageType } from "./protocol.ts";
 
 /** How to reach the server: everything connect() takes except the campaign. */
@@ -23,23 +25,22 @@ export function VTTProvider(props: { config: Partial<VTTConfig>; children?: Reac
   return createElement(VTTContext.Provider, { value: props.config }, props.children);
 }
 
-export interface VTTHandle extends ClientView {
-  /** Send a message (queued until joined); false when the client stopped or its queue is full. */
-  send<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean;
+/** What the hook adds to VTTClient's methods: stable functions, usable before the client exists. */
+type Actions = Pick<
+  VTTClient,
+  "send" | "sendChat" | "pingAt" | "moveCursor" | "hideCursor" | "updateRuler" | "clearRuler" | "mayGrab" | "beginDrag"
+>;
+
+/**
+ * The view and the client's methods. Before the client exists, `send` and `sendChat` wait for it
+ * (answering true), the pointer methods do nothing, `mayGrab` is false and `beginDrag` null.
+ */
+export interface VTTHandle extends ClientView, Actions {
   /** The underlying client, or null before the first effect ran. */
   client: VTTClient | null;
 }
 
-const IDLE: ClientView = Object.freeze({
-  state: null,
-  maps: null,
-  seq: null,
-  epoch: null,
-  savedSeq: null,
-  status: "connecting",
-  failure: null,
-  lastError: null,
-});
+const IDLE: ClientView = Object.freeze({ ...EMPTY_TABLE, status: "connecting", failure: null, lastError: null, userId: null });
 
 function noSubscription(): () => void {
   return () => undefined;
@@ -87,14 +88,27 @@ export function useVTT(campaignId: string, config?: Partial<VTTConfig>): VTTHand
     () => client?.view() ?? IDLE,
     () => IDLE,
   );
-  const send = useCallback(<K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean => {
-    const current = clientRef.current;
-    if (current === null) {
-      early.current.push([type, payload[0]]);
-      return true;
-    }
-    return current.send(type, ...payload);
+  const actions = useMemo((): Actions => {
+    const send = <K extends ClientMessageType>(type: K, ...payload: SendArgs<K>): boolean => {
+      const current = clientRef.current;
+      if (current === null) {
+        early.current.push([type, payload[0]]);
+        return true;
+      }
+      return current.send(type, ...payload);
+    };
+    return {
+      send,
+      sendChat: (message) => send("chat.send", message),
+      pingAt: (x, y) => clientRef.current?.pingAt(x, y) ?? false,
+      moveCursor: (x, y) => clientRef.current?.moveCursor(x, y),
+      hideCursor: () => clientRef.current?.hideCursor(),
+      updateRuler: (ruler) => clientRef.current?.updateRuler(ruler),
+      clearRuler: () => clientRef.current?.clearRuler(),
+      mayGrab: (tokenId) => clientRef.current?.mayGrab(tokenId) ?? false,
+      beginDrag: (tokenId) => clientRef.current?.beginDrag(tokenId) ?? null,
+    };
   }, []);
 
-  return { ...view, send, client };
+  return { ...view, ...actions, client };
 }

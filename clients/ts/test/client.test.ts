@@ -8,6 +8,9 @@ import { TcpProxy, TestServer, waitFor, WebSocketImpl } from "./server.ts";
 // Roles from SQL, as with Clerk; the test's SQLite has no campaigns table, so everyone plays.
 const EVERYONE_PLAYS = "SELECT 'player' WHERE :campaign_id IS NOT NULL AND :user_id IS NOT NULL";
 
+// A full join's frames: the table, the map library, the chat, who is here, and this arrival.
+const GREETING = ["state.sync", "map.list", "chat.history", "presence.sync", "presence.join"];
+
 let server: TestServer;
 const clients: VTTClient[] = [];
 let campaignCount = 0;
@@ -131,7 +134,7 @@ describe("connect()", () => {
     expect(gm.client.send("ping")).toBe(true);
     await waitFor(() => gm.frames.some((frame) => frame.type === "pong"), 10_000, "the pong");
     expect(tokensOf(gm).early).toMatchObject({ x: 2, y: 3 });
-    expect(gm.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list", "chat.history", "presence.sync", "presence.join", "token.add", "token.move", "pong"]);
+    expect(gm.frames.map((frame) => frame.type)).toEqual([...GREETING, "token.add", "token.move", "pong"]);
   });
 
   it("reports error replies without changing the mirror", async () => {
@@ -213,6 +216,8 @@ describe("reconnecting", () => {
       gm.client.send("token.add", token("t3"));
       await waitFor(() => player.client.view().status === "open", 10_000, "the player to come back");
       await waitFor(() => "t3" in tokensOf(player), 5_000, "the replay");
+      // After the replay, who is here now (presence is never replayed).
+      await waitFor(() => player.frames.at(-1)?.type === "presence.sync", 5_000, "the presence after the replay");
       const after = player.frames.slice(framesBefore);
       expect(after[0]?.type).toBe("state.resume");
       expect(after[0]?.type === "state.resume" && after[0].payload.from_seq).toBe(seqBefore + 1);
@@ -321,11 +326,11 @@ describe("reconnecting", () => {
       // Three refusals while the key set is down: enough to see the delay double each time.
       await waitFor(() => observed.failures.length >= 3, 10_000, "three 1013 closes");
       jwks.serving = true;
-      // state.sync opens the client; map.list is the next frame, which may not be read yet.
+      // state.sync opens the client; the rest of the greeting may not be read yet.
       await waitFor(
-        () => observed.client.view().status === "open" && observed.frames.some((frame) => frame.type === "map.list"),
+        () => observed.client.view().status === "open" && observed.frames.some((frame) => frame.type === "presence.join"),
         15_000,
-        "the join (state.sync and map.list) once the keys are loaded",
+        "the whole greeting once the keys are loaded",
       );
       for (const failure of observed.failures) {
         expect(failure).toEqual({ code: 1013, reason: "signing keys unavailable" });
@@ -336,7 +341,7 @@ describe("reconnecting", () => {
         const waited = (attempts[retry + 1] ?? 0) - (attempts[retry] ?? 0);
         expect(waited).toBeGreaterThanOrEqual(backoffDelay(retry, 50, 400, () => 1));
       });
-      expect(observed.frames.map((frame) => frame.type)).toEqual(["state.sync", "map.list", "chat.history", "presence.sync", "presence.join"]);
+      expect(observed.frames.map((frame) => frame.type)).toEqual(GREETING);
       expect(observed.client.view().state).toMatchObject({ tokens: {}, fog_zones: [] });
       expect(observed.client.view().failure).toBeNull();
     } finally {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { TableMirror } from "../src/mirror.ts";
-import type { CampaignState, ServerMessage, Token } from "../src/protocol.ts";
+import type { CampaignState, ChatMessage, ServerMessage, Token } from "../src/protocol.ts";
 
 const envelope = { campaign_id: "c1", user_id: "u1" };
 
@@ -101,5 +101,57 @@ describe("the table mirror", () => {
     mirror.apply({ ...envelope, type: "state.resume", seq: 5, payload: { from_seq: 4, to_seq: 5, epoch: "e1" } });
     expect(mirror.view.seq).toBe(3);
     expect(mirror.apply({ ...envelope, type: "token.move", seq: 5, payload: { token_id: "t1", x: 3, y: 3 } })).toBe("applied");
+  });
+});
+
+function chat(id: string, content: string, fields: Partial<ChatMessage> = {}): ChatMessage {
+  return { id, campaign_id: "c1", user_id: "u1", message_type: "text", content, gm_only: false, created_at: "2025-01-01T00:00:00Z", ...fields };
+}
+
+function said(mirror: TableMirror): string[] {
+  return mirror.view.chat.messages.map((message) => String(message.content));
+}
+
+describe("the chat mirror", () => {
+  it("starts from a full join's history, then appends live messages in seq order", () => {
+    const mirror = synced(3);
+    mirror.apply({ ...envelope, type: "chat.history", payload: { messages: [chat("a", "hello"), chat("b", "hi")] } });
+    expect(mirror.apply({ ...envelope, type: "chat.message", seq: 4, payload: chat("c", "ready?") })).toBe("applied");
+    expect(mirror.apply({ ...envelope, type: "chat.message", seq: 4, payload: chat("d", "replayed twice") })).toBe("ignored");
+    mirror.apply({ ...envelope, type: "token.move", seq: 5, payload: { token_id: "t1", x: 1, y: 1 } });
+    mirror.apply({ ...envelope, type: "chat.message", seq: 7, payload: chat("e", "after a gap") });
+    expect(said(mirror)).toEqual(["hello", "hi", "ready?", "after a gap"]);
+    expect(mirror.view.seq).toBe(7);
+    expect(mirror.view.chat.incomplete).toBe(false);
+  });
+
+  it("keeps one copy of each message id, from the history or live", () => {
+    const mirror = synced(3);
+    mirror.apply({ ...envelope, type: "chat.history", payload: { messages: [chat("a", "hello"), chat("a", "hello")] } });
+    const before = mirror.view.chat;
+    mirror.apply({ ...envelope, type: "chat.message", seq: 4, payload: chat("a", "hello") });
+    expect(mirror.view.chat).toBe(before);
+    expect(said(mirror)).toEqual(["hello"]);
+  });
+
+  it("keeps its chat through a resume and a map switch's state.sync, and replaces it on the next history", () => {
+    const mirror = synced(3);
+    mirror.apply({ ...envelope, type: "chat.history", payload: { messages: [chat("a", "hello")] } });
+    mirror.apply({ ...envelope, type: "state.resume", seq: 5, payload: { from_seq: 4, to_seq: 5, epoch: "e1" } });
+    mirror.apply({ ...envelope, type: "chat.message", seq: 4, payload: chat("b", "missed") });
+    mirror.apply({ ...envelope, type: "state.sync", seq: 6, payload: state(6) });
+    expect(said(mirror)).toEqual(["hello", "missed"]);
+    mirror.apply({ ...envelope, type: "chat.history", payload: { messages: [chat("z", "as a player now")], incomplete: true } });
+    expect(said(mirror)).toEqual(["as a player now"]);
+    expect(mirror.view.chat.incomplete).toBe(true);
+  });
+
+  it("ignores chat messages before the first state.sync and forgets the chat on reset", () => {
+    const mirror = new TableMirror();
+    expect(mirror.apply({ ...envelope, type: "chat.message", seq: 1, payload: chat("a", "too early") })).toBe("ignored");
+    const joined = synced(3);
+    joined.apply({ ...envelope, type: "chat.history", payload: { messages: [chat("a", "hello")] } });
+    joined.reset();
+    expect(joined.view.chat.messages).toEqual([]);
   });
 });

@@ -55,6 +55,17 @@ function text(container: HTMLElement, id: string): string {
   return container.querySelector(`#${id}`)?.textContent ?? "";
 }
 
+/** The chat as the hook gives it, with a message sent from a child's mount effect. */
+function ChatLog(props: { campaignId: string }) {
+  const { chat, sendChat } = useVTT(props.campaignId);
+  return createElement(
+    "div",
+    null,
+    createElement("p", { id: "chat" }, chat.messages.map((message) => `${message.user_id}: ${String(message.content)}`).join("|")),
+    createElement(Toolbar, { onMount: () => void sendChat({ content: "hello from the mount" }) }),
+  );
+}
+
 describe("useVTT", () => {
   it("connects, renders the live table and delivers sends made before the connection existed", async () => {
     let calls = 0;
@@ -125,6 +136,13 @@ describe("useVTT", () => {
     setCampaign("react-4");
     await waitFor(() => calls === 2 && text(container, "status") === "open", 10_000, "the second campaign");
     await waitFor(async () => (await server.health()).clients === 1, 5_000, "the first connection to close");
+    root.unmount();
+  });
+
+  it("gives the chat and sends a chat message made before the connection existed", async () => {
+    const config: VTTConfig = { url: server.url, WebSocket: WebSocketImpl, getToken: () => gmToken };
+    const { container, root } = mount(createElement(VTTProvider, { config }, createElement(ChatLog, { campaignId: "react-chat" })));
+    await waitFor(() => text(container, "chat") === "alice: hello from the mount", 10_000, "the chat message to render");
     root.unmount();
   });
 });

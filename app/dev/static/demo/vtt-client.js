@@ -18,29 +18,218 @@ function reconnectAfter(code) {
   return known[code] ?? "backoff";
 }
 
+// src/throttle.ts
+var TWENTY_HZ_MS = 50;
+var Throttle = class {
+  constructor(intervalMs, emit, now = () => performance.now()) {
+    this.intervalMs = intervalMs;
+    this.emit = emit;
+    this.now = now;
+  }
+  intervalMs;
+  emit;
+  now;
+  last = Number.NEGATIVE_INFINITY;
+  pending = null;
+  timer = null;
+  push(value) {
+    const wait = this.last + this.intervalMs - this.now();
+    if (wait <= 0 && this.timer === null) {
+      this.fire(value);
+      return;
+    }
+    this.pending = { value };
+    this.timer ??= setTimeout(() => {
+      this.timer = null;
+      const pending = this.pending;
+      this.pending = null;
+      if (pending !== null) {
+        this.fire(pending.value);
+      }
+    }, wait);
+  }
+  /** Drop the value waiting for its slot, if any. */
+  cancel() {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    this.pending = null;
+  }
+  fire(value) {
+    this.last = this.now();
+    this.emit(value);
+  }
+};
+
+// src/drag.ts
+var REGRAB_AFTER_MS = 2e3;
+var TokenDrag = class {
+  constructor(tokenId, port) {
+    this.tokenId = tokenId;
+    this.port = port;
+    this.moves = new Throttle(TWENTY_HZ_MS, ({ x, y }) => {
+      this.lastSent = performance.now();
+      port.move(tokenId, x, y);
+    });
+    this.regrab = setInterval(() => {
+      if (performance.now() - this.lastSent >= REGRAB_AFTER_MS) {
+        this.grab();
+      }
+    }, REGRAB_AFTER_MS);
+    this.grab();
+  }
+  tokenId;
+  port;
+  live = true;
+  lastSent = performance.now();
+  moves;
+  regrab;
+  get active() {
+    return this.live;
+  }
+  move(x, y) {
+    if (this.live) {
+      this.moves.push({ x, y });
+    }
+    return this.live;
+  }
+  end(x, y) {
+    if (!this.live) {
+      return;
+    }
+    this.moves.cancel();
+    if (x !== void 0 && y !== void 0) {
+      this.port.move(this.tokenId, x, y);
+    }
+    this.cancel();
+  }
+  cancel() {
+    if (!this.live) {
+      return;
+    }
+    this.stop();
+    this.port.send("token.release", this.tokenId);
+  }
+  /** After a frame: the token gone, or another user holding its lock, ends this drag. */
+  observe(tokens, locks, userId) {
+    const holder = locks[this.tokenId];
+    const taken = holder !== void 0 && userId !== null && holder !== userId;
+    if (this.live && (taken || tokens !== void 0 && !(this.tokenId in tokens))) {
+      this.stop();
+    }
+  }
+  /** Stop without telling the server: the token is gone, or the client closed. */
+  stop() {
+    this.live = false;
+    this.moves.cancel();
+    clearInterval(this.regrab);
+    this.port.done(this);
+  }
+  /** Ask for the lock (again): at the start, when held still, and after a reconnect. */
+  grab() {
+    this.lastSent = performance.now();
+    this.port.send("token.grab", this.tokenId);
+  }
+};
+
+// src/locks.ts
+var NO_LOCKS = Object.freeze({});
+function withLock(locks, tokenId, userId) {
+  return locks[tokenId] === userId ? locks : { ...locks, [tokenId]: userId };
+}
+function withoutLock(locks, tokenId) {
+  if (!(tokenId in locks)) {
+    return locks;
+  }
+  const { [tokenId]: _released, ...rest } = locks;
+  return rest;
+}
+function locksOn(locks, tokens) {
+  const kept = Object.entries(locks).filter(([tokenId]) => tokenId in tokens);
+  return kept.length === Object.keys(locks).length ? locks : Object.fromEntries(kept);
+}
+function mayGrab(locks, members, userId, tokenId) {
+  const holder = locks[tokenId];
+  if (holder === void 0 || holder === userId) {
+    return true;
+  }
+  return userId !== null && members[userId]?.role === "gm" && members[holder]?.role !== "gm";
+}
+
+// src/chat.ts
+var NO_CHAT = Object.freeze({ messages: Object.freeze([]), incomplete: false });
+function chatFromHistory(history) {
+  const seen = /* @__PURE__ */ new Set();
+  const messages = history.messages.filter((message) => !seen.has(message.id) && seen.add(message.id));
+  return { messages, incomplete: history.incomplete === true };
+}
+function withMessage(chat, message) {
+  if (chat.messages.some((held) => held.id === message.id)) {
+    return chat;
+  }
+  return { ...chat, messages: [...chat.messages, message] };
+}
+
+// src/pointers.ts
+var NO_POINTERS = Object.freeze({ cursors: Object.freeze({}), rulers: Object.freeze({}), pings: Object.freeze({}) });
+function livePings(pings, now, lifetimeMs) {
+  const live = Object.entries(pings).filter(([, ping]) => now - ping.at < lifetimeMs);
+  return live.length === Object.keys(pings).length ? pings : Object.fromEntries(live);
+}
+function nextPingExpiry(pings, lifetimeMs) {
+  const times = Object.values(pings).map((ping) => ping.at + lifetimeMs);
+  return times.length === 0 ? null : Math.min(...times);
+}
+
+// src/presence.ts
+var NO_MEMBERS = Object.freeze({});
+function membersFrom(sync) {
+  return Object.fromEntries(sync.members.map((member) => [member.user_id, member]));
+}
+function withJoin(members, join) {
+  const known = members[join.user_id];
+  return { ...members, [join.user_id]: { ...join, connections: known === void 0 ? 1 : Math.max(known.connections, 1) } };
+}
+function withoutUser(byUser, userId) {
+  if (!(userId in byUser)) {
+    return byUser;
+  }
+  const { [userId]: _gone, ...rest } = byUser;
+  return rest;
+}
+
 // src/mirror.ts
-var EMPTY = Object.freeze({
+var EMPTY_TABLE = Object.freeze({
   state: null,
   maps: null,
   seq: null,
   epoch: null,
-  savedSeq: null
+  savedSeq: null,
+  chat: NO_CHAT,
+  members: NO_MEMBERS,
+  locks: NO_LOCKS,
+  ...NO_POINTERS
 });
 var TableMirror = class {
-  view = EMPTY;
+  view = EMPTY_TABLE;
   /** Forget everything (the next connection will get a whole state.sync). */
   reset() {
-    this.view = EMPTY;
+    this.view = EMPTY_TABLE;
   }
-  /** Apply one frame; state.sync always replaces, numbered events apply once, in order. */
-  apply(frame) {
+  /**
+   * Apply one frame; state.sync always replaces, numbered events apply once, in order. `now`
+   * (`Date.now()`) stamps a ping's arrival.
+   */
+  apply(frame, now = Date.now()) {
     switch (frame.type) {
       case "state.sync":
         this.view = {
           ...this.view,
           state: frame.payload,
           seq: frame.seq,
-          epoch: frame.payload.epoch ?? this.view.epoch
+          epoch: frame.payload.epoch ?? this.view.epoch,
+          locks: locksOn(this.view.locks, frame.payload.tokens)
         };
         return "applied";
       case "state.resume": {
@@ -55,17 +244,6 @@ var TableMirror = class {
         return "applied";
       case "pong":
       case "error":
-      case "chat.history":
-      case "presence.sync":
-      case "presence.join":
-      case "presence.leave":
-      case "token.grabbed":
-      case "token.released":
-      case "pointer.ping":
-      case "cursor.move":
-      case "cursor.hide":
-      case "ruler.update":
-      case "ruler.clear":
         return "ignored";
       case "map.list":
         if (frame.seq !== void 0 && !this.advance(frame.seq)) {
@@ -73,9 +251,67 @@ var TableMirror = class {
         }
         this.view = { ...this.view, maps: frame.payload, state: renameLibrary(this.view.state, frame.payload) };
         return "applied";
+      case "chat.history":
+        this.view = { ...this.view, chat: chatFromHistory(frame.payload) };
+        return "applied";
+      case "chat.message":
+        if (this.view.state === null || !this.advance(frame.seq)) {
+          return "ignored";
+        }
+        this.view = { ...this.view, chat: withMessage(this.view.chat, frame.payload) };
+        return "applied";
+      case "presence.sync":
+        this.view = { ...this.view, members: membersFrom(frame.payload), locks: NO_LOCKS, ...NO_POINTERS };
+        return "applied";
+      case "presence.join":
+        this.view = { ...this.view, members: withJoin(this.view.members, frame.payload) };
+        return "applied";
+      case "presence.leave":
+        return this.forgetUser(frame.payload.user_id);
+      case "token.grabbed":
+        this.view = { ...this.view, locks: withLock(this.view.locks, frame.payload.token_id, frame.payload.user_id) };
+        return "applied";
+      case "token.released":
+        this.view = { ...this.view, locks: withoutLock(this.view.locks, frame.payload.token_id) };
+        return "applied";
+      case "pointer.ping":
+        this.view = { ...this.view, pings: { ...this.view.pings, [frame.user_id]: { x: frame.payload.x, y: frame.payload.y, at: now } } };
+        return "applied";
+      case "cursor.move":
+        this.view = { ...this.view, cursors: { ...this.view.cursors, [frame.user_id]: frame.payload } };
+        return "applied";
+      case "cursor.hide":
+        this.view = { ...this.view, cursors: withoutUser(this.view.cursors, frame.user_id) };
+        return "applied";
+      case "ruler.update":
+        this.view = { ...this.view, rulers: { ...this.view.rulers, [frame.user_id]: frame.payload } };
+        return "applied";
+      case "ruler.clear":
+        this.view = { ...this.view, rulers: withoutUser(this.view.rulers, frame.user_id) };
+        return "applied";
       default:
         return this.applyEvent(frame);
     }
+  }
+  /** Drop the pings older than `lifetimeMs` at `now`; whether any was dropped. */
+  expirePings(now, lifetimeMs) {
+    const pings = livePings(this.view.pings, now, lifetimeMs);
+    if (pings === this.view.pings) {
+      return false;
+    }
+    this.view = { ...this.view, pings };
+    return true;
+  }
+  forgetUser(userId) {
+    const { members, cursors, rulers, pings } = this.view;
+    this.view = {
+      ...this.view,
+      members: withoutUser(members, userId),
+      cursors: withoutUser(cursors, userId),
+      rulers: withoutUser(rulers, userId),
+      pings: withoutUser(pings, userId)
+    };
+    return "applied";
   }
   advance(seq) {
     if (this.view.seq !== null && seq <= this.view.seq) {
@@ -88,9 +324,6 @@ var TableMirror = class {
     const state = this.view.state;
     if (state === null || !this.advance(frame.seq)) {
       return "ignored";
-    }
-    if (frame.type === "chat.message") {
-      return "applied";
     }
     let next;
     switch (frame.type) {
@@ -110,6 +343,7 @@ var TableMirror = class {
       case "token.remove": {
         const { [frame.payload.token_id]: _removed, ...tokens } = state.tokens;
         next = { ...state, tokens };
+        this.view = { ...this.view, locks: withoutLock(this.view.locks, frame.payload.token_id) };
         break;
       }
       case "fog.update":
@@ -196,6 +430,9 @@ var OPEN = 1;
 var CLIENT_GOING_AWAY = 1e3;
 function ignore() {
 }
+function encode(type, payload) {
+  return JSON.stringify(payload === void 0 ? { type } : { type, payload });
+}
 function backoffDelay(attempt, initialMs, maxMs, random) {
   const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
   return ceiling / 2 + random() * (ceiling / 2);
@@ -233,6 +470,17 @@ var Connection = class {
   failures = 0;
   unauthorizedInARow = 0;
   current;
+  // --- what this user shows the others
+  cursor = new Throttle(TWENTY_HZ_MS, (at) => {
+    this.cursorShown = this.sendNow("cursor.move", at) || this.cursorShown;
+  });
+  cursorShown = false;
+  ruler = new Throttle(TWENTY_HZ_MS, (ruler) => {
+    this.rulerShown = this.sendNow("ruler.update", ruler) || this.rulerShown;
+  });
+  rulerShown = false;
+  drags = /* @__PURE__ */ new Set();
+  pingTimer = null;
   constructor(options) {
     const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
     if (WebSocketImpl === void 0) {
@@ -244,11 +492,12 @@ var Connection = class {
       busyDelayMs: 5e3,
       refreshIntervalMs: 45e3,
       maxQueued: 1e3,
+      pingLifetimeMs: 3e3,
       random: Math.random,
       ...options,
       WebSocket: WebSocketImpl
     };
-    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null };
+    this.current = { ...this.mirror.view, status: "connecting", failure: null, lastError: null, userId: null };
     void this.attempt();
   }
   view() {
@@ -258,9 +507,8 @@ var Connection = class {
     if (this.current.status === "stopped") {
       return false;
     }
-    const text = JSON.stringify(payload[0] === void 0 ? { type } : { type, payload: payload[0] });
-    if (this.current.status === "open" && this.socket?.readyState === OPEN) {
-      this.socket.send(text);
+    const text = encode(type, payload[0]);
+    if (this.sendText(text)) {
       return true;
     }
     if (this.queue.length >= this.options.maxQueued) {
@@ -268,6 +516,52 @@ var Connection = class {
     }
     this.queue.push(text);
     return true;
+  }
+  sendChat(message) {
+    return this.send("chat.send", message);
+  }
+  pingAt(x, y) {
+    return this.sendNow("pointer.ping", { x, y });
+  }
+  moveCursor(x, y) {
+    this.cursor.push({ x, y });
+  }
+  hideCursor() {
+    this.cursor.cancel();
+    if (this.cursorShown) {
+      this.cursorShown = !this.sendNow("cursor.hide");
+    }
+  }
+  updateRuler(ruler) {
+    this.ruler.push(ruler);
+  }
+  clearRuler() {
+    this.ruler.cancel();
+    if (this.rulerShown) {
+      this.rulerShown = !this.sendNow("ruler.clear");
+    }
+  }
+  mayGrab(tokenId) {
+    const { locks, members, userId } = this.current;
+    return mayGrab(locks, members, userId, tokenId);
+  }
+  beginDrag(tokenId) {
+    const tokens = this.current.state?.tokens;
+    if (this.current.status === "stopped" || tokens !== void 0 && !(tokenId in tokens) || !this.mayGrab(tokenId)) {
+      return null;
+    }
+    for (const drag2 of this.drags) {
+      if (drag2.tokenId === tokenId) {
+        drag2.stop();
+      }
+    }
+    const drag = new TokenDrag(tokenId, {
+      send: (type, token_id) => this.send(type, { token_id }),
+      move: (token_id, x, y) => this.send("token.move", { token_id, x, y }),
+      done: (ended) => this.drags.delete(ended)
+    });
+    this.drags.add(drag);
+    return drag;
   }
   subscribe(listener) {
     this.listeners.add(listener);
@@ -290,6 +584,15 @@ var Connection = class {
     }
     this.abandon();
     this.queue = [];
+    this.cursor.cancel();
+    this.ruler.cancel();
+    for (const drag of this.drags) {
+      drag.stop();
+    }
+    if (this.pingTimer !== null) {
+      clearTimeout(this.pingTimer);
+      this.pingTimer = null;
+    }
     this.update({ status: "stopped" });
     this.listeners.clear();
     this.frameListeners.clear();
@@ -372,7 +675,7 @@ var Connection = class {
     }
     if (frame.type === "state.sync" || frame.type === "state.resume") {
       if (this.current.status !== "open") {
-        this.joined();
+        this.joined(frame.user_id);
         return;
       }
     }
@@ -380,12 +683,36 @@ var Connection = class {
       this.update({ lastError: frame.payload });
     } else if (applied === "applied") {
       this.update({});
+      this.observed(frame);
+    }
+  }
+  /** After an applied frame: drags follow the locks and tokens; pings get their expiry. */
+  observed(frame) {
+    const { state, locks, userId } = this.current;
+    for (const drag of this.drags) {
+      drag.observe(state?.tokens, locks, userId);
+    }
+    if (frame.type === "pointer.ping" && this.pingTimer === null) {
+      this.expirePings();
+    }
+  }
+  /** Drop the pings that have had their time, then wait for the next to expire. */
+  expirePings() {
+    this.pingTimer = null;
+    const lifetime = this.options.pingLifetimeMs;
+    if (this.mirror.expirePings(Date.now(), lifetime)) {
+      this.update({});
+    }
+    const next = nextPingExpiry(this.mirror.view.pings, lifetime);
+    if (next !== null) {
+      this.pingTimer = setTimeout(() => this.expirePings(), Math.max(0, next - Date.now()));
     }
   }
   /** The server's greeting arrived: the join succeeded, so flush what waited for it. */
-  joined() {
+  joined(userId) {
     this.failures = 0;
     this.unauthorizedInARow = 0;
+    this.cursorShown = this.rulerShown = false;
     const socket = this.socket;
     const queued = this.queue;
     this.queue = [];
@@ -393,7 +720,21 @@ var Connection = class {
       socket?.send(text);
     }
     this.startRefreshing();
-    this.update({ status: "open", failure: null });
+    this.update({ status: "open", failure: null, userId });
+    for (const drag of this.drags) {
+      drag.grab();
+    }
+  }
+  /** Send only when joined: what is stale by the next join (cursors, rulers, pings) is never queued. */
+  sendNow(type, ...payload) {
+    return this.sendText(encode(type, payload[0]));
+  }
+  sendText(text) {
+    if (this.current.status !== "open" || this.socket?.readyState !== OPEN) {
+      return false;
+    }
+    this.socket.send(text);
+    return true;
   }
   closed(failure) {
     this.socket = null;

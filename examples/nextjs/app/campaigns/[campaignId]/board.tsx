@@ -1,15 +1,19 @@
-// The table as useVTT keeps it: map, grid, tokens (dragged, dropped on the grid) and fog.
-// Token x, y are map pixels and width, height grid squares; one map pixel is one CSS pixel.
-import type { CampaignState } from "@wtsfs/vtt-client";
+// The table as useVTT keeps it: map, grid, tokens (dragged, dropped on the grid), fog, who is
+// at the table and the chat. Token x, y are map pixels and width, height grid squares; one map
+// pixel is one CSS pixel. useVTT is called once here (each call is a connection).
+import type { CampaignState, Drag as TokenDrag } from "@wtsfs/vtt-client";
 import { useVTT } from "@wtsfs/vtt-client/react";
 import { useState, type PointerEvent } from "react";
+import { Chat } from "./chat";
+import { AtTheTable } from "./members";
 
 const DEFAULT_GRID = 64;
 const DEFAULT_COLUMNS = 20;
 const DEFAULT_ROWS = 14;
 
-/** A token being dragged: where the pointer holds it, and where it is drawn meanwhile. */
+/** A token being dragged: its lock and moves, where the pointer holds it, where it is drawn. */
 interface Drag {
+  handle: TokenDrag;
   tokenId: string;
   pointerId: number;
   dx: number;
@@ -37,7 +41,7 @@ function snap(value: number, grid: number): number {
 }
 
 export function Board({ campaignId, isGm }: { campaignId: string; isGm: boolean }) {
-  const { state, status, failure, lastError, send } = useVTT(campaignId);
+  const { state, status, failure, lastError, send, sendChat, beginDrag, chat, members, locks, userId } = useVTT(campaignId);
   const [drag, setDrag] = useState<Drag | null>(null);
   const heading = (
     <header style={{ padding: 8 }}>
@@ -64,22 +68,30 @@ export function Board({ campaignId, isGm }: { campaignId: string; isGm: boolean 
     if (token === undefined) {
       return;
     }
+    // token.grab, the moves (at most 20 a second), token.release; null while another user drags it.
+    const handle = beginDrag(token.token_id);
+    if (handle === null) {
+      return;
+    }
     const at = boardPoint(event);
     event.currentTarget.setPointerCapture(event.pointerId);
     const { token_id: tokenId, x, y } = token;
-    setDrag({ tokenId, pointerId: event.pointerId, dx: at.x - x, dy: at.y - y, x, y });
+    setDrag({ handle, tokenId, pointerId: event.pointerId, dx: at.x - x, dy: at.y - y, x, y });
   }
 
   function pull(event: PointerEvent<SVGSVGElement>) {
     if (drag?.pointerId === event.pointerId) {
       const at = boardPoint(event);
-      setDrag({ ...drag, x: at.x - drag.dx, y: at.y - drag.dy });
+      const x = at.x - drag.dx;
+      const y = at.y - drag.dy;
+      drag.handle.move(Math.round(x), Math.round(y));
+      setDrag({ ...drag, x, y });
     }
   }
 
   function drop(event: PointerEvent<SVGSVGElement>) {
     if (drag?.pointerId === event.pointerId) {
-      send("token.move", { token_id: drag.tokenId, x: snap(drag.x, grid), y: snap(drag.y, grid) });
+      drag.handle.end(snap(drag.x, grid), snap(drag.y, grid));
       setDrag(null);
     }
   }
@@ -92,63 +104,79 @@ export function Board({ campaignId, isGm }: { campaignId: string; isGm: boolean 
           Add token
         </button>
       )}
-      <svg
-        width={width}
-        height={height}
-        viewBox={`0 0 ${width} ${height}`}
-        style={{ display: "block", background: "#eee", touchAction: "none" }}
-        onPointerDown={grab}
-        onPointerMove={pull}
-        onPointerUp={drop}
-        onPointerCancel={drop}
-      >
-        {state.map_url !== undefined && (
-          <image className="map" href={state.map_url} width={width} height={height} preserveAspectRatio="none" />
-        )}
-        <g stroke="#0002">
-          {Array.from({ length: Math.floor(width / grid) + 1 }, (_, i) => (
-            <line key={`x${i}`} x1={i * grid} y1={0} x2={i * grid} y2={height} />
-          ))}
-          {Array.from({ length: Math.floor(height / grid) + 1 }, (_, i) => (
-            <line key={`y${i}`} x1={0} y1={i * grid} x2={width} y2={i * grid} />
-          ))}
-        </g>
-        {tokens.map((token) => {
-          const size = Math.max(token.width, token.height) * grid;
-          const held = drag?.tokenId === token.token_id ? drag : token;
-          return (
-            <g
-              key={token.token_id}
-              className="token"
-              data-token-id={token.token_id}
-              data-x={token.x}
-              data-y={token.y}
-              transform={`translate(${held.x} ${held.y})`}
-              opacity={token.visible ? 1 : 0.5}
-            >
-              <circle cx={size / 2} cy={size / 2} r={size / 2 - 3} fill="#4f81bd" />
-              <text x={size / 2} y={size + 14} textAnchor="middle" fontSize={12}>
-                {token.name}
-              </text>
-            </g>
-          );
-        })}
-        {state.fog_zones
-          .filter((zone) => zone.visible)
-          .map((zone, i) => (
-            <rect
-              key={i}
-              className="fog"
-              x={zone.x}
-              y={zone.y}
-              width={zone.w}
-              height={zone.h}
-              fill="#000"
-              opacity={isGm ? 0.4 : 1}
-              pointerEvents="none"
-            />
-          ))}
-      </svg>
+      <div style={{ display: "flex", gap: 12, alignItems: "flex-start" }}>
+        <svg
+          width={width}
+          height={height}
+          viewBox={`0 0 ${width} ${height}`}
+          style={{ display: "block", flex: "none", background: "#eee", touchAction: "none" }}
+          onPointerDown={grab}
+          onPointerMove={pull}
+          onPointerUp={drop}
+          onPointerCancel={drop}
+        >
+          {state.map_url !== undefined && (
+            <image className="map" href={state.map_url} width={width} height={height} preserveAspectRatio="none" />
+          )}
+          <g stroke="#0002">
+            {Array.from({ length: Math.floor(width / grid) + 1 }, (_, i) => (
+              <line key={`x${i}`} x1={i * grid} y1={0} x2={i * grid} y2={height} />
+            ))}
+            {Array.from({ length: Math.floor(height / grid) + 1 }, (_, i) => (
+              <line key={`y${i}`} x1={0} y1={i * grid} x2={width} y2={i * grid} />
+            ))}
+          </g>
+          {tokens.map((token) => {
+            const size = Math.max(token.width, token.height) * grid;
+            // Drawn where this user drags it, unless the lock went to someone else meanwhile.
+            const held = drag?.tokenId === token.token_id && drag.handle.active ? drag : token;
+            const holder = locks[token.token_id];
+            return (
+              <g
+                key={token.token_id}
+                className="token"
+                data-token-id={token.token_id}
+                data-x={token.x}
+                data-y={token.y}
+                data-locked-by={holder}
+                transform={`translate(${held.x} ${held.y})`}
+                opacity={token.visible ? 1 : 0.5}
+              >
+                <circle
+                  cx={size / 2}
+                  cy={size / 2}
+                  r={size / 2 - 3}
+                  fill="#4f81bd"
+                  stroke={holder !== undefined && holder !== userId ? "#c0504d" : "none"}
+                  strokeWidth={4}
+                />
+                <text x={size / 2} y={size + 14} textAnchor="middle" fontSize={12}>
+                  {token.name}
+                </text>
+              </g>
+            );
+          })}
+          {state.fog_zones
+            .filter((zone) => zone.visible)
+            .map((zone, i) => (
+              <rect
+                key={i}
+                className="fog"
+                x={zone.x}
+                y={zone.y}
+                width={zone.w}
+                height={zone.h}
+                fill="#000"
+                opacity={isGm ? 0.4 : 1}
+                pointerEvents="none"
+              />
+            ))}
+        </svg>
+        <aside style={{ width: 320, flex: "none" }}>
+          <AtTheTable members={members} userId={userId} />
+          <Chat messages={chat.messages} send={sendChat} />
+        </aside>
+      </div>
     </main>
   );
 }
