@@ -82,7 +82,7 @@ def keeps(draw: st.DrawFn, count: int) -> Keep:
 # invalid_json before any roll), so none is generated here.
 labels = (
     st.text(
-        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+        st.characters(codec="utf-8", exclude_characters="\x00"),
         min_size=1,
         max_size=40,
     )
