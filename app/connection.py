@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Protocol
 
 from starlette.types import Message, Receive, Send
@@ -62,8 +64,16 @@ _SIGNAL_TEXTS = tuple(f'"{row.tag}"' for row in MESSAGES.rows if row.ephemeral)
 _SIGNAL_BYTES = tuple(text.encode() for text in _SIGNAL_TEXTS)
 
 
+# What a FrameSocket offers complete text messages to: True when it took the message.
+Taker = Callable[[str], bool]
+
+
 class FrameSocket(Protocol):
-    """A socket that takes ready-made frames: what the transport adapter publishes."""
+    """A socket that takes ready-made frames: what the transport adapter publishes.
+
+    It also offers the app each complete text message before queueing it for `receive`,
+    while the app's reader waits for one with nothing queued (`take_messages`).
+    """
 
     def writable(self) -> bool:
         """Whether a frame written now goes out at once, in order, on an open connection."""
@@ -79,6 +89,10 @@ class FrameSocket(Protocol):
 
     def abort(self) -> None:
         """Drop the connection now, whatever is still buffered."""
+        ...
+
+    def take_messages(self, taker: Taker | None) -> None:
+        """Offer complete text messages to `taker` first (None: stop offering)."""
         ...
 
 
@@ -375,6 +389,9 @@ class Connection:
         """Read until the peer disconnects (or the connection is abandoned), then leave."""
         self._reader = asyncio.current_task()
         self._arm_expiry()
+        socket = self.socket
+        if socket is not None:
+            socket.take_messages(functools.partial(self._take, session))
         try:
             await self._read(receive, session, services.auth)
         except asyncio.CancelledError:
@@ -384,6 +401,8 @@ class Connection:
             if current is not None:
                 current.uncancel()
         finally:
+            if socket is not None:
+                socket.take_messages(None)
             if self._expiry is not None:
                 self._expiry.cancel()
             self._reader = None
@@ -459,12 +478,18 @@ class Connection:
 
     async def _pace_unmetered(self, now: float) -> None:
         """Read merged moves and signals no faster than UNMETERED_PER_SECOND."""
+        if not self._unmetered_now(now):
+            pace = self._unmetered_pace
+            assert pace is not None
+            await asyncio.sleep(pace.delay(now))
+
+    def _unmetered_now(self, now: float) -> bool:
+        """Take one from the read pace of merged moves and signals; False when it is spent."""
         pace = self._unmetered_pace
         if pace is None:
             burst = int(UNMETERED_PER_SECOND // 10)
             pace = self._unmetered_pace = TokenBucket(UNMETERED_PER_SECOND, burst, math.inf, now)
-        if not pace.try_take(now):
-            await asyncio.sleep(pace.delay(now))
+        return pace.try_take(now)
 
     async def _relay(self, signal: Signal, session: Session) -> None:
         """Hand a signal to the session, which paces it per sender; then pace the reading."""
@@ -526,13 +551,9 @@ class Connection:
         started = time.perf_counter()
         try:
             if isinstance(data, str | bytes):
-                try:
-                    message = decode_client_message(data)
-                except DecodeFailure as failure:
-                    self.metrics.message_in("unknown")
-                    session.reply_error(self, failure.code, failure.message)
+                message = self._decoded(data, session)
+                if message is None:
                     return
-                self.metrics.message_in(str(message.__struct_config__.tag))
             else:
                 message = data
             match message:
@@ -540,23 +561,81 @@ class Connection:
                     # The bucket's token for it goes back: signals are paced by the session.
                     self._bucket.refund()
                     await self._relay(message, session)
-                case TokenGrabMsg() | TokenReleaseMsg():
-                    await session.submit_live(self, message)
-                case PingMsg():
-                    session.pong(self)
                 case AuthRefreshMsg(payload=refresh):
                     await self._refresh(refresh.token, auth)
-                case ChatSendMsg(payload=chat):
-                    self._chat(chat, session)
                 case _:
-                    await session.submit(self, message)
-                    self.metrics.counts.observe_broadcast(time.perf_counter() - started)
+                    async with session.lock:
+                        self._apply_now(message, session, started)
         except Exception:
-            log.exception(
-                "message handling failed",
-                extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
-            )
-            session.reply_error(self, "internal", "internal error; not applied")
+            self._failed(session)
+
+    def _take(self, session: Session, text: str) -> bool:
+        """Handle a message at once, in the socket's callback: the reader's work, not waiting.
+
+        The socket offers a complete text message while the reader waits with nothing queued.
+        This takes it when the reader would handle it without waiting: the connection not
+        closing, no merged move pending, the bucket willing, the session's lock free, and a
+        message that needs no waiting (not an auth.refresh; a signal only within the read
+        pace). False leaves the message to the reader, which then does what it would have.
+        """
+        if self.closing is not None or self._pending or session.lock.locked():
+            return False
+        if _too_big(text, self.settings.limits.max_frame_bytes):
+            return False
+        now = time.monotonic()
+        bucket = self._bucket
+        if not bucket.try_take(now):
+            return False
+        started = time.perf_counter()
+        try:
+            message = self._decoded(text, session)
+            match message:
+                case None:
+                    pass
+                case Signal():
+                    bucket.refund()
+                    if not self._unmetered_now(now):
+                        return False
+                    session.live_now(self, message)
+                case AuthRefreshMsg():
+                    bucket.refund()
+                    return False
+                case _:
+                    self._apply_now(message, session, started)
+        except Exception:
+            self._failed(session)
+        return True
+
+    def _decoded(self, data: str | bytes, session: Session) -> ClientMessage | None:
+        """`data` decoded and counted; None when it is not a message (the client is told)."""
+        try:
+            message = decode_client_message(data)
+        except DecodeFailure as failure:
+            self.metrics.message_in("unknown")
+            session.reply_error(self, failure.code, failure.message)
+            return None
+        self.metrics.message_in(str(message.__struct_config__.tag))
+        return message
+
+    def _apply_now(self, message: ClientMessage, session: Session, started: float) -> None:
+        """Apply a message that needs no waiting; the session's lock is held or free."""
+        match message:
+            case TokenGrabMsg() | TokenReleaseMsg():
+                session.live_now(self, message)
+            case PingMsg():
+                session.pong(self)
+            case ChatSendMsg(payload=chat):
+                self._chat(chat, session)
+            case _:
+                session.submit_now(self, message)
+                self.metrics.counts.observe_broadcast(time.perf_counter() - started)
+
+    def _failed(self, session: Session) -> None:
+        log.exception(
+            "message handling failed",
+            extra={"campaign_id": self.campaign_id, "user_id": self.actor.user_id},
+        )
+        session.reply_error(self, "internal", "internal error; not applied")
 
     def _chat(self, payload: ChatSend, session: Session) -> None:
         """Queue a chat.send for the chat task, or refuse it when a burst already waits."""

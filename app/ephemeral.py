@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -198,9 +199,8 @@ class Ephemeral:
         elif offered.replaced is not None:
             self._metrics.dropped(kind_of(offered.replaced), "coalesced")
         else:
-            loop = asyncio.get_running_loop()
             work = functools.partial(self._let_through, key, user_id)
-            self._waits[key] = loop.call_at(self._pacer.due(key), self._soon, work)
+            self._waits[key] = self._call_at(self._pacer.due(key), work)
 
     def _let_through(self, key: str, user_id: str) -> None:
         """A waiting signal's turn has come."""
@@ -301,7 +301,7 @@ class Ephemeral:
                 return
             self._clock.cancel()
         work = functools.partial(self._tick, soonest)
-        self._clock = asyncio.get_running_loop().call_at(soonest, self._soon, work)
+        self._clock = self._call_at(soonest, work)
         self._clock_at = soonest
 
     def _tick(self, due: float) -> None:
@@ -332,9 +332,14 @@ class Ephemeral:
             if not self._closed:
                 work()
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _call_at(self, when: float, work: Callable[[], None]) -> asyncio.TimerHandle:
+        """Have `work` done under the lock at `when` (on the `_now` clock) or a hair later."""
+        delay = max(0.0, when - self._now())
+        return asyncio.get_running_loop().call_later(delay, self._soon, work)
+
+    # Times are monotonic seconds, not the loop's clock: asking for the running loop costs a
+    # system call (the check that the process has not forked), and signals ask on every one.
+    _now = staticmethod(time.monotonic)
 
     # --- sending --------------------------------------------------------------------------------
 

@@ -232,16 +232,20 @@ class Session:
     async def submit(self, member: Member, message: StateChange) -> None:
         """Apply one client message and broadcast the result, or reply with an error."""
         async with self.lock:
-            live = self.ephemeral
-            before = live.visibility()
-            try:
-                events = apply(self.state, message, member.actor, self.rules, live.may_change)
-            except Refusal as refusal:
-                self.reply_error(member, refusal.code, refusal.message)
-                return
-            live.changed(events, member.actor, before)
-            for event in events:
-                self._publish(event)
+            self.submit_now(member, message)
+
+    def submit_now(self, member: Member, message: StateChange) -> None:
+        """`submit` for a caller holding the lock, or sure it is free (nothing here waits)."""
+        live = self.ephemeral
+        before = live.visibility()
+        try:
+            events = apply(self.state, message, member.actor, self.rules, live.may_change)
+        except Refusal as refusal:
+            self.reply_error(member, refusal.code, refusal.message)
+            return
+        live.changed(events, member.actor, before)
+        for event in events:
+            self._publish(event)
 
     async def send_chat(self, member: Member, payload: ChatSend) -> None:
         """Take one chat.send: checked, rolled and stored without the lock, then published."""
@@ -292,10 +296,14 @@ class Session:
     async def submit_live(self, member: Member, message: LiveMessage) -> None:
         """Handle a message that changes nothing stored: a drag lock's grab or release, a signal."""
         async with self.lock:
-            try:
-                self.ephemeral.receive(member, message)
-            except Refusal as refusal:
-                self.reply_error(member, refusal.code, refusal.message)
+            self.live_now(member, message)
+
+    def live_now(self, member: Member, message: LiveMessage) -> None:
+        """`submit_live` for a caller holding the lock, or sure it is free."""
+        try:
+            self.ephemeral.receive(member, message)
+        except Refusal as refusal:
+            self.reply_error(member, refusal.code, refusal.message)
 
     def reply(self, member: Member, kind: str, payload: Any) -> None:
         """Send a one-client reply (no seq)."""

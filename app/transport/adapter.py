@@ -4,7 +4,15 @@
 by overriding a method (tests/unit/test_transport_contract.py records the source of every
 uvicorn and websockets method this relies on, and fails naming the one an upgrade changed):
 
-- messages wait in an Inbox, and reading pauses only once READ_AHEAD of them wait;
+- once the connection is open, its bytes are cut into whole frames here: a complete, final,
+  masked text frame (the hot path: one per client message) is unmasked and handed on without
+  websockets' parser; every other frame (control frames, fragments, compressed, binary, one
+  split across reads, anything malformed) goes to websockets whole, so its parser only ever
+  sees whole frames and stays at a frame boundary between them;
+- a complete message goes first to the app's taker, if the app registered one and its reader
+  is waiting with nothing queued: a message it takes is handled within this callback, with no
+  queue hand-off and no task wake-up; else it waits in an Inbox, and reading pauses only once
+  READ_AHEAD messages wait;
 - when its frames are shareable (no per-message compression), the app finds a FrameSocket
   in `scope["extensions"][SOCKET_EXTENSION]`, to write ready-made frames straight to the
   transport; any other WebSocket implementation publishes none and keeps the ASGI path;
@@ -18,14 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections.abc import Generator
 from typing import Any
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import OPEN
 
-from app.connection import SOCKET_EXTENSION, FrameSocket
+from app.connection import SOCKET_EXTENSION, FrameSocket, Taker
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets ships the C speedups for this platform
+    from websockets.utils import apply_mask
 
 log = logging.getLogger("vtt.transport")
 
@@ -33,14 +49,20 @@ log = logging.getLogger("vtt.transport")
 READ_AHEAD = 16
 
 
+# The first byte of a final text frame with no reserved bit set (no compression).
+_FINAL_TEXT = 0x81
+_MASKED = 0x80
+
+
 class TransportSocket:
     """One connection's transport as the app may use it: the FrameSocket seam."""
 
-    __slots__ = ("_transport", "_writable")
+    __slots__ = ("_protocol", "_transport", "_writable")
 
-    def __init__(self, transport: asyncio.Transport, writable: asyncio.Event) -> None:
-        self._transport = transport
-        self._writable = writable
+    def __init__(self, protocol: AdaptedProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._writable = protocol.writable
 
     def writable(self) -> bool:
         """Whether a frame written now goes out at once, in order, on an open connection."""
@@ -59,6 +81,10 @@ class TransportSocket:
     def abort(self) -> None:
         """Drop the connection now, whatever its send buffer still holds."""
         self._transport.abort()
+
+    def take_messages(self, taker: Taker | None) -> None:
+        """Offer each complete text message to `taker` while the app's reader waits idle."""
+        self._protocol.taker = taker
 
 
 class Inbox:
@@ -97,6 +123,11 @@ class Inbox:
         """Whether no message waits."""
         return not self._items
 
+    def idle(self) -> bool:
+        """Whether the app waits for a message and none is queued: it would take the next now."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._items
+
     def qsize(self) -> int:
         """How many messages wait."""
         return len(self._items)
@@ -113,7 +144,19 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.queue = Inbox()  # type: ignore[assignment]
+        self.inbox = Inbox()
+        self.queue = self.inbox  # type: ignore[assignment]
+        # Who takes complete text messages before the Inbox (the app's Connection), if anyone.
+        self.taker: Taker | None = None
+        # Cutting frames here: on once the connection opened at a frame boundary. `_held` is
+        # the start of a frame header split across reads; `_owed` the bytes of a frame that
+        # websockets is being fed piecewise, which go to it as they come.
+        self._cutting = False
+        self._held = b""
+        self._owed = 0
+        limits = [n for n in (self.conn.max_message_size, self.conn.max_fragment_size) if n]
+        # The largest frame taken here; a bigger one goes to websockets, which refuses it.
+        self._largest = min(limits, default=math.inf)
 
     async def run_asgi(self) -> None:
         """Run the app as uvicorn does, its socket published and the request released first.
@@ -124,7 +167,7 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         emptied as well as dropped.
         """
         if not self.conn.extensions:
-            socket: FrameSocket = TransportSocket(self.transport, self.writable)
+            socket: FrameSocket = TransportSocket(self)
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[SOCKET_EXTENSION] = socket
         request = self.request
@@ -134,10 +177,96 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         await super().run_asgi()
 
     async def send(self, message: ASGISendEvent) -> None:
-        """Send as uvicorn does; once accepted, drop the handshake response it kept."""
+        """Send as uvicorn does; once accepted, drop the handshake response it kept.
+
+        Cutting frames starts here when websockets' parser waits at a frame boundary (it does
+        unless the client sent frames before it had the response).
+        """
         await super().send(message)
         if message["type"] == "websocket.accept":
             self.response = None  # type: ignore[assignment]
+            conn = self.conn
+            self._cutting = (
+                conn.state is OPEN and not conn.reader.buffer and _waits_for_a_frame(conn.parser)
+            )
+
+    def data_received(self, data: bytes) -> None:
+        """Cut what arrived into frames once open (see the module docstring); else as uvicorn."""
+        if self._held:
+            data, self._held = self._held + data, b""
+        size = len(data)
+        pos = 0
+        while pos < size:
+            if not self._cutting:
+                super().data_received(data[pos:])
+                return
+            owed = self._owed
+            if owed:
+                end = min(size, pos + owed)
+                self._owed = owed - (end - pos)
+                self._feed(data[pos:end])
+                pos = end
+                continue
+            header = _frame_header(data, pos)
+            if header is None:
+                self._held = data[pos:]
+                return
+            start, length = header
+            end = start + length
+            if (
+                data[pos] == _FINAL_TEXT
+                and data[pos + 1] & _MASKED
+                and end <= size
+                and length <= self._largest
+                and self.conn.current_size is None
+            ):
+                payload = apply_mask(data[start:end], data[start - 4 : start])
+                pos = end
+                self._message(payload)
+                continue
+            # Not the hot path's frame, or not all here: websockets takes it, whole or as it
+            # comes (one too big for the limit, it refuses from the header alone).
+            end = min(size, end)
+            self._owed = start + length - end
+            self._feed(data[pos:end])
+            pos = end
+
+    def _feed(self, data: bytes) -> None:
+        """Hand bytes of whole frames (or of the one being fed) to websockets, as uvicorn does."""
+        super().data_received(data)
+        if self.conn.state is not OPEN:
+            # Closing or failed: websockets reads the rest, whatever it is.
+            self._cutting = False
+
+    def _message(self, payload: bytes) -> None:
+        """A complete text message cut here: as send_receive_event_to_app would have it."""
+        if self.close_sent:
+            return
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            self._invalid_utf8()
+            return
+        self._deliver_text(text)
+
+    def _invalid_utf8(self) -> None:
+        # As uvicorn does: a text frame must be UTF-8 (RFC 6455), else close 1007.
+        self.logger.info("invalid UTF-8 in a text frame; closing with 1007")
+        self._cutting = False
+        self.conn.send_close(1007)
+        self.handle_parser_exception()
+
+    def _deliver_text(self, text: str) -> None:
+        taker = self.taker
+        if taker is not None and self.inbox.idle() and taker(text):
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        if not self.read_paused and self.queue.qsize() >= READ_AHEAD:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def send_receive_event_to_app(self) -> None:
         """Queue a complete message for the app; pause reading only when the app lags.
@@ -152,20 +281,10 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             return
         if self.curr_msg_data_type == "text":
-            try:
-                text = data.decode()
-            except UnicodeDecodeError:
-                # As uvicorn does: a text frame must be UTF-8 (RFC 6455), else close 1007.
-                self.logger.info("invalid UTF-8 in a text frame; closing with 1007")
-                self.conn.send_close(1007)
-                self.handle_parser_exception()
-                return
-            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+            self._message(data)
         else:
             self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
-        if not self.read_paused and self.queue.qsize() >= READ_AHEAD:
-            self.read_paused = True
-            self.transport.pause_reading()
+            self._read_ahead()
 
     def keepalive_timeout(self) -> None:
         """Handle a ping timeout as uvicorn does, then drop the socket at once.
@@ -189,3 +308,38 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         except Exception:
             log.exception("a connection failed to shut down; dropping it")
             self.transport.abort()
+
+
+def _frame_header(data: bytes, pos: int) -> tuple[int, int] | None:
+    """Where the payload of the frame at `pos` starts and how long it is; None when the header
+    is not all here. A masked frame's 4 mask bytes are part of the header."""
+    available = len(data) - pos
+    if available < 2:
+        return None
+    second = data[pos + 1]
+    length = second & 0x7F
+    start = pos + 2
+    if length == 126:
+        if available < 4:
+            return None
+        length = int.from_bytes(data[start : start + 2], "big")
+        start += 2
+    elif length == 127:
+        if available < 10:
+            return None
+        length = int.from_bytes(data[start : start + 8], "big")
+        start += 8
+    if second & _MASKED:
+        start += 4
+    if start > len(data):
+        return None
+    return start, length
+
+
+def _waits_for_a_frame(parser: Generator[None]) -> bool:
+    """Whether websockets' parser is suspended between frames (waiting for a frame's first
+    byte), not inside one: the generator it is suspended in is the reader's `at_eof`."""
+    inner: Any = parser
+    while inner.gi_yieldfrom is not None:
+        inner = inner.gi_yieldfrom
+    return bool(inner.gi_code.co_name == "at_eof")

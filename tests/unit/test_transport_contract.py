@@ -18,7 +18,9 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from app.transport.adapter import AdaptedProtocol
 from app.transport.handshake import HeaderDeadlineProtocol
@@ -62,6 +64,9 @@ UPSTREAM = [
     sansio("run_asgi", "662375aa38d9044c", "override (publishes the socket, drops the request)"),
     sansio("send", "d4919ed760ce9f7b", "override (drops the response once accepted)"),
     sansio("send_receive_event_to_app", "a2b10de91477dc1d", "override copied and edited"),
+    sansio("data_received", "c89d394077d8841d", "override (cuts frames; feeds it the others)"),
+    sansio("handle_events", "b2c9351a5d13493f", "relied on (frames fed whole reach the app)"),
+    sansio("handle_text", "6ae523180cf04a01", "relied on (a text message ends in the override)"),
     sansio("keepalive_timeout", "8e1ceb6ec446de9d", "override (aborts after it)"),
     sansio("shutdown", "e8ace796ada616b7", "override (guarded)"),
     sansio("receive", "1dc0e715390021a1", "relied on (reads the Inbox as a queue)"),
@@ -98,6 +103,30 @@ UPSTREAM = [
         "parse",
         "8c4d10340de4d32f",
         "relied on (its parser keeps the handshake request, which run_asgi empties)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        Protocol,
+        "parse",
+        "45aaf900644b63c4",
+        "relied on (between frames it waits in the reader's at_eof; it checks the size limits)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        Protocol,
+        "recv_frame",
+        "4f83d3b90ea62428",
+        "relied on (`current_size` is None unless a fragmented message is under way)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        StreamReader,
+        "at_eof",
+        "106a9f1e43abf91f",
+        "relied on (the generator the parser waits in at a frame boundary)",
         ADAPTER,
     ),
     Upstream(
