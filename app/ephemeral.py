@@ -100,6 +100,7 @@ class Ephemeral:
         self._clock_at = 0.0
         self._waits: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # --- joining and leaving --------------------------------------------------------------------
@@ -322,8 +323,13 @@ class Ephemeral:
         self._arm()
 
     def _soon(self, work: Callable[[], None]) -> None:
-        """Do `work` under the session's lock, in a task of its own."""
-        task = asyncio.get_running_loop().create_task(self._locked(work))
+        """Do `work` under the session's lock: now when it is free (nothing here waits, so no
+        one can take it meanwhile), else in a task of its own that waits for it."""
+        if not self._lock.locked():
+            if not self._closed:
+                work()
+            return
+        task = self._running_loop().create_task(self._locked(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -335,10 +341,17 @@ class Ephemeral:
     def _call_at(self, when: float, work: Callable[[], None]) -> asyncio.TimerHandle:
         """Have `work` done under the lock at `when` (on the `_now` clock) or a hair later."""
         delay = max(0.0, when - self._now())
-        return asyncio.get_running_loop().call_later(delay, self._soon, work)
+        return self._running_loop().call_later(delay, self._soon, work)
 
-    # Times are monotonic seconds, not the loop's clock: asking for the running loop costs a
-    # system call (the check that the process has not forked), and signals ask on every one.
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept once known: asking for the running loop costs a system call (the check that
+        # the process has not forked), and a paced signal's timer asks twice.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    # Times are monotonic seconds, not the loop's clock, for the same reason.
     _now = staticmethod(time.monotonic)
 
     # --- sending --------------------------------------------------------------------------------

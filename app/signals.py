@@ -58,17 +58,19 @@ class Pacer:
     """At most `rate` signals a second through each lane; one that comes sooner waits for its
     turn, and a newer one takes its place (latest wins), so the last one always goes out.
 
-    The rate is kept on average, as a cell-rate meter keeps it: a signal may go up to half an
-    interval before its due time (a sender at exactly the rate, jittered by the network, is
-    never held back), and n + 1 signals are never let through in less than n intervals minus
-    that half, so no window of a second holds more than `rate` + 1.
+    The rate is kept on average, as a cell-rate meter keeps it: a signal may go up to one
+    interval before its due time, and n + 1 signals are never let through in less than n - 1
+    intervals, so no window of a second holds more than `rate` + 2. A sender at exactly the
+    rate is never held back by the network's jitter: one signal late by up to an interval and
+    the next on time both go at once. (With half an interval, one late signal put such a
+    sender a little ahead of its due times for good: each later signal waited for a timer.)
     """
 
     __slots__ = ("_lanes", "interval", "tolerance")
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
-        self.tolerance = self.interval / 2
+        self.tolerance = self.interval
         self._lanes: dict[str, _Lane] = {}
 
     def offer(self, key: str, signal: Signal, now: float) -> Offered:

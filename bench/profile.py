@@ -1,6 +1,6 @@
 """Where our server's time goes: py-spy samples it under a bench load, summarised by function.
 
-    python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|storm] [--campaigns 100]
+    python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|cursor|storm] [--campaigns 100]
 
 py-spy is not a project dependency: install it outside the repo (for example
 `python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy`). The server is started
@@ -96,12 +96,12 @@ def profile_window(bench: Bench, args: argparse.Namespace, py_spy: str) -> dict[
             spy = start_spy(args.window)
 
     try:
-        if args.mode == "fixed":
+        if args.mode in ("fixed", "cursor"):
             load = FixedLoad(f"{args.campaigns}x6", args.campaigns)
             plan = bench.plan(args.server, server.port, load.campaigns, load.clients)
             extra = ["--campaigns", str(args.campaigns), "--warmup", "2", "--window"]
             result = bench.loadgen(
-                ["--plan", str(plan), "--mode", "fixed", *extra, str(args.window)], on_event
+                ["--plan", str(plan), "--mode", args.mode, *extra, str(args.window)], on_event
             )
         else:
             plan = bench.plan(args.server, server.port, 50, 10)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy")
     parser.add_argument("--server", choices=[OURS, BASELINE], default=OURS)
-    parser.add_argument("--mode", choices=["fixed", "storm"], default="fixed")
+    parser.add_argument("--mode", choices=["fixed", "cursor", "storm"], default="fixed")
     parser.add_argument("--campaigns", type=int, default=100)
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--auth", choices=["dev", "jwks"], default="jwks")

@@ -218,14 +218,15 @@ async def test_the_metrics_count_relayed_and_dropped_signals_and_lock_refusals(
     await bob.until(lambda f: f["type"] == "token.grabbed")
     await bob.send("token.move", {"token_id": "t1", "x": 1, "y": 1})
     await bob.until(lambda f: f["type"] == "error")
-    for step in range(3):
+    # Two go at once (the pacer's tolerance), the third waits and the fourth replaces it.
+    for step in range(4):
         await bob.send("cursor.move", {"x": step, "y": 0})
-    await gm.until(lambda f: f["type"] == "cursor.move" and f["payload"]["x"] == 2)
+    await gm.until(lambda f: f["type"] == "cursor.move" and f["payload"]["x"] == 3)
 
     async with httpx.AsyncClient(base_url=server.http) as http:
         text = (await http.get("/metrics")).text
 
-    assert 'vtt_ephemeral_relayed_total{type="cursor.move"} 2.0' in text
+    assert 'vtt_ephemeral_relayed_total{type="cursor.move"} 3.0' in text
     assert 'vtt_ephemeral_dropped_total{reason="coalesced",type="cursor.move"} 1.0' in text
     assert "vtt_lock_refusals_total 1.0" in text
     assert 'vtt_errors_total{code="locked"} 1.0' in text

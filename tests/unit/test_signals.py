@@ -35,10 +35,11 @@ def test_the_first_signal_of_a_lane_goes_at_once_and_one_too_soon_waits_for_its_
     pacer = Pacer(RATE)
 
     assert pacer.offer(KEY, move(1), 0.0).now
-    waiting = pacer.offer(KEY, move(2), 0.01)
+    assert pacer.offer(KEY, move(2), 0.01).now, "two back to back: one interval's tolerance"
+    waiting = pacer.offer(KEY, move(3), 0.02)
 
     assert (waiting.now, waiting.replaced) == (False, None)
-    assert pacer.due(KEY) == 0.5 / RATE
+    assert pacer.due(KEY) == 1 / RATE
 
 
 def test_a_sender_at_the_rate_with_jitter_is_never_held_back() -> None:
@@ -51,17 +52,29 @@ def test_a_sender_at_the_rate_with_jitter_is_never_held_back() -> None:
     assert all(offer.now for offer in offered)
 
 
+def test_one_late_signal_does_not_hold_back_a_sender_at_the_rate_for_good() -> None:
+    # One frame 40 ms late (most of an interval), the rest exactly on their schedule: with
+    # half an interval's tolerance every frame after the late one used to wait for a timer.
+    pacer = Pacer(RATE)
+    late = {3: 0.04}
+
+    offered = [pacer.offer(KEY, move(n), n / RATE + late.get(n, 0.0)) for n in range(40)]
+
+    assert all(offer.now for offer in offered)
+
+
 def test_a_newer_signal_replaces_the_waiting_one_and_the_latest_is_let_through() -> None:
     pacer = Pacer(RATE)
     pacer.offer(KEY, move(1), 0.0)
-    second = move(2)
-    pacer.offer(KEY, second, 0.01)
-
+    pacer.offer(KEY, move(2), 0.005)
     third = move(3)
-    offered = pacer.offer(KEY, third, 0.02)
+    pacer.offer(KEY, third, 0.01)
 
-    assert offered.replaced is second
-    assert pacer.take(KEY, 0.05) is third
+    fourth = move(4)
+    offered = pacer.offer(KEY, fourth, 0.02)
+
+    assert offered.replaced is third
+    assert pacer.take(KEY, 0.05) is fourth
     assert pacer.take(KEY, 0.05) is None
 
 
@@ -69,9 +82,10 @@ def test_a_signal_after_the_interval_goes_at_once_but_not_past_one_still_waiting
     pacer = Pacer(RATE)
     pacer.offer(KEY, move(1), 0.0)
 
-    assert pacer.offer(KEY, move(2), 0.05).now
-    pacer.offer(KEY, move(3), 0.06)
-    assert not pacer.offer(KEY, move(4), 1.0).now, "the waiting one keeps its place"
+    assert pacer.offer(KEY, move(2), 0.1).now
+    pacer.offer(KEY, move(3), 0.1)
+    pacer.offer(KEY, move(4), 0.1)
+    assert not pacer.offer(KEY, move(5), 1.0).now, "the waiting one keeps its place"
 
 
 def test_a_sender_flat_out_gets_the_rate_and_no_more() -> None:
@@ -83,7 +97,7 @@ def test_a_sender_flat_out_gets_the_rate_and_no_more() -> None:
             sent += pacer.take(KEY, now) is not None
         sent += pacer.offer(KEY, move(step), now).now
 
-    assert RATE <= sent <= RATE + 1
+    assert RATE <= sent <= RATE + 2
 
 
 def test_lanes_are_paced_independently() -> None:
@@ -155,7 +169,7 @@ def test_a_lane_lets_through_at_most_its_rate_and_always_ends_on_the_latest(
     assert sent[-1][1] == len(times) - 1, "the last signal always goes out"
     interval = 1 / RATE
     for (i, (earlier, _)), (j, (later, _)) in itertools.combinations(enumerate(sent), 2):
-        assert later - earlier >= (j - i) * interval - interval / 2 - 1e-9
+        assert later - earlier >= (j - i - 1) * interval - 1e-9
 
 
 def test_pings_pass_up_to_the_burst_then_drop_telling_once_a_second() -> None:
