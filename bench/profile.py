@@ -1,6 +1,7 @@
 """Where our server's time goes: py-spy samples it under a bench load, summarised by function.
 
-    python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|cursor|storm] [--campaigns 100]
+    python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|cursor|storm]
+        [--campaigns 100]
 
 py-spy is not a project dependency: install it outside the repo (for example
 `python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy`). The server is started
