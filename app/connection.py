@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from starlette.types import Message, Receive, Send
@@ -215,6 +215,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_batch",
         "_bucket",
         "_chats",
         "_chatter",
@@ -260,6 +261,8 @@ class Connection:
         self.metrics = metrics
         self._outbox = Outbox()
         self.writer: asyncio.Task[None] | None = None
+        # Frames held for one write while a batch is open (see `batch`).
+        self._batch: list[bytes] | None = None
         # Closing: set once; the writer sends the close frame after what it is sending now.
         # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: the reader
         # and the writer are cancelled and the socket dropped.
@@ -302,7 +305,11 @@ class Connection:
             return
         socket = self.socket
         if self.writer is None and socket is not None and socket.writable():
-            socket.write(outgoing.frame)
+            batch = self._batch
+            if batch is not None:
+                batch.append(outgoing.frame)
+            else:
+                socket.write(outgoing.frame)
             return
         outbox = self._outbox
         replaced = outbox.put(outgoing)
@@ -317,6 +324,26 @@ class Connection:
                 self.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
                 return
         self._start_writer()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Have what is delivered inside go out in one write (a join's greeting).
+
+        Only when the socket is idle now; the caller delivers without waiting inside, so the
+        socket stays idle and nothing else is written meanwhile. A close inside drops it all.
+        """
+        socket = self.socket
+        if self._batch is not None or self.writer is not None or socket is None:
+            yield
+            return
+        frames: list[bytes] = []
+        self._batch = frames
+        try:
+            yield
+        finally:
+            self._batch = None
+            if frames and self.closing is None and socket.writable():
+                socket.write(b"".join(frames))
 
     def _over_bound(self) -> bool:
         outbox = self._outbox

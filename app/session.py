@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,6 +79,10 @@ class Member(Protocol):
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Hand over one message without waiting."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """What is delivered inside (without waiting) may go out together, in order."""
         ...
 
 
@@ -167,21 +172,24 @@ class Session:
             self._check_caps(member.actor.user_id)
             self.members[member] = None
             self._audiences[member.actor.role][member] = None
-            actor = member.actor
-            if since is not None and epoch == self.epoch and self._replay(member, since):
-                self.ephemeral.arrive(member)
-                return True
-            member.deliver(
-                self._frame("state.sync", actor.user_id, state_view(self.state, actor.role))
-            )
-            member.deliver(self._frame("map.list", actor.user_id, map_list(self.state)))
-            history = self.chat.log.history_for(actor.user_id, actor.role)
-            member.deliver(self._frame("chat.history", actor.user_id, history))
-            self.metrics.message_out("state.sync")
-            self.metrics.message_out("map.list")
-            self.metrics.message_out("chat.history")
+            # The greeting (state or missed events, then presence and locks) in one write.
+            with member.batch():
+                return self._greet(member, since, epoch)
+
+    def _greet(self, member: Member, since: int | None, epoch: str | None) -> bool:
+        actor = member.actor
+        if since is not None and epoch == self.epoch and self._replay(member, since):
             self.ephemeral.arrive(member)
-            return False
+            return True
+        member.deliver(self._frame("state.sync", actor.user_id, state_view(self.state, actor.role)))
+        member.deliver(self._frame("map.list", actor.user_id, map_list(self.state)))
+        history = self.chat.log.history_for(actor.user_id, actor.role)
+        member.deliver(self._frame("chat.history", actor.user_id, history))
+        self.metrics.message_out("state.sync")
+        self.metrics.message_out("map.list")
+        self.metrics.message_out("chat.history")
+        self.ephemeral.arrive(member)
+        return False
 
     def _check_caps(self, user_id: str) -> None:
         if len(self.members) >= self.settings.max_connections_per_campaign:

@@ -8,9 +8,11 @@ builds what a member submits, `live` what it submits aside (grabs, releases, sig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,10 @@ class FakeMember:
         self.skip = skip
         self.deliveries: list[Delivery] = []
         self.everything: list[Delivery] = []
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Nothing to gather: every delivery is kept as it comes."""
+        return contextlib.nullcontext()
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Keep the message, decoded."""

@@ -21,7 +21,7 @@ from starlette.types import Message
 
 from app.auth import Identity
 from app.config import Settings
-from app.connection import Connection, text_of
+from app.connection import Connection, Taker, text_of
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
@@ -62,14 +62,23 @@ class FakePeer:
         self.started += 1
         await self.gate.wait()
 
-    def write(self, frame: bytes) -> None:
-        """Take a ready-made frame, as the transport would."""
+    def write(self, data: bytes) -> None:
+        """Take ready-made frames (one, or a batch's in one write), as the transport would."""
         assert self.writable(), "a frame was written to a socket that could not take it"
-        self.messages.append({"type": "websocket.send", "text": text_of(frame)})
+        while data:
+            length = data[1] & 0x7F
+            start = 2 if length < 126 else 4 if length == 126 else 10
+            if length >= 126:
+                length = int.from_bytes(data[2:start], "big")
+            frame, data = data[: start + length], data[start + length :]
+            self.messages.append({"type": "websocket.send", "text": text_of(frame)})
 
     def abort(self) -> None:
         """Drop the connection."""
         self.aborted = True
+
+    def take_messages(self, taker: Taker | None) -> None:
+        """This peer sends no messages: there is nothing to offer."""
 
     @property
     def frames(self) -> list[dict[str, Any]]:
