@@ -26,7 +26,9 @@ from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
 from app.protocol import text_frame
-from app.session import Outgoing
+from app.rules import new_state
+from app.session import Outgoing, Session
+from tests.support.fakes import campaign_chat
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +48,7 @@ class FakePeer:
         self.gate.set()
         self.started = 0
         self.aborted = False
+        self.writes = 0
 
     async def __call__(self, message: Message) -> None:
         """The ASGI send: wait until the socket can take `message`, then record it."""
@@ -65,6 +68,7 @@ class FakePeer:
     def write(self, data: bytes) -> None:
         """Take ready-made frames (one, or a batch's in one write), as the transport would."""
         assert self.writable(), "a frame was written to a socket that could not take it"
+        self.writes += 1
         while data:
             length = data[1] & 0x7F
             start = 2 if length < 126 else 4 if length == 126 else 10
@@ -431,6 +435,53 @@ async def test_a_frame_for_an_idle_writable_socket_is_written_at_once() -> None:
         assert [f["seq"] for f in peer.frames] == [1], "written before any task could run"
         assert connection.writer is None
         assert peer.started == 0
+
+
+async def test_frames_delivered_in_a_batch_go_out_in_one_write_in_order() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        with connection.batch():
+            connection.deliver(frame("state.sync", 1))
+            connection.deliver(move(2, "t1", 1))
+            connection.deliver(frame("presence.sync", 3))
+            assert peer.writes == 0, "held until the batch ends"
+
+        assert peer.writes == 1
+        assert [f["type"] for f in peer.frames] == ["state.sync", "token.move", "presence.sync"]
+        connection.deliver(frame("token.add", 4, "t2"))
+        assert peer.writes == 2, "after the batch, frames go straight out again"
+
+
+async def test_a_join_greets_in_one_write() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        settings = Settings(env="test")
+        session = Session(new_state("c1"), settings, Metrics(), campaign_chat("c1", settings))
+
+        await session.join(connection)
+
+        assert peer.writes == 1
+        kinds = [f["type"] for f in peer.frames]
+        assert kinds == ["state.sync", "map.list", "chat.history", "presence.sync", "presence.join"]
+
+
+async def test_a_batch_closed_inside_writes_nothing() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        with connection.batch():
+            connection.deliver(frame("state.sync", 1))
+            connection.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+
+        await eventually(lambda: connection.writer is None)
+        assert peer.frames == []
+
+
+async def test_a_batch_while_the_writer_drains_queues_behind_it() -> None:
+    async with outbox(direct=True) as (connection, peer):
+        await stalled(connection, peer)
+        with connection.batch():
+            connection.deliver(frame("token.add", 1, "t1"))
+        peer.gate.set()
+
+        await drained(connection, peer, 2)
+        assert [f["type"] for f in peer.frames] == ["hello", "token.add"]
 
 
 async def test_a_frame_never_overtakes_the_frame_the_writer_has_in_flight() -> None:
