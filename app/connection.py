@@ -87,6 +87,10 @@ class FrameSocket(Protocol):
         """Hand one frame to the socket."""
         ...
 
+    def try_write(self, frame: bytes) -> bool:
+        """Write `frame` if the socket is writable now; whether it was."""
+        ...
+
     def abort(self) -> None:
         """Drop the connection now, whatever is still buffered."""
         ...
@@ -304,13 +308,14 @@ class Connection:
         if self.closing is not None:
             return
         socket = self.socket
-        if self.writer is None and socket is not None and socket.writable():
+        if self.writer is None and socket is not None:
             batch = self._batch
-            if batch is not None:
+            if batch is None:
+                if socket.try_write(outgoing.frame):
+                    return
+            elif socket.writable():
                 batch.append(outgoing.frame)
-            else:
-                socket.write(outgoing.frame)
-            return
+                return
         outbox = self._outbox
         replaced = outbox.put(outgoing)
         if replaced is not None and replaced.signal is not None:

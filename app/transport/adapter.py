@@ -68,7 +68,7 @@ class TransportSocket:
         """Whether a frame written now goes out at once, in order, on an open connection."""
         # uvicorn closes the transport on every way a connection ends (a close from the peer,
         # a ping timeout, a lost connection, shutdown); our own close stops delivery first.
-        return self._writable.is_set() and not self._transport.is_closing()
+        return not self._protocol.write_paused and not self._transport.is_closing()
 
     async def wait_writable(self) -> None:
         """Wait until the send buffer drained below its low-water mark, or the socket ended."""
@@ -77,6 +77,14 @@ class TransportSocket:
     def write(self, frame: bytes) -> None:
         """Hand one frame to the transport."""
         self._transport.write(frame)
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write `frame` when it goes out at once, in order, on an open connection (`writable`)."""
+        transport = self._transport
+        if self._protocol.write_paused or transport.is_closing():
+            return False
+        transport.write(frame)
+        return True
 
     def abort(self) -> None:
         """Drop the connection now, whatever its send buffer still holds."""
@@ -146,6 +154,8 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.inbox = Inbox()
         self.queue = self.inbox  # type: ignore[assignment]
+        # `writable` as a plain flag, for the hot path (set when the send buffer is full).
+        self.write_paused = False
         # Who takes complete text messages before the Inbox (the app's Connection), if anyone.
         self.taker: Taker | None = None
         # Cutting frames here: on once the connection opened at a frame boundary. `_held` is
@@ -285,6 +295,16 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         else:
             self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
             self._read_ahead()
+
+    def pause_writing(self) -> None:
+        """As uvicorn does (`writable` cleared), and the flag set."""
+        super().pause_writing()
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        """As uvicorn does (`writable` set), and the flag cleared."""
+        super().resume_writing()
+        self.write_paused = False
 
     def keepalive_timeout(self) -> None:
         """Handle a ping timeout as uvicorn does, then drop the socket at once.

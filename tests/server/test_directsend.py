@@ -26,13 +26,20 @@ async def test_broadcasts_to_idle_sockets_are_written_directly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[bytes] = []
-    original = TransportSocket.write
+    original_write, original_try = TransportSocket.write, TransportSocket.try_write
 
     def counting(self: TransportSocket, frame: bytes) -> None:
         writes.append(frame)
-        original(self, frame)
+        original_write(self, frame)
+
+    def counting_try(self: TransportSocket, frame: bytes) -> bool:
+        written = original_try(self, frame)
+        if written:
+            writes.append(frame)
+        return written
 
     monkeypatch.setattr(TransportSocket, "write", counting)
+    monkeypatch.setattr(TransportSocket, "try_write", counting_try)
     async with serve(settings_for(tmp_path)) as server:
         gm = await server.join("c1", "gm1", "gm")
         player = await server.join("c1", "p1")
@@ -40,8 +47,9 @@ async def test_broadcasts_to_idle_sockets_are_written_directly(
         await gm.request("token.add", token_payload("t1"))
         await player.expect("token.add")
         # Each join's state.sync, map.list, chat.history, presence.sync and presence.join went
-        # straight out, and so did the player's presence.join to the GM.
-        assert greetings == 11, "the greetings went straight out"
+        # straight out in one write, and so did the player's presence.join to the GM.
+        assert greetings == 3, "each greeting went straight out, in one write"
+        assert writes[0].count(b'"type":"') == 5
         assert len(writes) == greetings + 2
         assert writes[-2] is writes[-1], "one frame object shared by both recipients"
         assert writes[-1].endswith(player.raw[-1].encode())

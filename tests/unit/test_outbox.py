@@ -77,6 +77,13 @@ class FakePeer:
             frame, data = data[: start + length], data[start + length :]
             self.messages.append({"type": "websocket.send", "text": text_of(frame)})
 
+    def try_write(self, data: bytes) -> bool:
+        """Write when writable; whether it was."""
+        if not self.writable():
+            return False
+        self.write(data)
+        return True
+
     def abort(self) -> None:
         """Drop the connection."""
         self.aborted = True
