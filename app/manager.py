@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import overload
 
 import msgspec
 
@@ -30,11 +31,52 @@ from app.session import Member, Session, SessionClosed, Snapshot
 log = logging.getLogger("vtt.manager")
 
 MAX_FLUSH_BACKOFF = 60.0
-# Snapshots are taken, and state.saved sent, in slices so that thousands of dirty sessions
-# never hold the loop long.
-SNAPSHOT_SLICE = 50
+# A flush takes snapshots (encoding each state) and sends state.saved in slices of about
+# this much work, letting the event loop run between them, so that thousands of dirty
+# sessions never hold it long: a slice is cut by time, as states and audiences vary in size.
+FLUSH_SLICE_SECONDS = 0.001
 # A campaign whose chat rows could not be loaded tries again on a join at most this often.
 CHAT_RETRY_SECONDS = 10.0
+
+
+class Slices:
+    """Cuts a long run of work into slices of `budget` seconds, yielding to the loop between."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self._deadline = time.perf_counter() + budget
+
+    def restart(self) -> None:
+        """Begin a fresh slice (after an await that let the loop run anyway)."""
+        self._deadline = time.perf_counter() + self.budget
+
+    async def pause(self) -> None:
+        """Let the event loop run other work once this slice has used its budget."""
+        if time.perf_counter() >= self._deadline:
+            await asyncio.sleep(0)
+            self.restart()
+
+
+class Rows(Sequence[tuple[str, bytes]]):
+    """Snapshots as the store's (campaign_id, state) rows, each pair made only when asked for."""
+
+    def __init__(self, snapshots: list[Snapshot]) -> None:
+        self._snapshots = snapshots
+
+    def __len__(self) -> int:
+        return len(self._snapshots)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, bytes]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, bytes]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[str, bytes] | list[tuple[str, bytes]]:
+        if isinstance(index, slice):
+            return [(s.campaign_id, s.data) for s in self._snapshots[index]]
+        snapshot = self._snapshots[index]
+        return snapshot.campaign_id, snapshot.data
 
 
 class SessionManager:
@@ -173,21 +215,29 @@ class SessionManager:
                 delay = min(delay * 2, max(MAX_FLUSH_BACKOFF, self.settings.flush_interval))
 
     async def flush(self) -> bool:
-        """Write every dirty session in batched upserts; False when the store failed."""
+        """Write every dirty session in batched upserts; False when the store failed.
+
+        A session changed after its snapshot stays dirty (mark_saved records the snapshot's
+        version, not the session's), whichever slice the change lands in.
+        """
         async with self._flush_lock:
-            snapshots: list[tuple[Session, Snapshot]] = []
-            dirty = [s for s in self.sessions.values() if s.dirty]
-            for index, session in enumerate(dirty, start=1):
-                snapshot = await session.snapshot()
-                if snapshot is not None:
-                    snapshots.append((session, snapshot))
-                if index % SNAPSHOT_SLICE == 0:
-                    await asyncio.sleep(0)
+            slices = Slices(FLUSH_SLICE_SECONDS)
+            # Side by side rather than in pairs: tens of thousands of pairs alive for the whole
+            # tick would each be tracked, and traversed, by the garbage collector.
+            written: list[Session] = []
+            snapshots: list[Snapshot] = []
+            for session in list(self.sessions.values()):
+                if session.dirty:
+                    snapshot = await session.snapshot()
+                    if snapshot is not None:
+                        written.append(session)
+                        snapshots.append(snapshot)
+                await slices.pause()
             if not snapshots:
                 return True
             started = time.perf_counter()
             try:
-                await self.store.save_many([(s.campaign_id, s.data) for _, s in snapshots])
+                await self.store.save_many(Rows(snapshots))
             except StoreUnavailable as exc:
                 self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=False)
                 if self._outage_since is None:
@@ -204,10 +254,10 @@ class SessionManager:
                     extra={"outage_seconds": round(time.monotonic() - self._outage_since, 3)},
                 )
                 self._outage_since = None
-            for index, (session, snapshot) in enumerate(snapshots, start=1):
+            slices.restart()
+            for session, snapshot in zip(written, snapshots, strict=True):
                 session.mark_saved(snapshot)
-                if index % SNAPSHOT_SLICE == 0:
-                    await asyncio.sleep(0)
+                await slices.pause()
             return True
 
     # --- shutdown -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import asyncio
 import uuid
 from collections import deque
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from msgspec import UNSET, Raw, Struct
@@ -103,9 +102,12 @@ class Recorded(Struct, frozen=True, gc=False):
     audience: Audience | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The persisted form of a session at one version."""
+class Snapshot(Struct, frozen=True, gc=False):
+    """The persisted form of a session at one version.
+
+    Untracked by the garbage collector: a flush holds one per dirty session for the whole
+    tick, and tens of thousands of tracked survivors would each cost young collections.
+    """
 
     campaign_id: str
     data: bytes

@@ -9,7 +9,9 @@ StoreUnavailable        any failure to load, save or ping; the original error is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import heapq
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, Protocol
 
@@ -25,9 +27,13 @@ BATCH_ROWS: Final = 500
 # Postgres parses every state into jsonb, one core per connection: a large flush goes
 # over this many connections at once (SQLite has one writer, so it gets one).
 WRITERS: Final = 4
-# A batch also stops growing at this many bytes of state, so a few huge campaigns
-# cannot build one statement of hundreds of megabytes.
-BATCH_BYTES: Final = 32 * 1024 * 1024
+# A batch also stops growing at this many bytes of state. Binding a statement's parameters
+# and handing them to the socket run on the event loop at several milliseconds a megabyte,
+# so a batch of this size keeps each of those steps near a millisecond (a single state
+# larger than this still goes alone, in one batch).
+BATCH_BYTES: Final = 256 * 1024
+# Rows are deduplicated and sorted this many at a time, yielding to the event loop between.
+ORDER_SLICE: Final = 2000
 
 
 class StoreUnavailable(Exception):
@@ -57,11 +63,32 @@ class Store(Protocol):
 def batches(rows: Sequence[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
     """Split rows into upsert batches: one row per campaign (the last wins), in id order."""
     latest = dict(rows)
+    return cut((campaign_id, latest[campaign_id]) for campaign_id in sorted(latest))
+
+
+async def in_id_order(rows: Sequence[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """`batches`' rows before cutting, prepared ORDER_SLICE rows per turn of the event loop.
+
+    Sorted runs are merged lazily, a batch at a time, as the writers take them.
+    """
+    latest: dict[str, bytes] = {}
+    for start in range(0, len(rows), ORDER_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        latest.update(rows[start : start + ORDER_SLICE])
+    ids = list(latest)
+    runs: list[list[str]] = []
+    for start in range(0, len(ids), ORDER_SLICE):
+        await asyncio.sleep(0)
+        runs.append(sorted(ids[start : start + ORDER_SLICE]))
+    return ((campaign_id, latest[campaign_id]) for campaign_id in heapq.merge(*runs))
+
+
+def cut(ordered: Iterable[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    """Cut rows, in the order given, into batches of at most BATCH_ROWS rows and BATCH_BYTES."""
     batch: list[tuple[str, bytes]] = []
     size = 0
-    # A fixed order means two writers lock rows in the same order and cannot deadlock.
-    for campaign_id in sorted(latest):
-        state = latest[campaign_id]
+    for campaign_id, state in ordered:
         if batch and (len(batch) == BATCH_ROWS or size + len(state) > BATCH_BYTES):
             yield batch
             batch, size = [], 0
@@ -113,24 +140,33 @@ class SqlStore:
     async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
         """Upsert rows, one statement per batch, over a few connections; return statements run.
 
-        Each connection writes its share of the batches in one transaction. On failure
-        some shares may be committed and others not: every row is to be saved again.
+        Each connection writes its share of the batches in one transaction, taking them one
+        by one in id order (a fixed order means two writers lock rows in the same order and
+        cannot deadlock). On failure some shares may be committed and others not: every row
+        is to be saved again.
         """
-        pending = list(batches(rows))
-        shared = iter(pending)
+        pending = cut(await in_id_order(rows))
+        taken = 0
 
-        async def write() -> None:
+        async def write(first: list[tuple[str, bytes]]) -> None:
+            nonlocal taken
             async with self._engine.begin() as connection:
-                for batch in shared:
+                batch: list[tuple[str, bytes]] | None = first
+                while batch is not None:
                     await connection.execute(self._upsert, self._parameters(batch))
+                    batch = next(pending, None)
+                    taken += batch is not None
 
-        writers = min(self._writers, len(pending))
-        outcomes = await asyncio.gather(*(write() for _ in range(writers)), return_exceptions=True)
+        writers = []
+        for batch in itertools.islice(pending, self._writers):
+            writers.append(write(batch))
+            taken += 1
+        outcomes = await asyncio.gather(*writers, return_exceptions=True)
         with _store_failures():
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-        return len(pending)
+        return taken
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers and vtt_sessions exists."""

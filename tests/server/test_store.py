@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
-from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable
+from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable, batches
 from app.persistence.tables import vtt_sessions
 from tests.support.loops import run
 from tests.support.poll import poll
@@ -166,6 +166,37 @@ def test_saving_1200_rows_takes_three_round_trips(database_url: str) -> None:
     assert all(sql.lstrip().startswith("INSERT INTO vtt_sessions") for sql in statements)
     assert reported == 3
     assert stored == 1200
+
+
+def test_states_past_a_batchs_byte_cap_go_in_several_statements_and_all_arrive(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [(f"c{i}", state(f"c{i}", seq=i)) for i in range(7)]
+    # Two of these states to a batch: binding a statement must stay small on the event loop.
+    monkeypatch.setattr("app.persistence.store.BATCH_BYTES", 2 * len(rows[0][1]) + 10)
+    expected = len(list(batches(rows)))
+    assert expected == 4
+
+    async def scenario() -> tuple[int, int, list[Any]]:
+        async with sql_store(database_url) as (store, engine):
+            await store.ping()
+            statements: list[str] = []
+
+            @event.listens_for(engine.sync_engine, "before_cursor_execute")
+            def count(*args: Any) -> None:
+                statements.append(args[2])
+
+            reported = await store.save_many(rows)
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+            async with engine.connect() as connection:
+                stored = await connection.execute(
+                    select(vtt_sessions.c.campaign_id).order_by(vtt_sessions.c.campaign_id)
+                )
+                return reported, len(statements), [row[0] for row in stored]
+
+    reported, counted, stored = run(scenario())
+    assert (reported, counted) == (expected, expected)
+    assert stored == sorted(campaign_id for campaign_id, _ in rows)
 
 
 def test_an_upsert_overwrites_the_state_and_bumps_updated_at(database_url: str) -> None:

@@ -1,10 +1,10 @@
-"""Event loops for tests: a scenario run with a deadline, and a loop on a virtual clock."""
+"""Event loops for tests: a run with a deadline, a loop on a virtual clock, a per-turn hook."""
 
 from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,3 +40,26 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         """The virtual time."""
         return self.now
+
+
+class EveryTurn:
+    """Calls `action` once per turn of the running event loop until closed, never sleeping.
+
+    What a test sees from it happens between two callbacks of the loop: it observes (or
+    nudges) a long task exactly where that task lets the loop run.
+    """
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.turns = 0
+        self._action = action
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self.turns += 1
+        self._action()
+        self._handle = self._loop.call_soon(self._turn)
+
+    def close(self) -> None:
+        """Stop calling the action."""
+        self._handle.cancel()

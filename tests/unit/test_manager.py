@@ -15,14 +15,14 @@ from app.auth.roles import DevClaimRoles
 from app.chat import message_of
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
-from app.manager import MAX_FLUSH_BACKOFF, SNAPSHOT_SLICE, SessionManager
+from app.manager import MAX_FLUSH_BACKOFF, SessionManager, Slices
 from app.metrics import Metrics
 from app.persistence.chat import MemoryChatStore, StoredMessage
 from app.protocol import TokenAddMsg, decode_client_message
 from app.session import Session
 from tests.support.fakes import FakeMember, RecordingStore, change
 from tests.support.harness import TIMEOUT, token_payload
-from tests.support.loops import VirtualClockLoop
+from tests.support.loops import EveryTurn, VirtualClockLoop
 from tests.support.poll import poll
 
 pytestmark = pytest.mark.anyio
@@ -394,9 +394,9 @@ async def test_a_failed_flush_keeps_sessions_dirty_tells_nobody_and_the_next_one
     assert gm.types == ["state.saved"]
 
 
-async def test_a_flush_of_more_sessions_than_a_slice_writes_and_acknowledges_them_all() -> None:
+async def test_a_flush_of_hundreds_of_sessions_writes_and_acknowledges_them_all() -> None:
     manager, store = manager_of()
-    campaigns = [f"c{index}" for index in range(SNAPSHOT_SLICE * 2 + 1)]
+    campaigns = [f"c{index}" for index in range(300)]
     members = [FakeMember("gm-ada", "gm") for _ in campaigns]
     for campaign, member in zip(campaigns, members, strict=True):
         session, _ = await manager.join(campaign, member)
@@ -405,8 +405,122 @@ async def test_a_flush_of_more_sessions_than_a_slice_writes_and_acknowledges_the
 
     assert await manager.flush()
 
+    assert store.saves == 1
     assert store.rows.keys() == set(campaigns)
     assert all(member.types == ["state.saved"] for member in members)
+
+
+async def dirty_sessions(
+    manager: SessionManager, count: int
+) -> list[tuple[str, Session, FakeMember]]:
+    """`count` live campaigns, each edited once by its GM (so dirty), their greetings taken."""
+    sessions = []
+    for index in range(count):
+        gm = FakeMember("gm-ada", "gm")
+        session, _ = await manager.join(f"c{index}", gm)
+        await edited(session, gm)
+        gm.take()
+        sessions.append((f"c{index}", session, gm))
+    return sessions
+
+
+def stored_tokens(store: RecordingStore, campaign: str) -> set[str]:
+    """The token ids of a campaign's stored state."""
+    return set(json.loads(store.rows[campaign])["tokens"])
+
+
+async def test_a_slice_lets_the_loop_run_once_its_budget_is_spent_and_not_before() -> None:
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+
+    loop.call_soon(ran.append, "waiting")
+    async with asyncio.timeout(TIMEOUT):
+        await Slices(3600.0).pause()
+    assert ran == []
+    async with asyncio.timeout(TIMEOUT):
+        await Slices(0.0).pause()
+    assert ran == ["waiting"]
+
+
+async def test_a_flush_snapshots_a_slice_at_a_time_and_an_edit_after_a_snapshot_waits_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.manager.FLUSH_SLICE_SECONDS", 0.0)
+    manager, store = manager_of()
+    sessions = await dirty_sessions(manager, 6)
+    # While the flush takes its snapshots, one more edit per turn of the loop, last campaign
+    # first: the ones edited before their snapshot are written with it, the others not.
+    waiting = list(reversed(sessions))
+    edits: dict[str, asyncio.Task[None]] = {}
+
+    def edit_one() -> None:
+        if waiting and store.attempts.empty():
+            campaign, session, gm = waiting.pop(0)
+            edits[campaign] = asyncio.create_task(edited(session, gm, "t2"))
+
+    flushing = asyncio.create_task(manager.flush())
+    turns = EveryTurn(edit_one)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert await flushing
+            await asyncio.gather(*edits.values())
+    finally:
+        turns.close()
+
+    assert store.saves == 1
+    with_edit = {campaign for campaign, _, _ in sessions if "t2" in stored_tokens(store, campaign)}
+    assert with_edit, "an edit made while earlier snapshots were taken is in its own"
+    assert with_edit < edits.keys(), "an edit made after its snapshot is not"
+    for campaign, session, _ in sessions:
+        assert session.dirty == (campaign in edits.keys() - with_edit), campaign
+    assert await manager.flush()
+    assert all("t2" in stored_tokens(store, campaign) for campaign in edits)
+    assert not any(session.dirty for _, session, _ in sessions)
+
+
+async def test_a_flush_acknowledges_a_slice_at_a_time_and_an_edit_before_a_turn_stays_dirty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.manager.FLUSH_SLICE_SECONDS", 0.0)
+    manager, store = manager_of()
+    sessions = await dirty_sessions(manager, 6)
+    _, last, last_gm = sessions[-1]
+    seen: list[int] = []
+    edits: list[asyncio.Task[None]] = []
+
+    def watch() -> None:
+        acknowledged = sum(1 for _, _, gm in sessions if "state.saved" in gm.types)
+        seen.append(acknowledged)
+        if acknowledged and not edits:
+            edits.append(asyncio.create_task(edited(last, last_gm, "t2")))
+
+    store.gate.clear()
+    flushing = asyncio.create_task(manager.flush())
+    await poll(lambda: store.attempts.qsize() == 1, TIMEOUT, "the write to start")
+    turns = EveryTurn(watch)
+    store.gate.set()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert await flushing
+            await asyncio.gather(*edits)
+    finally:
+        turns.close()
+
+    assert any(0 < count < len(sessions) for count in seen), "state.saved goes out in slices"
+    # The edit came after the write, before this session's acknowledgement: the state.saved
+    # names the seq that was written, and the session stays dirty.
+    assert [m["type"] for m in last_gm.received] == ["token.add", "state.saved"]
+    assert last_gm.received[-1]["payload"] == {"seq": 1}
+    assert "t2" not in stored_tokens(store, "c5")
+    assert last.dirty
+    assert not any(session.dirty for _, session, _ in sessions[:-1])
+    last_gm.take()
+    assert await manager.flush()
+    assert "t2" in stored_tokens(store, "c5")
+    assert not last.dirty
+    assert last_gm.take() == [
+        {"type": "state.saved", "campaign_id": "c5", "user_id": "gm-ada", "payload": {"seq": 2}}
+    ]
 
 
 async def test_a_change_made_while_a_flush_writes_keeps_the_session_dirty() -> None:
