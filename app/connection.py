@@ -606,34 +606,36 @@ class Connection:
 
         The socket offers a complete text message while the reader waits with nothing queued.
         This takes it when the reader would handle it without waiting: the connection not
-        closing, no merged move pending, the bucket willing, the session's lock free, and a
-        message that needs no waiting (not an auth.refresh; a signal only within the read
-        pace). False leaves the message to the reader, which then does what it would have.
+        closing, no merged move pending, the session's lock free, and a message that needs no
+        waiting: a signal within the read pace (signals never spend the bucket), or anything
+        else but an auth.refresh that the bucket takes. False leaves the message to the
+        reader, which then does what it would have.
         """
         if self.closing is not None or self._pending or session.lock.locked():
             return False
         if _too_big(text, self.settings.limits.max_frame_bytes):
             return False
         now = time.monotonic()
-        bucket = self._bucket
-        if not bucket.try_take(now):
-            return False
         started = time.perf_counter()
         try:
-            message = self._decoded(text, session)
-            match message:
-                case None:
-                    pass
-                case Signal():
-                    bucket.refund()
-                    if not self._unmetered_now(now):
-                        return False
-                    session.live_now(self, message)
-                case AuthRefreshMsg():
-                    bucket.refund()
+            try:
+                message = decode_client_message(text)
+            except DecodeFailure as failure:
+                if not self._bucket.try_take(now):
                     return False
-                case _:
-                    self._apply_now(message, session, started)
+                self.metrics.message_in("unknown")
+                session.reply_error(self, failure.code, failure.message)
+                return True
+            if isinstance(message, Signal):
+                if not self._unmetered_now(now):
+                    return False
+                self.metrics.message_in(str(message.__struct_config__.tag))
+                session.live_now(self, message)
+            elif isinstance(message, AuthRefreshMsg) or not self._bucket.try_take(now):
+                return False
+            else:
+                self.metrics.message_in(str(message.__struct_config__.tag))
+                self._apply_now(message, session, started)
         except Exception:
             self._failed(session)
         return True
