@@ -235,6 +235,10 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "MISSED")
 
@@ -278,7 +282,7 @@ def issue16_targets(summary: dict[str, Any]) -> list[Target]:
         rows.append(
             (
                 "CPU per delivered msg at 100x6 @ 20 Hz <= 0.9x baseline (> 1.0x is a defect)",
-                f"{_fmt(ours)} us ({_fmt(ratio)}x)",
+                f"{_fmt(ours)} us ({_times(ratio)})",
                 f"{_fmt(base)} us",
                 verdict + _caveat(summary, fixed100),
                 _repeats(summary, fixed100, both),
@@ -292,7 +296,7 @@ def issue16_targets(summary: dict[str, Any]) -> list[Target]:
         rows.append(
             (
                 "join storm of 500, all synced, <= 1.3x baseline",
-                f"{_fmt(ours, 0)} ms ({_fmt(ratio)}x)",
+                f"{_fmt(ours, 0)} ms ({_times(ratio)})",
                 f"{_fmt(base, 0)} ms",
                 "MISSED (not all synced)"
                 if incomplete
@@ -310,7 +314,7 @@ def issue16_targets(summary: dict[str, Any]) -> list[Target]:
         rows.append(
             (
                 f"connect rate at {count:,} ({flight} in flight) >= 0.8x baseline",
-                f"{_fmt(ours, 0)}/s ({_fmt(ratio)}x)",
+                f"{_fmt(ours, 0)}/s ({_times(ratio)})",
                 f"{_fmt(base, 0)}/s",
                 (
                     "MISSED (not all synced)"
@@ -367,7 +371,7 @@ def issue16_targets(summary: dict[str, Any]) -> list[Target]:
             (
                 f"cursor relay CPU per delivered frame <= token.move's, {mode.split()[1]} "
                 "(issue 15.2)",
-                f"{_fmt(cursors)} us ({_fmt(ratio)}x a move)",
+                f"{_fmt(cursors)} us ({_times(ratio)} a move)",
                 f"token.move: {_fmt(moves)} us (ours)",
                 _verdict(None if ratio is None else ratio <= 1.0),
                 _repeats(summary, mode, (OURS,)),

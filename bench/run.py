@@ -112,6 +112,9 @@ class Profile:
     flush_campaigns: int
     flush_runs: int
     chat: tuple[ChatLoad, ...]
+    chat_repeats: int
+    # The baseline's cursor runs (a comparison, not a target) in the first repeats only.
+    cursor_baseline_repeats: int
     connect_repeats: int
     connect_campaigns: int = 200
     connect_clients: int = 10
@@ -136,6 +139,8 @@ QUICK = Profile(
     flush_campaigns=10_000,
     flush_runs=3,
     chat=(ChatLoad("100x6 @ 2 Hz", 100),),
+    chat_repeats=1,
+    cursor_baseline_repeats=1,
     connect_repeats=3,
 )
 FULL = Profile(
@@ -156,6 +161,8 @@ FULL = Profile(
         ChatLoad("100x6 @ 2 Hz", 100),
         ChatLoad("100x6 @ 2 Hz, 1 in 4 rolled", 100, roll_every=4),
     ),
+    chat_repeats=3,
+    cursor_baseline_repeats=3,
     connect_repeats=5,
 )
 
@@ -532,15 +539,17 @@ class Bench:
         """Run the selected modes, alternating servers A B A B within each mode."""
         p = self.profile
         for load in p.fixed if {"fixed", "cursor"} & set(modes) else ():
-            for _ in range(repeats or p.repeats):
+            for repeat in range(repeats or p.repeats):
                 for name in self.servers if "fixed" in modes else ():
                     self.record(
                         f"fixed {load.label}", name, functools.partial(self.fixed, name, load)
                     )
                 # The baseline relays cursor.move like any frame, to its sender too.
+                baseline_too = repeat < (repeats or p.cursor_baseline_repeats)
                 for name in self.servers if "cursor" in modes else ():
-                    cursor = functools.partial(self.fixed, name, load, "cursor")
-                    self.record(f"cursor {load.label}", name, cursor)
+                    if name == OURS or baseline_too:
+                        cursor = functools.partial(self.fixed, name, load, "cursor")
+                        self.record(f"cursor {load.label}", name, cursor)
         plan: list[tuple[str, int, Callable[[str], dict[str, Any]]]] = [
             ("ramp", p.ramp.repeats, self.ramp),
             ("idle", p.idle_repeats, self.idle),
@@ -555,7 +564,7 @@ class Bench:
                     self.record(mode, name, functools.partial(method, name))
         # Chat last: the messages it stores would otherwise be every later join's history.
         for load in p.chat if "chat" in modes else ():
-            for _ in range(repeats or p.repeats):
+            for _ in range(repeats or p.chat_repeats):
                 for name in self.servers:
                     self.record(
                         f"chat {load.label}", name, functools.partial(self.chat, name, load)
