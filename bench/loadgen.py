@@ -734,6 +734,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     soak = parser.add_argument_group("soak (bench/soakgen.py)")
     soak.add_argument("--duration", type=float, default=1800.0, help="soak: seconds in all")
     soak.add_argument("--soak-window", type=float, default=60.0, help="soak: seconds per window")
+    soak.add_argument(
+        "--soak-warmup", type=float, default=0.0, help="soak: seconds of load before window 1"
+    )
     soak.add_argument("--move-rate", type=float, default=10.0, help="soak: token.move Hz")
     soak.add_argument("--cursor-rate", type=float, default=5.0, help="soak: cursor.move Hz")
     soak.add_argument(

@@ -612,7 +612,10 @@ def soak_verdict(
     end; p99 of moves in the last window under 2x the first window's; zero errors (the
     set-up's included); zero lost and zero reordered messages. A check that cannot be judged
     (too few windows) fails the soak, and so does a soak that ended before its last window.
+    A warm-up window (`warmup: true`) counts for errors, loss and order only.
     """
+    every = windows
+    windows = [w for w in every if not w.get("warmup")]
     count = len(windows)
     settle = soak_settle_windows(count, window_s)
     checks: list[dict[str, Any]] = []
@@ -667,9 +670,9 @@ def soak_verdict(
                 "passed": None,
             }
         )
-    errors = sum(_total(w, "errors") for w in windows) + sum((setup_errors or {}).values())
-    lost = sum(_total(w, "lost") for w in windows)
-    reordered = sum(_total(w, "reordered") for w in windows)
+    errors = sum(_total(w, "errors") for w in every) + sum((setup_errors or {}).values())
+    lost = sum(_total(w, "lost") for w in every)
+    reordered = sum(_total(w, "reordered") for w in every)
     for name, value in (("errors", errors), ("lost", lost), ("reordered", reordered)):
         checks.append({"check": name, "rule": "0", "measured": value, "passed": value == 0})
     return {
@@ -686,11 +689,14 @@ def soak_markdown(results: dict[str, Any]) -> str:
     verdict = results["verdict"]
     windows: list[dict[str, Any]] = results["windows"]
     minutes = results["duration_s"] / 60
+    measured = [w for w in windows if not w.get("warmup")]
+    warmup = load.get("warmup_s", 0)
     lines = [
         "# Soak results",
         "",
-        f"- date: {m['date']}, commit {m['commit']}, {minutes:.0f} min in "
-        f"{len(windows)} windows of {load['window_s']:g} s, took {results['wall_s']:.0f} s",
+        f"- date: {m['date']}, commit {m['commit']}, {minutes:g} min in {len(measured)} "
+        f"windows of {load['window_s']:g} s after a {warmup:g}-s warm-up, "
+        f"took {results['wall_s']:.0f} s",
         f"- machine: {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, "
         f"load average at start {m['load_average_at_start']}",
         f"- command: `{results['command']}`",
@@ -750,7 +756,7 @@ def soak_markdown(results: dict[str, Any]) -> str:
     for w in windows:
         d = w["delivered"]
         lines.append(
-            f"| {w['window'] + 1} | {w['server_rss_mb']:.1f} "
+            f"| {'warm-up' if w.get('warmup') else w['window'] + 1} | {w['server_rss_mb']:.1f} "
             f"| {w['latency_ms']['p50']:.2f} / {w['latency_ms']['p99']:.2f} "
             f"| {w['chat_latency_ms']['p99']:.2f} | {w['cursor_latency_ms']['p99']:.2f} "
             f"| {w['cpu_per_msg_us']:.2f} | {w['server_cpu_share']:.2f} "
@@ -764,6 +770,7 @@ def soak_markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "The warm-up row is not judged for RSS or p99; its errors and losses count. "
         "Moves carry a per-campaign counter and chat messages one of their own; every client "
         "must see each exactly once and in order, across its reconnects (a resumed client gets "
         "what it missed replayed after state.resume: the 'replayed' column). A full state.sync "

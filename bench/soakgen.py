@@ -24,7 +24,10 @@ and the share delivered is reported.
 
 At each window boundary the generator emits `soak_window` with the window's figures (the
 orchestrator samples the server's CPU and RSS on it); `soak_start` opens the first window.
-After the last window the senders stop, reconnects finish, and the generator waits up to
+With --soak-warmup, the first is a warm-up (window -1, `warmup: true`): the same load, whose
+loss and errors count, but RSS and p99 are judged from the windows after it (the resume
+buffer of each campaign, 1,000 events, takes about 100 s to fill). After the last window
+the senders stop, reconnects finish, and the generator waits up to
 DRAIN_TIMEOUT s for every client to have every move and chat message; what is still missing
 then is lost, in the last window.
 """
@@ -515,14 +518,13 @@ class SoakGenerator:
 
     # Reconnects
 
-    def schedule_reconnects(self, window: int, start: float) -> None:
-        """Spread this window's reconnects (R per campaign, slots in turn) over the window."""
+    def schedule_reconnects(self, window: int, start: float, span: float) -> None:
+        """Spread this window's reconnects (R per campaign, slots in turn) over its `span` s."""
         per = self.args.reconnects
         if not per or not self.reconnectable:
             return
         count = len(self.campaigns)
         total = count * per
-        span = self.args.soak_window
         for i, campaign in enumerate(self.campaigns):
             for r in range(per):
                 slot = self.reconnectable[(window * per + r) % len(self.reconnectable)]
@@ -583,6 +585,7 @@ class SoakGenerator:
         total = sum(delivered.values())
         figures: dict[str, Any] = {
             "window": index,
+            "warmup": index < 0,
             "window_s": round(elapsed, 3),
             "connected": sum(s.alive for c in self.campaigns for s in c.seats),
             "sent": {
@@ -647,12 +650,16 @@ async def run_soak(plan: dict[str, Any], args: argparse.Namespace) -> None:
         gen.loop.call_later(LAG_INTERVAL, gen._lag_tick, gen.loop.time() + LAG_INTERVAL)
         start = gen.loop.time()
         emit({"event": "soak_start", "windows": windows, "setup_errors": setup_errors})
-        opened, cpu0 = start, _cpu()
-        for index in range(windows):
-            gen.schedule_reconnects(index, opened)
-            end = start + (index + 1) * args.soak_window
+        # A warm-up first (window -1): the load runs, loss and errors count, but RSS and p99
+        # are judged from the windows after it, once the resume buffers have filled.
+        spans = [(-1, args.soak_warmup)] if args.soak_warmup > 0 else []
+        spans += [(index, args.soak_window) for index in range(windows)]
+        opened, cpu0, end = start, _cpu(), start
+        for position, (index, span) in enumerate(spans):
+            gen.schedule_reconnects(index, opened, span)
+            end += span
             await asyncio.sleep(max(0.0, end - gen.loop.time()))
-            if index == windows - 1:
+            if position == len(spans) - 1:
                 gen.running = False
                 if gen.reconnect_tasks:
                     await asyncio.wait(set(gen.reconnect_tasks), timeout=HANDSHAKE_TIMEOUT)
@@ -666,7 +673,8 @@ async def run_soak(plan: dict[str, Any], args: argparse.Namespace) -> None:
             emit({"event": "soak_window", **figures})
             results.append(figures)
             log(
-                f"soak window {index + 1}/{windows}: p99 {figures['latency_ms']['p99']:.1f} ms, "
+                f"soak {'warm-up' if index < 0 else f'window {index + 1}/{windows}'}: "
+                f"p99 {figures['latency_ms']['p99']:.1f} ms, "
                 f"{figures['delivered_per_s']:.0f} frames/s, lost {figures['lost']}, "
                 f"errors {figures['errors']}"
             )

@@ -92,6 +92,15 @@ def test_one_error_lost_or_reordered_message_in_any_window_fails_the_soak(kind: 
     assert failed_checks(report.soak_verdict(windows, 60.0)) == [kind]
 
 
+def test_the_warm_up_is_judged_for_errors_loss_and_order_only() -> None:
+    steady = [window() for _ in range(6)]
+    warm = window(rss_mb=100.0, p99=900.0) | {"window": -1, "warmup": True}
+
+    assert report.soak_verdict([warm, *steady], 60.0, {}, 6)["passed"]
+    lossy = warm | {"lost": {"token.move": 3}}
+    assert failed_checks(report.soak_verdict([lossy, *steady], 60.0, {}, 6)) == ["lost"]
+
+
 def test_errors_of_the_set_up_fail_the_soak_too() -> None:
     windows = [window() for _ in range(6)]
 
