@@ -712,6 +712,8 @@ def soak_markdown(results: dict[str, Any]) -> str:
     lines += [f"- note: {note}" for note in results["setup"]["notes"]]
     if results.get("setup_errors"):
         lines.append(f"- set-up errors: {results['setup_errors']}")
+    if results.get("failure"):
+        lines.append(f"- cut short: {results['failure']}")
     limited = sum(bool(w.get("generator_limited")) for w in windows)
     if limited:
         lines.append(f"- the generator was near its limit in {limited} window(s)")

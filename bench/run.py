@@ -773,6 +773,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = FULL if args.full else QUICK
     modes = tuple(args.modes.split(",")) if args.modes else profile.modes
+    unknown = sorted(set(modes) - set(FULL.modes))
+    if unknown:
+        sys.stderr.write(
+            f"unknown mode(s) {', '.join(unknown)}: choose from {','.join(FULL.modes)} "
+            "(the soak is `make bench-soak`, python -m bench.soak)\n"
+        )
+        return 2
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     started = time.perf_counter()

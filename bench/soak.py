@@ -246,40 +246,47 @@ def main(argv: list[str] | None = None) -> int:
                 setup.notes.append("no Postgres: the chat logs start empty and grow")
             plan = bench.plan(OURS, server.port, args.campaigns, args.clients)
             sampler = Sampler(server)
-            result = run_loadgen(
-                [
-                    "--plan",
-                    str(plan),
-                    "--mode",
-                    "soak",
-                    "--campaigns",
-                    str(args.campaigns),
-                    "--clients",
-                    str(args.clients),
-                    "--duration",
-                    str(windows * args.window),
-                    "--soak-window",
-                    str(args.window),
-                    "--soak-warmup",
-                    str(args.warmup),
-                    "--move-rate",
-                    str(args.move_rate),
-                    "--cursor-rate",
-                    str(args.cursor_rate),
-                    "--chat-interval",
-                    str(args.chat_interval),
-                    "--reconnects",
-                    str(args.reconnects),
-                    "--offline",
-                    str(args.offline),
-                    "--deadline",
-                    str(args.warmup + windows * args.window + 600),
-                ],
-                RAW / "soak-loadgen.log",
-                REPO,
-                sampler.on_event,
-                timeout=args.warmup + windows * args.window + 900,
-            )
+            failure = None
+            try:
+                result = run_loadgen(
+                    [
+                        "--plan",
+                        str(plan),
+                        "--mode",
+                        "soak",
+                        "--campaigns",
+                        str(args.campaigns),
+                        "--clients",
+                        str(args.clients),
+                        "--duration",
+                        str(windows * args.window),
+                        "--soak-window",
+                        str(args.window),
+                        "--soak-warmup",
+                        str(args.warmup),
+                        "--move-rate",
+                        str(args.move_rate),
+                        "--cursor-rate",
+                        str(args.cursor_rate),
+                        "--chat-interval",
+                        str(args.chat_interval),
+                        "--reconnects",
+                        str(args.reconnects),
+                        "--offline",
+                        str(args.offline),
+                        "--deadline",
+                        str(args.warmup + windows * args.window + 600),
+                    ],
+                    RAW / "soak-loadgen.log",
+                    REPO,
+                    sampler.on_event,
+                    timeout=args.warmup + windows * args.window + 900,
+                )
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                # The windows so far are kept; the verdict fails on the missing ones.
+                failure = f"{type(exc).__name__}: {exc}"
+                result = {}
+                log(f"soak cut short: {failure}")
     setup_errors = dict(result.get("setup_errors") or sampler.setup_errors)
     verdict = report.soak_verdict(sampler.windows, args.window, setup_errors, windows)
     results = {
@@ -301,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": windows * args.window,
         "wall_s": round(time.perf_counter() - started, 1),
         "setup_errors": setup_errors,
+        "failure": failure,
         "verdict": verdict,
         "windows": sampler.windows,
     }
