@@ -9,7 +9,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: help install install-run install-bench run token test test-ts lint fmt migrate schema \
-	bench bench-full clean
+	bench bench-full bench-soak clean
 
 help:
 	@echo "make help        this list"
@@ -22,6 +22,7 @@ help:
 	@echo "make migrate     alembic upgrade head against DATABASE_URL (or ./vtt.db)"
 	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
 	@echo "make bench       quick benchmark and the drag bench; make bench-full for everything"
+	@echo "make bench-soak  soak our server (default 30 min): make bench-soak SOAK_MINUTES=3"
 	@echo "make install     the development environment (server, tests, linters)"
 	@echo "make install-run the server's own dependencies only (what make run needs)"
 	@echo "make install-bench  the benchmark's extra packages"
@@ -99,6 +100,11 @@ bench: install-bench
 bench-full: install-bench
 	$(PY) -m bench.run --full
 	$(PY) -m bench.drag
+
+# Bounded: it stops after SOAK_MINUTES (ARGS adds bench.soak options, e.g. ARGS='--window 30').
+SOAK_MINUTES ?= 30
+bench-soak: install-bench
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(ARGS)
 
 migrate: install-run
 	$(VENV)/bin/alembic upgrade head

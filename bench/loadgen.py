@@ -12,7 +12,14 @@ y is a per-campaign counter used to detect loss and reordering.
 
 The `cursor` mode is the `fixed` mode with the mover sending cursor.move instead of
 token.move: the same load through the ephemeral relay, which sends a cursor to everyone but
-its sender (a token.move comes back to its sender too).
+its sender (a token.move comes back to its sender too). The `chat` mode is the `fixed` mode
+with the mover sending chat.send (plain text, or every Nth with a dice roll): the send time
+and the counter travel in the text, "bench <x> <y>", and come back in chat.message to every
+client, the sender included. With `--relay baseline` the server is the raw relay, which
+broadcasts every frame as it came (its type unchanged) to everyone, the sender included.
+
+The `connect` mode opens N connections with at most C handshakes in flight to a fresh server
+and times until every one has its state.sync. The `soak` mode is bench/soakgen.py.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ import msgspec
 import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from bench.stats import connect_figures, percentile
+
 X_MODULO_US = 10_000_000
 TOKEN_ID = "t1"
 CONNECT_CONCURRENCY = 100
@@ -50,7 +59,20 @@ MOVED = {
         True,
     ),
     "cursor": ("cursor.move", b'{"type":"cursor.move","payload":{"x":%d,"y":%d}}', False),
+    "chat": (
+        "chat.message",
+        b'{"type":"chat.send","payload":{"message_type":"text","content":"bench %d %d",'
+        b'"gm_only":false}}',
+        True,
+    ),
 }
+# The chat mode's message with a dice roll (every --roll-every'th message).
+CHAT_ROLL_FRAME = (
+    b'{"type":"chat.send","payload":{"message_type":"roll","content":"bench %d %d",'
+    b'"gm_only":false,"roll":"/r 1d20+5 attack"}}'
+)
+# The type of the frame each mode sends: what the baseline relay sends back unchanged.
+SENT_TYPE = {"fixed": "token.move", "cursor": "cursor.move", "chat": "chat.send"}
 
 
 class Envelope(msgspec.Struct, gc=False):
@@ -67,6 +89,12 @@ class MovePayload(msgspec.Struct, gc=False):
     y: float
 
 
+class ChatPayload(msgspec.Struct, gc=False):
+    """The text of a chat.message (or of a chat.send the baseline relayed): "bench <x> <y>"."""
+
+    content: str = ""
+
+
 class ErrorPayload(msgspec.Struct, gc=False):
     """The code of an error frame."""
 
@@ -76,19 +104,18 @@ class ErrorPayload(msgspec.Struct, gc=False):
 _decode_envelope = msgspec.json.Decoder(Envelope).decode
 _decode_move = msgspec.json.Decoder(MovePayload).decode
 _decode_error = msgspec.json.Decoder(ErrorPayload).decode
+_decode_chat = msgspec.json.Decoder(ChatPayload).decode
+
+
+def chat_xy(payload: msgspec.Raw) -> tuple[int, int]:
+    """The send time and counter a chat message carries in its text ("bench <x> <y>")."""
+    _, x, y = _decode_chat(payload).content.split(" ", 2)
+    return int(x), int(y)
 
 
 def now_us() -> int:
     """Return the shared monotonic clock in microseconds."""
     return time.perf_counter_ns() // 1000
-
-
-def percentile(sorted_values: list[int] | list[float], q: float) -> float:
-    """Return the q-quantile (0..1) of an already sorted list by nearest rank."""
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
-    return float(sorted_values[rank])
 
 
 @dataclass
@@ -132,11 +159,12 @@ class Campaign:
 class Client(WSListener):
     """One WebSocket connection: records state.sync, latencies, errors and closes."""
 
-    def __init__(self, campaign: Campaign, stats: Stats, watched: str) -> None:
+    def __init__(self, campaign: Campaign, stats: Stats, watched: str, chat: bool = False) -> None:
         self.campaign = campaign
         self.stats = stats
-        # The frame type whose coordinates carry the send time and the counter.
+        # The frame type whose coordinates (or, for chat, text) carry the send time and counter.
         self.watched = watched
+        self.chat = chat
         self.transport: WSTransport | None = None
         self.synced: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.connect_started_us = 0
@@ -161,8 +189,11 @@ class Client(WSListener):
         envelope = _decode_envelope(frame.get_payload_as_bytes())
         kind = envelope.type
         if kind == self.watched:
-            move = _decode_move(envelope.payload)
-            y = int(move.y)
+            if self.chat:
+                x, y = chat_xy(envelope.payload)
+            else:
+                move = _decode_move(envelope.payload)
+                x, y = int(move.x), int(move.y)
             if y <= self.last_y:
                 self.stats.reordered += 1
             else:
@@ -170,7 +201,7 @@ class Client(WSListener):
             if y >= self.campaign.window_first_y:
                 self.window_count += 1
                 stats = self.stats
-                stats.latencies_us.append((received_us - int(move.x)) % X_MODULO_US)
+                stats.latencies_us.append((received_us - x) % X_MODULO_US)
                 stats.delivered += 1
                 if stats.delivered >= stats.drain_target:
                     stats.drained.set()
@@ -212,11 +243,22 @@ class Generator:
     """All campaigns and clients of one run, on one event loop."""
 
     def __init__(
-        self, url: str, plan: list[dict[str, Any]], clients_per_campaign: int, mode: str
+        self,
+        url: str,
+        plan: list[dict[str, Any]],
+        clients_per_campaign: int,
+        mode: str,
+        relay: str = "ours",
+        roll_every: int = 0,
     ) -> None:
         self.url = url
         self.k = clients_per_campaign
         self.moved, self.move_frame, self.echoed = MOVED.get(mode, MOVED["fixed"])
+        self.chat = mode == "chat"
+        self.roll_every = roll_every if self.chat else 0
+        if relay == "baseline":
+            # The raw relay sends every frame back as it came, to everyone, its sender included.
+            self.moved, self.echoed = SENT_TYPE.get(mode, "token.move"), True
         self.stats = Stats()
         self.campaigns = [
             Campaign(i, entry["id"], entry["tokens"][:clients_per_campaign])
@@ -232,7 +274,7 @@ class Generator:
 
     async def connect_client(self, campaign: Campaign, slot: int) -> Client:
         """Open one connection and wait for its state.sync; failures are counted, not raised."""
-        client = Client(campaign, self.stats, self.moved)
+        client = Client(campaign, self.stats, self.moved, self.chat)
         client.connect_started_us = now_us()
         url = f"{self.url}?campaign={campaign.id}&token={campaign.tokens[slot]}"
         try:
@@ -318,7 +360,10 @@ class Generator:
         y = campaign.next_y
         campaign.next_y = y + 1
         x = (time.perf_counter_ns() // 1000) % X_MODULO_US
-        campaign.mover.send(self.move_frame % (x, y))
+        if self.roll_every and y % self.roll_every == 0:
+            campaign.mover.send(CHAT_ROLL_FRAME % (x, y))
+        else:
+            campaign.mover.send(self.move_frame % (x, y))
         due += period
         now = self.loop.time()
         if due < now:
@@ -478,7 +523,7 @@ def step_passes(result: dict[str, Any], p99_limit_ms: float) -> bool:
 
 async def run_fixed(gen: Generator, args: argparse.Namespace) -> None:
     """Fixed load: connect R campaigns, add the token, measure one window (of moves, or of
-    cursors in the cursor mode)."""
+    cursors or chat messages in the cursor and chat modes)."""
     active = gen.campaigns[: args.campaigns]
     await gen.connect_campaigns(active, CONNECT_CONCURRENCY)
     await gen.add_tokens(active)
@@ -601,12 +646,76 @@ async def run_storm(gen: Generator, args: argparse.Namespace) -> None:
     )
 
 
+async def run_connect(gen: Generator, args: argparse.Namespace) -> None:
+    """Connect rate: open every connection, at most --concurrency handshakes in flight, and
+    time until all have their state.sync."""
+    active = gen.campaigns[: args.campaigns]
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(campaign: Campaign, slot: int) -> Client:
+        async with gate:
+            return await gen.connect_client(campaign, slot)
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    gen.start_lag_monitor()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = now_us()
+    clients = await asyncio.gather(*(one(c, slot) for c in active for slot in range(gen.k)))
+    elapsed = (now_us() - t0) / 1e6
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    gen.lag_running = False
+    gc.enable()
+    synced: list[int | None] = [
+        int(cl.synced.result() * 1e6)
+        if cl.synced.done() and not cl.synced.cancelled() and cl.synced.exception() is None
+        else None
+        for cl in clients
+    ]
+    for campaign in active:
+        campaign.clients = [cl for cl in clients if cl.campaign is campaign]
+    gen.close_all()
+    lags = sorted(gen.lag_samples)
+    gen_cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    result = {
+        "event": "result",
+        "mode": "connect",
+        "concurrency": args.concurrency,
+        **connect_figures(t0, [cl.connect_started_us for cl in clients], synced),
+        "errors": dict(gen.stats.errors),
+        "generator": {
+            "cpu_s": round(gen_cpu, 3),
+            "cpu_share": round(gen_cpu / max(elapsed, 1e-6), 3),
+            "loop_lag_ms_p99": round(percentile(lags, 0.99) * 1000, 3),
+            "loop_lag_ms_max": round((lags[-1] if lags else 0.0) * 1000, 3),
+            "missed_sends": 0,
+        },
+    }
+    result["generator_limited"] = generator_limited(result)
+    emit(result)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", required=True, help="JSON file written by bench.run")
     parser.add_argument(
-        "--mode", choices=["fixed", "cursor", "ramp", "idle", "storm"], default="fixed"
+        "--mode",
+        choices=["fixed", "cursor", "chat", "ramp", "idle", "storm", "connect", "soak"],
+        default="fixed",
+    )
+    parser.add_argument(
+        "--relay",
+        choices=["ours", "baseline"],
+        default="ours",
+        help="baseline: the server relays every frame unchanged to everyone, sender included",
+    )
+    parser.add_argument(
+        "--roll-every", type=int, default=0, help="chat: every Nth message carries a dice roll"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=200, help="connect: handshakes in flight at most"
     )
     parser.add_argument("--campaigns", type=int, default=100)
     parser.add_argument("--clients", type=int, default=6, help="clients per campaign, GM first")
@@ -622,18 +731,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")], default=[2000])
     parser.add_argument("--hold-timeout", type=float, default=120.0)
     parser.add_argument("--deadline", type=float, default=900.0, help="give up after this long")
+    soak = parser.add_argument_group("soak (bench/soakgen.py)")
+    soak.add_argument("--duration", type=float, default=1800.0, help="soak: seconds in all")
+    soak.add_argument("--soak-window", type=float, default=60.0, help="soak: seconds per window")
+    soak.add_argument(
+        "--soak-warmup", type=float, default=0.0, help="soak: seconds of load before window 1"
+    )
+    soak.add_argument("--move-rate", type=float, default=10.0, help="soak: token.move Hz")
+    soak.add_argument("--cursor-rate", type=float, default=5.0, help="soak: cursor.move Hz")
+    soak.add_argument(
+        "--chat-interval", type=float, default=5.0, help="soak: seconds between a campaign's chats"
+    )
+    soak.add_argument(
+        "--reconnects", type=int, default=2, help="soak: reconnects per campaign per window"
+    )
+    soak.add_argument(
+        "--offline", type=float, default=1.0, help="soak: seconds a reconnecting client is away"
+    )
     return parser.parse_args(argv)
 
 
 async def main(args: argparse.Namespace, plan: dict[str, Any]) -> None:
     """Run the chosen mode on the plan within the deadline."""
-    gen = Generator(plan["url"], plan["campaigns"], args.clients, args.mode)
+    if args.mode == "soak":
+        from bench.soakgen import run_soak
+
+        await asyncio.wait_for(run_soak(plan, args), args.deadline)
+        return
+    gen = Generator(
+        plan["url"], plan["campaigns"], args.clients, args.mode, args.relay, args.roll_every
+    )
     modes: dict[str, Callable[[Generator, argparse.Namespace], Any]] = {
         "fixed": run_fixed,
         "cursor": run_fixed,
+        "chat": run_fixed,
         "ramp": run_ramp,
         "idle": run_idle,
         "storm": run_storm,
+        "connect": run_connect,
     }
     try:
         await asyncio.wait_for(modes[args.mode](gen, args), args.deadline)

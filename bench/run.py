@@ -3,9 +3,14 @@
 `python -m bench.run --quick` (a few minutes) or `--full` (everything). Servers run pinned to
 core 0, the load generator to core 1. Results go to bench/results/latest.json and latest.md.
 
-The `cursor` mode runs each fixed load again on our server with cursor.move instead of
-token.move (issue 15.2: the ephemeral relay costs no more per delivered frame than a move),
-right after that repeat's fixed runs, so both are measured under the same conditions.
+The `cursor` mode runs each fixed load again with cursor.move instead of token.move (issue
+15.2: the ephemeral relay costs no more per delivered frame than a move), right after that
+repeat's fixed runs, on both servers: the baseline relays cursor.move like any frame (to its
+sender too; ours does not echo a cursor). The `chat` mode has one sender per campaign sending
+chat.send and every client receiving it (ours stores each message in Postgres first; the
+baseline only relays). The `connect` mode opens 2,000 connections, 200 handshakes in flight,
+to a fresh server: connections per second until all have state.sync (issue 16.2). The soak
+is bench/soak.py (`make bench-soak`), not part of these profiles.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 RAW = RESULTS / "raw"
 OURS, BASELINE = "ours", "baseline"
+# Our server's default per-user chat rate (VTT_CHAT_RATE_PER_SECOND).
+CHAT_RATE_DEFAULT = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,19 @@ class FixedLoad:
     campaigns: int
     clients: int = 6
     rate: float = 20.0
+
+
+@dataclass(frozen=True)
+class ChatLoad:
+    """R campaigns of K clients, one chat sender each at F messages a second."""
+
+    label: str
+    campaigns: int
+    clients: int = 6
+    # At most our server's default per-user chat rate (2 a second), so it runs as deployed.
+    rate: float = 2.0
+    # Every Nth message carries a dice roll (0: none).
+    roll_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +111,17 @@ class Profile:
     storm_repeats: int
     flush_campaigns: int
     flush_runs: int
-    modes: tuple[str, ...] = ("fixed", "cursor", "ramp", "idle", "storm", "flush")
+    chat: tuple[ChatLoad, ...]
+    chat_repeats: int
+    # The baseline's cursor runs (a comparison, not a target) in the first repeats only.
+    cursor_baseline_repeats: int
+    connect_repeats: int
+    connect_campaigns: int = 200
+    connect_clients: int = 10
+    connect_concurrency: int = 200
+    modes: tuple[str, ...] = (
+        "fixed", "cursor", "ramp", "idle", "storm", "connect", "chat", "flush",
+    )  # fmt: skip
 
 
 QUICK = Profile(
@@ -108,6 +138,10 @@ QUICK = Profile(
     storm_repeats=3,
     flush_campaigns=10_000,
     flush_runs=3,
+    chat=(ChatLoad("100x6 @ 2 Hz", 100),),
+    chat_repeats=1,
+    cursor_baseline_repeats=1,
+    connect_repeats=3,
 )
 FULL = Profile(
     name="full",
@@ -123,6 +157,13 @@ FULL = Profile(
     storm_repeats=5,
     flush_campaigns=10_000,
     flush_runs=5,
+    chat=(
+        ChatLoad("100x6 @ 2 Hz", 100),
+        ChatLoad("100x6 @ 2 Hz, 1 in 4 rolled", 100, roll_every=4),
+    ),
+    chat_repeats=3,
+    cursor_baseline_repeats=3,
+    connect_repeats=5,
 )
 
 
@@ -180,12 +221,14 @@ class Bench:
 
     # Processes
 
-    def server(self, name: str) -> ServerProcess:
+    def server(
+        self, name: str, extra_env: dict[str, str] | None = None, log_name: str | None = None
+    ) -> ServerProcess:
         """Build (not start) a fresh server process of kind `name` on a free port."""
         port = free_port()
-        log = RAW / f"{name}.log"
+        log = RAW / (log_name or f"{name}.log")
         if name == OURS:
-            env = {**os.environ, **self.setup.ours_env, "PORT": str(port)}
+            env = {**os.environ, **self.setup.ours_env, **(extra_env or {}), "PORT": str(port)}
             argv = [sys.executable, "-m", "app"]
             return ServerProcess(OURS, argv, env, port, self.setup.ours_ready_path, log, REPO)
         argv = [sys.executable, "-m", "bench.baseline_relay", "--port", str(port)]
@@ -208,9 +251,11 @@ class Bench:
         return run_loadgen(args, RAW / "loadgen.log", REPO, on_event, on_ready)
 
     @contextlib.contextmanager
-    def running(self, name: str) -> Iterator[ServerProcess]:
-        """Start server `name` for the duration of the block."""
-        server = self.server(name)
+    def running(
+        self, name: str, extra_env: dict[str, str] | None = None, log_name: str | None = None
+    ) -> Iterator[ServerProcess]:
+        """Start server `name` (ours with `extra_env` on top of the set-up's) for the block."""
+        server = self.server(name, extra_env, log_name)
         server.start()
         try:
             yield server
@@ -257,11 +302,13 @@ class Bench:
         delivered = max(1, int(result["delivered"]))
         elapsed = window["elapsed_s"]
         gen_cpu = result["generator"]["cpu_s"]
+        sent = max(1, int(result.get("moves_sent", 0)))
         return {
             **result,
             "server_cpu_s": round(window["server_cpu_s"], 3),
             "server_cpu_share": round(window["server_cpu_s"] / elapsed, 3),
             "cpu_per_msg_us": round(window["server_cpu_s"] / delivered * 1e6, 2),
+            "cpu_per_sent_us": round(window["server_cpu_s"] / sent * 1e6, 2),
             "server_rss_mb": round(window["server_rss"] / 2**20, 1),
             "noise_server_core": round(
                 max(0.0, window["core_server_busy_s"] - window["server_cpu_s"]) / elapsed, 3
@@ -273,9 +320,16 @@ class Bench:
 
     # Modes
 
-    def fixed(self, name: str, load: FixedLoad, mode: str = "fixed") -> dict[str, Any]:
-        """One fixed-load measurement against server `name`, of moves or (`cursor`) cursors."""
-        with self.running(name) as server:
+    def fixed(
+        self,
+        name: str,
+        load: FixedLoad | ChatLoad,
+        mode: str = "fixed",
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """One fixed-load measurement against server `name`: moves, cursors or chat messages."""
+        with self.running(name, extra_env) as server:
             plan = self.plan(name, server.port, load.campaigns, load.clients)
             on_event, windows = self.window_sampler(server)
             result = self.loadgen(
@@ -284,6 +338,8 @@ class Bench:
                     str(plan),
                     "--mode",
                     mode,
+                    "--relay",
+                    OURS if name == OURS else BASELINE,
                     "--campaigns",
                     str(load.campaigns),
                     "--clients",
@@ -294,10 +350,46 @@ class Bench:
                     str(self.profile.warmup),
                     "--window",
                     str(self.profile.window),
+                    *extra_args,
                 ],
                 on_event,
             )
         return self.combine(result, windows[0])
+
+    def chat(self, name: str, load: ChatLoad) -> dict[str, Any]:
+        """One chat measurement: one sender per campaign, every client receiving.
+
+        A load above our server's default per-user chat rate (2 a second, burst 10) raises the
+        rate for this measurement only, so the one sender is not refused; the limit is checked
+        either way.
+        """
+        env = {}
+        if load.rate > CHAT_RATE_DEFAULT:
+            env = {
+                "VTT_CHAT_RATE_PER_SECOND": str(2 * load.rate),
+                "VTT_CHAT_RATE_BURST": str(max(10, round(4 * load.rate))),
+            }
+        return self.fixed(name, load, "chat", env, ("--roll-every", str(load.roll_every)))
+
+    def connect(self, name: str) -> dict[str, Any]:
+        """Connect rate: N connections, C handshakes in flight, to a freshly started server."""
+        p = self.profile
+        with self.running(name) as server:
+            plan = self.plan(name, server.port, p.connect_campaigns, p.connect_clients)
+            return self.loadgen(
+                [
+                    "--plan",
+                    str(plan),
+                    "--mode",
+                    "connect",
+                    "--campaigns",
+                    str(p.connect_campaigns),
+                    "--clients",
+                    str(p.connect_clients),
+                    "--concurrency",
+                    str(p.connect_concurrency),
+                ]
+            )
 
     def ramp(self, name: str) -> dict[str, Any]:
         """One capacity ramp against server `name`."""
@@ -422,12 +514,16 @@ class Bench:
         if done.returncode != 0:
             raise RuntimeError(f"flush_bench exit {done.returncode}: {done.stderr.strip()[-300:]}")
         flush = json.loads(out.read_text())["flush"]
+        updates = [tick for tick in flush["ticks"] if tick["kind"] == "update"]
         return {
             "sessions": flush["sessions"],
             "tokens_per_session": flush["tokens_per_session"],
             "tick_s": flush["tick_seconds_median"],
             "round_trips_per_tick": flush["round_trips_per_tick"],
-            "max_loop_lag_ms": flush["max_loop_lag_ms"],
+            # The worst stall of the update ticks (the first, insert tick also opens the pool's
+            # connections): in the loop's own CPU time, the target's figure, and on the wall.
+            "stall_cpu_ms": max(t["max_loop_lag_cpu_ms"] for t in updates),
+            "stall_wall_ms": max(t["max_loop_lag_ms"] for t in updates),
             "summary": done.stdout.strip(),
         }
 
@@ -447,19 +543,22 @@ class Bench:
         """Run the selected modes, alternating servers A B A B within each mode."""
         p = self.profile
         for load in p.fixed if {"fixed", "cursor"} & set(modes) else ():
-            for _ in range(repeats or p.repeats):
+            for repeat in range(repeats or p.repeats):
                 for name in self.servers if "fixed" in modes else ():
                     self.record(
                         f"fixed {load.label}", name, functools.partial(self.fixed, name, load)
                     )
-                # The baseline relays only token.move: the cursor relay is ours alone.
-                if "cursor" in modes and OURS in self.servers:
-                    cursor = functools.partial(self.fixed, OURS, load, "cursor")
-                    self.record(f"cursor {load.label}", OURS, cursor)
+                # The baseline relays cursor.move like any frame, to its sender too.
+                baseline_too = repeat < (repeats or p.cursor_baseline_repeats)
+                for name in self.servers if "cursor" in modes else ():
+                    if name == OURS or baseline_too:
+                        cursor = functools.partial(self.fixed, name, load, "cursor")
+                        self.record(f"cursor {load.label}", name, cursor)
         plan: list[tuple[str, int, Callable[[str], dict[str, Any]]]] = [
             ("ramp", p.ramp.repeats, self.ramp),
             ("idle", p.idle_repeats, self.idle),
             ("storm", p.storm_repeats, self.storm),
+            ("connect", p.connect_repeats, self.connect),
         ]
         for mode, count, method in plan:
             if mode not in modes:
@@ -467,6 +566,13 @@ class Bench:
             for _ in range(repeats or count):
                 for name in self.servers:
                     self.record(mode, name, functools.partial(method, name))
+        # Chat last: the messages it stores would otherwise be every later join's history.
+        for load in p.chat if "chat" in modes else ():
+            for _ in range(repeats or p.chat_repeats):
+                for name in self.servers:
+                    self.record(
+                        f"chat {load.label}", name, functools.partial(self.chat, name, load)
+                    )
         if "flush" in modes and OURS in self.servers:
             if self.setup.pg_url is None:
                 self.runs["flush"] = {OURS: [{"skipped": "no Postgres"}]}
@@ -560,7 +666,13 @@ def prepare(
             "app/transport/serve.py does not exist yet: only the baseline relay was measured."
         )
         return setup, books
-    campaigns_needed = max(profile.ramp.max, -(-max(profile.idle_counts) // 6), 300)
+    campaigns_needed = max(
+        profile.ramp.max,
+        -(-max(profile.idle_counts) // 6),
+        300,
+        profile.connect_campaigns,
+        *(load.campaigns for load in profile.chat),
+    )
     pg_problem = reachable(args.pg_url)
     env: dict[str, str] = {"LOG_LEVEL": args.log_level, "HOST": "127.0.0.1"}
     if pg_problem is None:
@@ -633,7 +745,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--full", action="store_true", help="every mode, longer windows, more repeats"
     )
     parser.add_argument("--auth", choices=["dev", "jwks"], default="jwks")
-    parser.add_argument("--modes", help="comma list of fixed,cursor,ramp,idle,storm,flush")
+    parser.add_argument(
+        "--modes", help="comma list of fixed,cursor,ramp,idle,storm,connect,chat,flush"
+    )
     parser.add_argument("--repeats", type=int, help="override the repeats of every mode")
     parser.add_argument(
         "--pg-url",
@@ -663,6 +777,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = FULL if args.full else QUICK
     modes = tuple(args.modes.split(",")) if args.modes else profile.modes
+    unknown = sorted(set(modes) - set(FULL.modes))
+    if unknown:
+        sys.stderr.write(
+            f"unknown mode(s) {', '.join(unknown)}: choose from {','.join(FULL.modes)} "
+            "(the soak is `make bench-soak`, python -m bench.soak)\n"
+        )
+        return 2
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     started = time.perf_counter()
