@@ -33,7 +33,8 @@ from app.auth.tokens import (
 from app.config import ConfigError, Settings
 from app.errors import CloseCode, CloseConnection
 from app.model import Actor, Role
-from app.persistence.roles import RoleQuery
+from app.persistence.database import DriverPool
+from app.persistence.roles import DriverRoleQuery, RoleQuery, RoleSource
 
 __all__ = [
     "Auth",
@@ -104,8 +105,11 @@ class Auth:
         return identity
 
 
-def build_auth(settings: Settings, engine: AsyncEngine) -> Auth:
-    """Dev auth (local key pair, roles from the token) or Clerk's JWKS with roles from SQL."""
+def build_auth(settings: Settings, engine: AsyncEngine, driver: DriverPool | None = None) -> Auth:
+    """Dev auth (local key pair, roles from the token) or Clerk's JWKS with roles from SQL.
+
+    With `driver` (Postgres), the role query runs on it; without, through `engine`.
+    """
     origins = settings.allowed_origins
     if settings.clerk_jwks_url is None:
         if settings.production:
@@ -119,5 +123,9 @@ def build_auth(settings: Settings, engine: AsyncEngine) -> Auth:
         authorized_parties=settings.clerk_authorized_parties,
         leeway=settings.jwt_leeway,
     )
-    roles = SqlRoles(RoleQuery(engine, settings.role_sql))
-    return Auth(keys, TokenVerifier(keys, policy), roles, origins)
+    query: RoleSource = (
+        RoleQuery(engine, settings.role_sql)
+        if driver is None
+        else DriverRoleQuery(driver, settings.role_sql)
+    )
+    return Auth(keys, TokenVerifier(keys, policy), SqlRoles(query), origins)

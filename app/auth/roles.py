@@ -9,7 +9,7 @@ from app.auth.keys import DEV_CAMPAIGN_CLAIM, DEV_ROLE_CLAIM
 from app.auth.tokens import Identity
 from app.errors import CloseCode, CloseConnection
 from app.model import Role
-from app.persistence.roles import RoleQuery, RoleQueryBroken, RoleQueryUnavailable
+from app.persistence.roles import RoleQueryBroken, RoleQueryUnavailable, RoleSource
 
 log = logging.getLogger("vtt.auth")
 
@@ -41,7 +41,7 @@ class DevClaimRoles:
 class SqlRoles:
     """Campaign roles from the app's own tables: VTT_ROLE_SQL with bound parameters only."""
 
-    def __init__(self, query: RoleQuery) -> None:
+    def __init__(self, query: RoleSource) -> None:
         self.query = query
 
     async def role(self, campaign_id: str, identity: Identity) -> Role:

@@ -1,0 +1,55 @@
+"""The role lookup settings: the statement cache and its README row."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+NEON_POOLED = "postgresql://u:p@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/db"
+NEON_DIRECT = "postgresql://u:p@ep-cool-darkness-123456.us-east-2.aws.neon.tech/db"
+
+
+def test_the_default_prepares_statements() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.db_statement_cache is None
+    assert settings.statement_cache is True
+    assert Settings.from_env({"VTT_DB_STATEMENT_CACHE": "off"}).statement_cache is False
+
+
+@pytest.mark.parametrize(
+    ("url", "variable", "expected"),
+    [
+        (NEON_POOLED, None, False),
+        (NEON_POOLED, "true", True),
+        (NEON_DIRECT, None, True),
+        (NEON_DIRECT, "false", False),
+        ("postgresql://postgres@127.0.0.1:5432/app", None, True),
+    ],
+)
+def test_the_statement_cache_is_off_by_default_only_on_a_neon_pooled_endpoint(
+    url: str, variable: str | None, expected: bool
+) -> None:
+    env = {"DATABASE_URL": url}
+    if variable is not None:
+        env["VTT_DB_STATEMENT_CACHE"] = variable
+
+    assert Settings.from_env(env).statement_cache is expected
+
+
+def test_a_malformed_value_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="VTT_DB_STATEMENT_CACHE"):
+        Settings.from_env({"VTT_DB_STATEMENT_CACHE": "sometimes"})
+
+
+def test_the_readme_documents_the_statement_cache_and_neons_pooled_endpoint() -> None:
+    row = re.search(r"^\| `VTT_DB_STATEMENT_CACHE` \|.*$", README.read_text("utf-8"), re.MULTILINE)
+
+    assert row is not None, "README.md's configuration table lacks VTT_DB_STATEMENT_CACHE"
+    assert "-pooler" in row[0]
+    assert "PgBouncer" in row[0]
