@@ -75,6 +75,9 @@ class Settings:
     jwt_leeway: float = 5.0
     jwks_ttl: float = 300.0
     role_sql: str = DEFAULT_ROLE_SQL
+    # A handshake may take a member's role from an answer this recent (0: always ask).
+    role_cache_ttl: float = 5.0
+    role_cache_size: int = 10_000
     # Named prepared statements for the role query; off behind a transaction pooler.
     # None: on, except for a Neon pooled endpoint (the `statement_cache` property).
     db_statement_cache: bool | None = None
@@ -284,6 +287,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         jwt_leeway=_num(env, "VTT_JWT_LEEWAY", 5.0),
         jwks_ttl=_num(env, "VTT_JWKS_TTL", 300.0, minimum=1.0),
         role_sql=_str(env, "VTT_ROLE_SQL") or DEFAULT_ROLE_SQL,
+        role_cache_ttl=_num(env, "VTT_ROLE_CACHE_TTL", 5.0),
+        role_cache_size=_int(env, "VTT_ROLE_CACHE_SIZE", 10_000, minimum=0),
         db_statement_cache=_optional_bool(env, "VTT_DB_STATEMENT_CACHE"),
         allowed_origins=_list(env, "VTT_ALLOWED_ORIGINS"),
         dev_key_dir=_str(env, "VTT_DEV_KEY_DIR") or ".devkeys",

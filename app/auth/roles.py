@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from app.auth.keys import DEV_CAMPAIGN_CLAIM, DEV_ROLE_CLAIM
@@ -66,3 +70,121 @@ class SqlRoles:
         if value == "player":
             return "player"
         raise CloseConnection(CloseCode.FORBIDDEN, "not a member of this campaign")
+
+
+class MembershipCache:
+    """Roles the database gave a moment ago, by (campaign, user): members only, never refusals.
+
+    Entries live `ttl` seconds from the answer; past `size` entries the oldest answer goes.
+    """
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, Role]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str]) -> Role | None:
+        """The role answered for `key` within the last `ttl` seconds, else None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, role = entry
+        if self.clock() >= expires:
+            del self._entries[key]
+            return None
+        return role
+
+    def put(self, key: tuple[str, str], role: Role) -> None:
+        """Remember a member's role from now on (no-op with a ttl or size of 0)."""
+        if self.ttl <= 0 or self.size <= 0:
+            return
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = (self.clock() + self.ttl, role)
+        while len(entries) > self.size:
+            entries.popitem(last=False)
+
+    def drop(self, key: tuple[str, str]) -> None:
+        """Forget `key` (the database said it is no member, or said nothing)."""
+        self._entries.pop(key, None)
+
+
+class SharedRoles:
+    """A RoleResolver (SqlRoles) behind single-flight lookups and a short membership cache.
+
+    `role` (auth.refresh, chat's recipient checks) always asks the database, with a lookup of
+    its own; `admitted` (the handshake) may answer from the cache, or join a lookup of the same
+    campaign and user already under way. Whatever the newest lookup of a (campaign, user)
+    answers decides its cache entry: a member's role is kept, a refusal drops it, an outage
+    leaves it as it was. So a member removed from the campaign is refused at the next refresh
+    of any of their connections and at every handshake after it, and at a handshake up to the
+    cache's ttl after the last answer otherwise. Refusals are never cached: a user added to a
+    campaign a moment after being refused is admitted at their next attempt.
+    """
+
+    def __init__(self, resolver: RoleResolver, cache: MembershipCache) -> None:
+        self.resolver = resolver
+        self.cache = cache
+        self._flights: dict[tuple[str, str], asyncio.Task[Role | CloseConnection]] = {}
+
+    async def role(self, campaign_id: str, identity: Identity) -> Role:
+        """The role from the database now (a lookup started by this call)."""
+        return _outcome(await asyncio.shield(self._start(campaign_id, identity)))
+
+    async def admitted(self, campaign_id: str, identity: Identity) -> Role:
+        """The role for a handshake: cached, or shared with an identical lookup under way."""
+        key = (campaign_id, identity.user_id)
+        role = self.cache.get(key)
+        if role is not None:
+            return role
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._start(campaign_id, identity)
+        return _outcome(await asyncio.shield(flight))
+
+    def _start(self, campaign_id: str, identity: Identity) -> asyncio.Task[Role | CloseConnection]:
+        # A task of its own: a caller that gives up (its socket went) cancels only its wait.
+        key = (campaign_id, identity.user_id)
+        flight = asyncio.create_task(self._lookup(key, campaign_id, identity))
+        self._flights[key] = flight
+        flight.add_done_callback(_retrieve)
+        return flight
+
+    async def _lookup(
+        self, key: tuple[str, str], campaign_id: str, identity: Identity
+    ) -> Role | CloseConnection:
+        outcome: Role | CloseConnection
+        try:
+            outcome = await self.resolver.role(campaign_id, identity)
+        except CloseConnection as refusal:
+            outcome = refusal
+        finally:
+            # Only the newest lookup of a key decides: an older one may have read a membership
+            # removed since.
+            newest = self._flights.get(key) is asyncio.current_task()
+            if newest:
+                del self._flights[key]
+        if newest:
+            if isinstance(outcome, str):
+                self.cache.put(key, outcome)
+            elif outcome.code == CloseCode.FORBIDDEN:
+                self.cache.drop(key)
+        return outcome
+
+
+def _outcome(outcome: Role | CloseConnection) -> Role:
+    """The role, or a refusal of its own for each waiter (a shared exception would gather
+    every waiter's traceback)."""
+    if isinstance(outcome, CloseConnection):
+        raise CloseConnection(outcome.code, outcome.reason)
+    return outcome
+
+
+def _retrieve(flight: asyncio.Task[Role | CloseConnection]) -> None:
+    """Mark an unexpected failure seen even when every waiter gave up (it reached them)."""
+    if not flight.cancelled():
+        flight.exception()

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.auth.roles import SqlRoles
+from app.auth.roles import MembershipCache, SharedRoles, SqlRoles
 from app.auth.tokens import Identity
 from app.config import DEFAULT_ROLE_SQL, ConfigError
 from app.errors import CloseCode
@@ -285,6 +285,24 @@ async def test_a_driver_pool_whose_database_refuses_connections_gives_1013_and_s
     )
     (warning,) = [r for r in caplog.records if r.name == "vtt.database"]
     assert "connections not opened at startup" in warning.getMessage()
+
+
+async def test_concurrent_identical_admissions_send_one_query(campaigns: RoleDatabase) -> None:
+    query = campaigns.query(DEFAULT_ROLE_SQL)
+    calls: list[tuple[str, str]] = []
+
+    class Counting:
+        async def first_value(self, campaign_id: str, user_id: str) -> Any:
+            calls.append((campaign_id, user_id))
+            return await query.first_value(campaign_id, user_id)
+
+    shared = SharedRoles(SqlRoles(Counting()), MembershipCache(0.0, 0))
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(shared.admitted("c1", identity("user_gm")) for _ in range(50))), TIMEOUT
+    )
+
+    assert answers == ["gm"] * 50
+    assert calls == [("c1", "user_gm")]
 
 
 # --- Postgres only ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The role lookup settings: the statement cache and its README row."""
+"""The role lookup settings: the membership cache, the statement cache, their README rows."""
 
 from __future__ import annotations
 
@@ -14,12 +14,26 @@ NEON_POOLED = "postgresql://u:p@ep-cool-darkness-123456-pooler.us-east-2.aws.neo
 NEON_DIRECT = "postgresql://u:p@ep-cool-darkness-123456.us-east-2.aws.neon.tech/db"
 
 
-def test_the_default_prepares_statements() -> None:
+def test_the_defaults_cache_members_for_five_seconds_and_prepare_statements() -> None:
     settings = Settings.from_env({})
 
+    assert settings.role_cache_ttl == 5.0
+    assert settings.role_cache_size == 10_000
     assert settings.db_statement_cache is None
     assert settings.statement_cache is True
-    assert Settings.from_env({"VTT_DB_STATEMENT_CACHE": "off"}).statement_cache is False
+
+
+def test_the_variables_set_them() -> None:
+    settings = Settings.from_env(
+        {
+            "VTT_ROLE_CACHE_TTL": "0",
+            "VTT_ROLE_CACHE_SIZE": "50",
+            "VTT_DB_STATEMENT_CACHE": "off",
+        }
+    )
+
+    assert (settings.role_cache_ttl, settings.role_cache_size) == (0.0, 50)
+    assert settings.statement_cache is False
 
 
 @pytest.mark.parametrize(
@@ -42,9 +56,33 @@ def test_the_statement_cache_is_off_by_default_only_on_a_neon_pooled_endpoint(
     assert Settings.from_env(env).statement_cache is expected
 
 
-def test_a_malformed_value_is_refused_naming_the_variable() -> None:
-    with pytest.raises(ConfigError, match="VTT_DB_STATEMENT_CACHE"):
-        Settings.from_env({"VTT_DB_STATEMENT_CACHE": "sometimes"})
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("VTT_ROLE_CACHE_TTL", "-1"),
+        ("VTT_ROLE_CACHE_TTL", "soon"),
+        ("VTT_ROLE_CACHE_SIZE", "-1"),
+        ("VTT_ROLE_CACHE_SIZE", "1.5"),
+        ("VTT_DB_STATEMENT_CACHE", "sometimes"),
+    ],
+)
+def test_a_malformed_value_is_refused_naming_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: raw})
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [("VTT_ROLE_CACHE_TTL", "role_cache_ttl"), ("VTT_ROLE_CACHE_SIZE", "role_cache_size")],
+)
+def test_the_readme_documents_each_cache_variable_with_its_real_default(
+    name: str, field: str
+) -> None:
+    documented = re.search(rf"^\| `{name}` \| `([^`]+)`", README.read_text("utf-8"), re.MULTILINE)
+    assert documented is not None, f"README.md's configuration table lacks {name}"
+
+    parsed = getattr(Settings.from_env({name: documented[1]}), field)
+    assert parsed == getattr(Settings.from_env({}), field)
 
 
 def test_the_readme_documents_the_statement_cache_and_neons_pooled_endpoint() -> None:
