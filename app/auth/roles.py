@@ -129,11 +129,12 @@ class SharedRoles:
     def __init__(self, resolver: RoleResolver, cache: MembershipCache) -> None:
         self.resolver = resolver
         self.cache = cache
-        self._flights: dict[tuple[str, str], asyncio.Task[Role | CloseConnection]] = {}
+        # The newest lookup of each key under way: its outcome, once known, for the others.
+        self._flights: dict[tuple[str, str], asyncio.Future[Role | CloseConnection]] = {}
 
     async def role(self, campaign_id: str, identity: Identity) -> Role:
         """The role from the database now (a lookup started by this call)."""
-        return _outcome(await asyncio.shield(self._start(campaign_id, identity)))
+        return _outcome(await self._lead(campaign_id, identity))
 
     async def admitted(self, campaign_id: str, identity: Identity) -> Role:
         """The role for a handshake: cached, or shared with an identical lookup under way."""
@@ -142,38 +143,51 @@ class SharedRoles:
         if role is not None:
             return role
         flight = self._flights.get(key)
-        if flight is None:
-            flight = self._start(campaign_id, identity)
-        return _outcome(await asyncio.shield(flight))
+        if flight is not None:
+            try:
+                # Shielded: a waiter that gives up (its socket went) cancels only its wait.
+                return _outcome(await asyncio.shield(flight))
+            except _LeaderGone:
+                pass  # the caller that ran it gave up first: this one asks itself
+        return _outcome(await self._lead(campaign_id, identity))
 
-    def _start(self, campaign_id: str, identity: Identity) -> asyncio.Task[Role | CloseConnection]:
-        # A task of its own: a caller that gives up (its socket went) cancels only its wait.
+    async def _lead(self, campaign_id: str, identity: Identity) -> Role | CloseConnection:
+        """Run a lookup in this caller's task, its outcome shared with whoever joins it."""
         key = (campaign_id, identity.user_id)
-        flight = asyncio.create_task(self._lookup(key, campaign_id, identity))
+        flight: asyncio.Future[Role | CloseConnection] = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
-        flight.add_done_callback(_retrieve)
-        return flight
-
-    async def _lookup(
-        self, key: tuple[str, str], campaign_id: str, identity: Identity
-    ) -> Role | CloseConnection:
         outcome: Role | CloseConnection
         try:
             outcome = await self.resolver.role(campaign_id, identity)
         except CloseConnection as refusal:
             outcome = refusal
-        finally:
+        except BaseException as failure:
+            self._land(key, flight)
+            flight.set_exception(
+                _LeaderGone() if isinstance(failure, asyncio.CancelledError) else failure
+            )
+            flight.exception()  # retrieved: nobody may be waiting
+            raise
+        if self._land(key, flight):
             # Only the newest lookup of a key decides: an older one may have read a membership
             # removed since.
-            newest = self._flights.get(key) is asyncio.current_task()
-            if newest:
-                del self._flights[key]
-        if newest:
             if isinstance(outcome, str):
                 self.cache.put(key, outcome)
             elif outcome.code == CloseCode.FORBIDDEN:
                 self.cache.drop(key)
+        flight.set_result(outcome)
         return outcome
+
+    def _land(self, key: tuple[str, str], flight: asyncio.Future[Role | CloseConnection]) -> bool:
+        """Forget `flight` as the key's lookup under way; whether it was the newest."""
+        newest = self._flights.get(key) is flight
+        if newest:
+            del self._flights[key]
+        return newest
+
+
+class _LeaderGone(Exception):
+    """The caller whose task ran a shared lookup was cancelled before its answer."""
 
 
 def _outcome(outcome: Role | CloseConnection) -> Role:
@@ -182,9 +196,3 @@ def _outcome(outcome: Role | CloseConnection) -> Role:
     if isinstance(outcome, CloseConnection):
         raise CloseConnection(outcome.code, outcome.reason)
     return outcome
-
-
-def _retrieve(flight: asyncio.Task[Role | CloseConnection]) -> None:
-    """Mark an unexpected failure seen even when every waiter gave up (it reached them)."""
-    if not flight.cancelled():
-        flight.exception()

@@ -44,10 +44,10 @@ class FakeConnection:
         self.released = released
         self.terminated = False
 
-    async def prepare(self, sql: str, *, name: str, timeout: float) -> Described:
+    async def prepare(self, sql: str, *, name: str) -> Described:
         return Described()
 
-    async def fetchrow(self, sql: str, *args: Any, timeout: float) -> tuple[str]:
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[str]:
         if self.failure is not None:
             raise self.failure
         return ("gm",)
@@ -66,7 +66,7 @@ class FakePool:
         self.expired = 0
 
     @asynccontextmanager
-    async def acquire(self, timeout: float) -> AsyncIterator[FakeConnection]:
+    async def acquire(self) -> AsyncIterator[FakeConnection]:
         yield self.connections.pop(0)
 
     async def expire_connections(self) -> None:
@@ -124,7 +124,7 @@ def test_the_driver_pool_is_for_postgres_only(url: str) -> None:
 
 def failing(failure: BaseException) -> FakePool:
     class Failing(FakeConnection):
-        async def fetchrow(self, sql: str, *args: Any, timeout: float) -> tuple[str]:
+        async def fetchrow(self, sql: str, *args: Any) -> tuple[str]:
             raise failure
 
     return FakePool(Failing())
@@ -180,3 +180,21 @@ async def test_a_named_statement_the_server_lost_replaces_every_connection_and_n
     assert pool.expired == 1
     (record,) = caplog.records
     assert "set VTT_DB_STATEMENT_CACHE=false" in record.__dict__["reason"]
+
+
+async def test_a_lookup_past_its_deadline_is_1013_and_its_connection_is_terminated() -> None:
+    class Hanging(FakeConnection):
+        async def fetchrow(self, sql: str, *args: Any) -> tuple[str]:
+            await asyncio.Event().wait()  # a server that never answers
+            raise AssertionError("unreachable")
+
+    hanging = Hanging()
+    driver = DriverPool(
+        "postgresql://vtt@127.0.0.1:5432/app", connect_timeout=0.05, command_timeout=0.05
+    )
+    driver._pool = FakePool(hanging)
+
+    failure = await refused(SqlRoles(DriverRoleQuery(driver, DEFAULT_ROLE_SQL)).role("c1", user()))
+
+    assert failure.code == CloseCode.TRY_AGAIN_LATER
+    assert hanging.terminated, "not handed back with a query perhaps under way"
