@@ -142,13 +142,14 @@ class SharedRoles:
         role = self.cache.get(key)
         if role is not None:
             return role
-        flight = self._flights.get(key)
-        if flight is not None:
+        while (flight := self._flights.get(key)) is not None:
             try:
                 # Shielded: a waiter that gives up (its socket went) cancels only its wait.
                 return _outcome(await asyncio.shield(flight))
             except _LeaderGone:
-                pass  # the caller that ran it gave up first: this one asks itself
+                # The caller that ran it gave up first: the first waiter to wake asks
+                # anew, and the others join it.
+                continue
         return _outcome(await self._lead(campaign_id, identity))
 
     async def _lead(self, campaign_id: str, identity: Identity) -> Role | CloseConnection:
