@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 DEFAULT_ROLE_SQL = (
     "SELECT CASE WHEN gm_id = :user_id THEN 'gm' ELSE 'player' END AS role "
@@ -74,6 +75,12 @@ class Settings:
     jwt_leeway: float = 5.0
     jwks_ttl: float = 300.0
     role_sql: str = DEFAULT_ROLE_SQL
+    # A handshake may take a member's role from an answer this recent (0: always ask).
+    role_cache_ttl: float = 5.0
+    role_cache_size: int = 10_000
+    # Named prepared statements for the role query; off behind a transaction pooler.
+    # None: on, except for a Neon pooled endpoint (the `statement_cache` property).
+    db_statement_cache: bool | None = None
     allowed_origins: tuple[str, ...] = ()
     dev_key_dir: str = ".devkeys"
     token_refresh_required: bool = False
@@ -111,6 +118,18 @@ class Settings:
     def production(self) -> bool:
         """Whether the server runs in production mode."""
         return self.env == "production"
+
+    @property
+    def statement_cache(self) -> bool:
+        """Whether the role query may use named prepared statements.
+
+        Unless VTT_DB_STATEMENT_CACHE says, yes, except when DATABASE_URL's host is a Neon
+        pooled endpoint (`...-pooler.<region>...neon.tech`): PgBouncer in transaction mode.
+        """
+        if self.db_statement_cache is not None:
+            return self.db_statement_cache
+        host = urlsplit(self.database_url or "").hostname or ""
+        return "-pooler." not in host
 
     @property
     def dev_auth(self) -> bool:
@@ -190,6 +209,10 @@ def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigError(f"{key} must be a boolean (1/0, true/false), got {raw!r}")
 
 
+def _optional_bool(env: Mapping[str, str], key: str) -> bool | None:
+    return None if _str(env, key) is None else _bool(env, key, True)
+
+
 def default_issuer(jwks_url: str | None) -> str | None:
     """The issuer implied by a Clerk JWKS URL: its origin, when it ends in the well-known path."""
     suffix = "/.well-known/jwks.json"
@@ -264,6 +287,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         jwt_leeway=_num(env, "VTT_JWT_LEEWAY", 5.0),
         jwks_ttl=_num(env, "VTT_JWKS_TTL", 300.0, minimum=1.0),
         role_sql=_str(env, "VTT_ROLE_SQL") or DEFAULT_ROLE_SQL,
+        role_cache_ttl=_num(env, "VTT_ROLE_CACHE_TTL", 5.0),
+        role_cache_size=_int(env, "VTT_ROLE_CACHE_SIZE", 10_000, minimum=0),
+        db_statement_cache=_optional_bool(env, "VTT_DB_STATEMENT_CACHE"),
         allowed_origins=_list(env, "VTT_ALLOWED_ORIGINS"),
         dev_key_dir=_str(env, "VTT_DEV_KEY_DIR") or ".devkeys",
         token_refresh_required=_bool(env, "VTT_TOKEN_REFRESH_REQUIRED", False),

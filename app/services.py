@@ -22,7 +22,7 @@ from app.logs import protect
 from app.manager import SessionManager
 from app.metrics import Metrics
 from app.persistence.chat import ChatStore, ChatUnusable, SqlChatStore
-from app.persistence.database import create_engine
+from app.persistence.database import DriverPool, create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, Store, StoreUnavailable
 from app.transport.handshake import HandshakeGate
@@ -47,6 +47,8 @@ class Services:
     metrics: Metrics
     chat_store: ChatStore
     handshakes: HandshakeGate
+    # Postgres only: the app's asyncpg pool for the role query (SQLite: the engine does it).
+    driver: DriverPool | None = None
 
     @property
     def keys(self) -> KeySource:
@@ -78,7 +80,14 @@ class Services:
             engine, username_sql=settings.username_sql, character_sql=settings.character_sql
         )
         await check_chat(chat_store)
-        auth = build_auth(settings, engine)
+        driver = None
+        if engine.dialect.name == "postgresql" and not settings.dev_auth:
+            assert settings.database_url is not None
+            driver = DriverPool(settings.database_url, statement_cache=settings.statement_cache)
+        auth = build_auth(settings, engine, driver)
+        if driver is not None:
+            # Its connections open in the background, the role query prepared on each.
+            await driver.start()
         await auth.start()
         metrics = Metrics()
         manager = SessionManager(settings, store, metrics, chat_store, auth.roles)
@@ -89,13 +98,15 @@ class Services:
             on_timeout=metrics.handshake_timeouts.inc,
             on_refused=metrics.handshake_bound_refusals.inc,
         )
-        return cls(settings, engine, store, auth, manager, metrics, chat_store, handshakes)
+        return cls(settings, engine, store, auth, manager, metrics, chat_store, handshakes, driver)
 
     async def close(self) -> None:
         """Flush everything (new joins are refused from here on), then release the database."""
         await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
         await self.auth.close()
         await self.store.close()
+        if self.driver is not None:
+            await self.driver.close()
         await self.engine.dispose()
 
 

@@ -376,6 +376,44 @@ async def test_a_player_removed_from_the_campaign_is_closed_with_4403_at_the_nex
 
 
 @postgres
+async def test_a_member_admitted_from_the_membership_cache_is_still_closed_at_the_next_refresh(
+    tmp_path: Path, jwks: JwksServer, database: str
+) -> None:
+    forbidden = (4403, "not a member of this campaign")
+    async with production(tmp_path, jwks, database, role_cache_ttl=60.0) as server:
+        assert server.services.driver is not None, "roles come from the app's asyncpg pool"
+        first = await join(server, jwks.mint(PLAYER))
+        await _sql(database, f"DELETE FROM campaign_members WHERE user_id = '{PLAYER}'")
+
+        # Within the cache's ttl a handshake takes the database's answer of a moment ago...
+        second = await join(server, jwks.mint(PLAYER))
+        assert await role_of(second, PLAYER) == "player"
+
+        # ...a refresh asks the database: the member is closed, and no longer cached.
+        await first.send("auth.refresh", {"token": jwks.mint(PLAYER)})
+        assert await first.closed() == forbidden
+        assert await refusal(server, jwks.mint(PLAYER)) == forbidden
+        await second.send("auth.refresh", {"token": jwks.mint(PLAYER)})
+        assert await second.closed() == forbidden
+
+
+@postgres
+async def test_a_user_refused_a_moment_before_being_added_is_admitted_at_once(
+    tmp_path: Path, jwks: JwksServer, database: str
+) -> None:
+    # "Not a member" is never cached.
+    async with production(tmp_path, jwks, database, role_cache_ttl=60.0) as server:
+        assert await refusal(server, jwks.mint(STRANGER)) == (4403, "not a member of this campaign")
+        await _sql(
+            database, f"INSERT INTO campaign_members VALUES ('{CAMPAIGN}', '{STRANGER}', 'player')"
+        )
+
+        stranger = await join(server, jwks.mint(STRANGER))
+        assert await role_of(stranger, STRANGER) == "player"
+        await stranger.close()
+
+
+@postgres
 async def test_a_member_whose_role_changed_is_closed_with_4401_at_the_next_refresh(
     tmp_path: Path, jwks: JwksServer, database: str
 ) -> None:

@@ -10,12 +10,14 @@ import pytest
 from app.auth import build_auth
 from app.auth.jwks import JwksKeySource
 from app.auth.keys import DevKeys
-from app.auth.roles import DevClaimRoles, SqlRoles
+from app.auth.roles import DevClaimRoles, SharedRoles, SqlRoles
 from app.auth.tokens import TokenPolicyConfig
 from app.config import ConfigError
-from app.persistence.database import create_engine
+from app.persistence.database import DriverPool, create_engine
+from app.persistence.roles import DriverRoleQuery, RoleQuery
 from tests.support.harness import settings_for
 from tests.support.jwks_server import AZP, JwksServer
+from tests.support.process import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -55,10 +57,35 @@ async def test_with_a_jwks_url_auth_is_the_jwks_with_sql_roles_and_the_configure
         assert auth.keys.ready
         assert isinstance(auth.keys, JwksKeySource)
         assert auth.keys.ttl == 42.0
-        assert isinstance(auth.roles, SqlRoles)
+        assert isinstance(auth.roles, SharedRoles)
+        assert auth.shared is auth.roles
+        resolver = auth.roles.resolver
+        assert isinstance(resolver, SqlRoles)
+        assert isinstance(resolver.query, RoleQuery), "SQLite: through the engine"
+        assert (auth.roles.cache.ttl, auth.roles.cache.size) == (5.0, 10_000)
         assert auth.verifier.config == TokenPolicyConfig("https://clerk.example", (AZP,), 2.0)
     finally:
         await auth.close()
+        await engine.dispose()
+
+
+async def test_with_a_driver_pool_sql_roles_run_on_it_with_the_configured_membership_cache(
+    tmp_path: Path, jwks: JwksServer
+) -> None:
+    settings = dataclasses.replace(
+        settings_for(tmp_path), clerk_jwks_url=jwks.url, role_cache_ttl=2.5, role_cache_size=7
+    )
+    engine = create_engine(None, settings.sqlite_path)
+    driver = DriverPool(f"postgresql://vtt@127.0.0.1:{free_port()}/app")  # never started
+    auth = build_auth(settings, engine, driver)
+    try:
+        assert isinstance(auth.roles, SharedRoles)
+        resolver = auth.roles.resolver
+        assert isinstance(resolver, SqlRoles)
+        assert isinstance(resolver.query, DriverRoleQuery)
+        assert resolver.query.pool is driver
+        assert (auth.roles.cache.ttl, auth.roles.cache.size) == (2.5, 7)
+    finally:
         await engine.dispose()
 
 
