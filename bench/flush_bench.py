@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -186,6 +187,10 @@ class BenchMember:
     def deliver(self, outgoing: Outgoing) -> None:
         """Keep the frame."""
         self.frames.append(outgoing)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to gather: the frames are kept as they come."""
+        return contextlib.nullcontext()
 
 
 class Lag(NamedTuple):
