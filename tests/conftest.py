@@ -10,7 +10,7 @@ import pytest
 from tests.support.harness import RunningServer, serve, settings_for
 from tests.support.jwks_server import JwksServer, signing_key
 
-pytest_plugins = ["tests.support.database", "tests.support.redisproc"]
+pytest_plugins = ["tests.support.database", "tests.support.redisproc", "tests.support.cluster"]
 
 
 @pytest.fixture(scope="module")
