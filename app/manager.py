@@ -137,7 +137,7 @@ class SessionManager:
 
     async def _load(self, campaign_id: str) -> Session:
         try:
-            data = await self.store.load(campaign_id)
+            data, fence = await self.store.load_fenced(campaign_id)
         except StoreUnavailable as exc:
             log.warning("state load failed", extra={"campaign_id": campaign_id, "reason": str(exc)})
             raise CloseConnection(CloseCode.TRY_AGAIN_LATER, "state could not be loaded") from exc
@@ -158,7 +158,7 @@ class SessionManager:
         await chat.load()
         if self.closing:
             raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
-        session = Session(state, self.settings, self.metrics, chat)
+        session = Session(state, self.settings, self.metrics, chat, fence)
         self.sessions[campaign_id] = session
         return session
 
@@ -235,9 +235,10 @@ class SessionManager:
                 await slices.pause()
             if not snapshots:
                 return True
+            fences = {session.campaign_id: session.fence for session in written}
             started = time.perf_counter()
             try:
-                await self.store.save_many(Rows(snapshots))
+                saved = await self.store.save_many(Rows(snapshots), fences)
             except StoreUnavailable as exc:
                 self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=False)
                 if self._outage_since is None:
@@ -247,7 +248,8 @@ class SessionManager:
                         extra={"reason": str(exc), "rows": len(snapshots)},
                     )
                 return False
-            self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=True)
+            written_rows = len(snapshots) - len(saved.refused)
+            self.metrics.flushed(time.perf_counter() - started, written_rows, ok=True)
             if self._outage_since is not None:
                 log.info(
                     "flush recovered",
@@ -256,9 +258,30 @@ class SessionManager:
                 self._outage_since = None
             slices.restart()
             for session, snapshot in zip(written, snapshots, strict=True):
-                session.mark_saved(snapshot)
+                if session.campaign_id in saved.refused:
+                    self._fenced_out(session)
+                else:
+                    session.mark_saved(snapshot)
                 await slices.pause()
             return True
+
+    def _fenced_out(self, session: Session) -> None:
+        """Drop a session whose row another writer has taken over; its clients reconnect.
+
+        Its unsaved changes are given up: the row belongs to a newer owner now, and the next
+        join here loads what that owner wrote.
+        """
+        log.warning(
+            "campaign taken over by another writer: session dropped unsaved",
+            extra={"campaign_id": session.campaign_id, "fence": session.fence},
+        )
+        self.metrics.fenced_out.inc()
+        session.close()
+        if self.sessions.get(session.campaign_id) is session:
+            del self.sessions[session.campaign_id]
+        moved = CloseConnection(CloseCode.SERVICE_RESTART, "campaign moved; reconnect")
+        for member in list(session.members):
+            member.close(moved)
 
     # --- shutdown -------------------------------------------------------------------------------
 

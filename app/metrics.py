@@ -198,6 +198,11 @@ class Metrics:
         self.flush_failures = Counter(
             "vtt_flush_failures", "Flushes that failed and will be retried.", registry=registry
         )
+        self.fenced_out = Counter(
+            "vtt_sessions_fenced_out",
+            "Sessions dropped unsaved because another writer raised their row's fence.",
+            registry=registry,
+        )
         # Every known label value starts at zero, so rates and alerts work before
         # the first event of a kind.
         for close_code in CloseCode:

@@ -84,6 +84,10 @@ class Member(Protocol):
         """What is delivered inside (without waiting) may go out together, in order."""
         ...
 
+    def close(self, reason: CloseConnection) -> None:
+        """Disconnect soon with `reason`'s close code, dropping what is not sent yet."""
+        ...
+
 
 class SessionClosed(Exception):
     """The session was evicted while a join waited for it; the joiner should look it up again."""
@@ -119,9 +123,17 @@ class Session:
     """One campaign's table; all mutation happens under `lock`, and never awaits I/O there."""
 
     def __init__(
-        self, state: CampaignState, settings: Settings, metrics: Metrics, chat: CampaignChat
+        self,
+        state: CampaignState,
+        settings: Settings,
+        metrics: Metrics,
+        chat: CampaignChat,
+        fence: int = 0,
     ) -> None:
         self.campaign_id = state.campaign_id
+        # The fence this session writes under: its row's when loaded. A row whose fence was
+        # raised since (another writer took the campaign over) refuses this session's writes.
+        self.fence = fence
         self.state = state
         self.state.epoch = uuid.uuid4().hex[:16]
         if self.state.saved_maps is UNSET:

@@ -44,6 +44,7 @@ from sqlalchemy.engine import URL, make_url
 from app.auth.roles import DevClaimRoles
 from app.chat import CampaignChat
 from app.config import Settings
+from app.errors import CloseConnection
 from app.manager import SessionManager
 from app.metrics import Metrics
 from app.model import Actor, Role, StateChange
@@ -191,6 +192,9 @@ class BenchMember:
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to gather: the frames are kept as they come."""
         return contextlib.nullcontext()
+
+    def close(self, reason: CloseConnection) -> None:
+        """Nothing to disconnect: the bench's rows are never taken over."""
 
 
 class Lag(NamedTuple):

@@ -3,7 +3,12 @@
 Store (Protocol)        what the session manager calls
   SqlStore              SQLAlchemy Core over asyncpg (Postgres) or aiosqlite (SQLite)
   MemoryStore           an in-process dict for unit tests, with a switchable outage
+Saved                   what save_many did: statements run, campaigns refused by their fence
 StoreUnavailable        any failure to load, save or ping; the original error is chained
+
+Fences (issue 17): each row holds the fence of the owner that last wrote it. A write under a
+lower fence than the row's is refused, so an owner that lost a campaign without knowing it
+cannot overwrite its successor's state; a new owner raises the row's fence as it claims.
 """
 
 from __future__ import annotations
@@ -11,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
-from sqlalchemy import ARRAY, Text, bindparam, cast, func, select, type_coerce
+from sqlalchemy import ARRAY, BigInteger, Text, bindparam, cast, func, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,15 +45,37 @@ class StoreUnavailable(Exception):
     """The database did not load, save or answer; the caller refuses the join (1013) or retries."""
 
 
+class Saved(NamedTuple):
+    """The outcome of save_many."""
+
+    # Round trips used: one statement per batch.
+    statements: int
+    # The campaigns whose row holds a higher fence than the one written: not written.
+    refused: frozenset[str]
+
+
 class Store(Protocol):
-    """Durable campaign state: raw JSON bytes per campaign id."""
+    """Durable campaign state: raw JSON bytes and the writer's fence per campaign id."""
 
     async def load(self, campaign_id: str) -> bytes | None:
         """Return the stored state's JSON text, or None when the campaign has no row."""
         ...
 
-    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
-        """Upsert (campaign_id, state JSON) rows in batches and return the round trips used."""
+    async def load_fenced(self, campaign_id: str) -> tuple[bytes | None, int]:
+        """Return the stored state's JSON text (None without a row) and its fence (0 then)."""
+        ...
+
+    async def save_many(
+        self, rows: Sequence[tuple[str, bytes]], fences: Mapping[str, int] | None = None
+    ) -> Saved:
+        """Upsert (campaign_id, state JSON) rows in batches, each under its fence (0 if absent).
+
+        A row holding a higher fence is left as it is, and its campaign is in `refused`.
+        """
+        ...
+
+    async def raise_fence(self, campaign_id: str, fence: int) -> int:
+        """Raise the row's fence to `fence` unless it is higher; return it (0 without a row)."""
         ...
 
     async def ping(self) -> None:
@@ -127,7 +154,16 @@ class SqlStore:
         # The JSON goes back to the caller as text, unparsed: state::text on Postgres, and
         # SQLite's JSON column is text already (the coercion skips SQLAlchemy's json.loads).
         state_text = cast(state, Text) if self._postgres else type_coerce(state, Text)
-        self._load = select(state_text).where(vtt_sessions.c.campaign_id == bindparam("id"))
+        this = vtt_sessions.c.campaign_id == bindparam("id")
+        self._load = select(state_text).where(this)
+        self._load_fenced = select(state_text, vtt_sessions.c.fence).where(this)
+        self._fence = select(vtt_sessions.c.fence).where(this)
+        self._raise_fence = (
+            update(vtt_sessions)
+            .where(this, vtt_sessions.c.fence < bindparam("fence"))
+            .values(fence=bindparam("fence"))
+            .returning(vtt_sessions.c.fence)
+        )
         self._upsert = _postgres_upsert() if self._postgres else _sqlite_upsert()
 
     async def load(self, campaign_id: str) -> bytes | None:
@@ -137,23 +173,43 @@ class SqlStore:
                 state: str | None = await connection.scalar(self._load, {"id": campaign_id})
         return None if state is None else state.encode()
 
-    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
-        """Upsert rows, one statement per batch, over a few connections; return statements run.
+    async def load_fenced(self, campaign_id: str) -> tuple[bytes | None, int]:
+        """Return the stored state's JSON text and its fence: (None, 0) without a row."""
+        with _store_failures():
+            async with self._engine.connect() as connection:
+                result = await connection.execute(self._load_fenced, {"id": campaign_id})
+                row = result.one_or_none()
+        if row is None:
+            return None, 0
+        state: str = row[0]
+        fence: int = row[1]
+        return state.encode(), fence
+
+    async def save_many(
+        self, rows: Sequence[tuple[str, bytes]], fences: Mapping[str, int] | None = None
+    ) -> Saved:
+        """Upsert rows, one statement per batch, over a few connections; say what was refused.
 
         Each connection writes its share of the batches in one transaction, taking them one
         by one in id order (a fixed order means two writers lock rows in the same order and
-        cannot deadlock). On failure some shares may be committed and others not: every row
-        is to be saved again.
+        cannot deadlock). A row is written only where the stored fence is at most the one
+        given (0 when `fences` has none for it); the upsert returns the ids it wrote, and
+        the batch's other ids are refused. On failure some shares may be committed and
+        others not: every row is to be saved again.
         """
         pending = cut(await in_id_order(rows))
+        given = fences or {}
         taken = 0
+        refused: set[str] = set()
 
         async def write(first: list[tuple[str, bytes]]) -> None:
             nonlocal taken
             async with self._engine.begin() as connection:
                 batch: list[tuple[str, bytes]] | None = first
                 while batch is not None:
-                    await connection.execute(self._upsert, self._parameters(batch))
+                    result = await connection.execute(self._upsert, self._parameters(batch, given))
+                    written = set(result.scalars())
+                    refused.update(cid for cid, _ in batch if cid not in written)
                     batch = next(pending, None)
                     taken += batch is not None
 
@@ -166,7 +222,22 @@ class SqlStore:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-        return taken
+        return Saved(taken, frozenset(refused))
+
+    async def raise_fence(self, campaign_id: str, fence: int) -> int:
+        """Raise the row's fence to `fence` unless it is as high already; return the fence.
+
+        No row is created: without one the answer is 0, and the owner's first save
+        writes the row under its fence.
+        """
+        parameters = {"id": campaign_id, "fence": fence}
+        with _store_failures():
+            async with self._engine.begin() as connection:
+                raised: int | None = await connection.scalar(self._raise_fence, parameters)
+                if raised is not None:
+                    return raised
+                kept: int | None = await connection.scalar(self._fence, parameters)
+        return 0 if kept is None else kept
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers and vtt_sessions exists."""
@@ -180,49 +251,71 @@ class SqlStore:
         await self._engine.dispose()
 
     def _parameters(
-        self, batch: list[tuple[str, bytes]]
-    ) -> dict[str, list[str]] | list[dict[str, str]]:
-        """Bind a batch: two arrays for Postgres's unnest, or one row each for SQLite."""
+        self, batch: list[tuple[str, bytes]], fences: Mapping[str, int]
+    ) -> dict[str, list[str] | list[int]] | list[dict[str, str | int]]:
+        """Bind a batch: three arrays for Postgres's unnest, or one row each for SQLite."""
         if self._postgres:
             return {
                 "ids": [campaign_id for campaign_id, _ in batch],
                 "states": [state.decode() for _, state in batch],
+                "fences": [fences.get(campaign_id, 0) for campaign_id, _ in batch],
             }
-        return [{"id": campaign_id, "state": state.decode()} for campaign_id, state in batch]
+        return [
+            {"id": campaign_id, "state": state.decode(), "fence": fences.get(campaign_id, 0)}
+            for campaign_id, state in batch
+        ]
 
 
 def _postgres_upsert() -> Executable:
-    """One INSERT ... SELECT FROM unnest(ids, states) ON CONFLICT DO UPDATE for a whole batch."""
+    """One INSERT ... SELECT FROM unnest(ids, states, fences) ON CONFLICT DO UPDATE per batch."""
     batch = (
         func.unnest(
             bindparam("ids", type_=ARRAY(Text)),
             bindparam("states", type_=ARRAY(Text)),
+            bindparam("fences", type_=ARRAY(BigInteger)),
         )
-        .table_valued("campaign_id", "state")
+        .table_valued("campaign_id", "state", "fence")
         .render_derived(name="batch")
     )
     # The JSON text becomes jsonb in the server: nothing is parsed or re-encoded here.
-    rows = select(batch.c.campaign_id, cast(batch.c.state, postgresql.JSONB), func.now())
+    rows = select(
+        batch.c.campaign_id, cast(batch.c.state, postgresql.JSONB), batch.c.fence, func.now()
+    )
     insert = postgresql.insert(vtt_sessions).from_select(
-        ["campaign_id", "state", "updated_at"], rows
+        ["campaign_id", "state", "fence", "updated_at"], rows
     )
     return insert.on_conflict_do_update(
         index_elements=[vtt_sessions.c.campaign_id],
-        set_={"state": insert.excluded.state, "updated_at": func.now()},
-    )
+        set_={
+            "state": insert.excluded.state,
+            "fence": insert.excluded.fence,
+            "updated_at": func.now(),
+        },
+        where=vtt_sessions.c.fence <= insert.excluded.fence,
+    ).returning(vtt_sessions.c.campaign_id)
 
 
 def _sqlite_upsert() -> Executable:
-    """An INSERT ... ON CONFLICT DO UPDATE run once per batch with executemany."""
+    """An INSERT ... ON CONFLICT DO UPDATE run once per batch with executemany.
+
+    SQLAlchemy runs it as one INSERT of many VALUES rows ("insertmanyvalues"), which is
+    how an executemany returns rows on SQLite: the ids written, as on Postgres.
+    """
     insert = sqlite.insert(vtt_sessions).values(
         campaign_id=bindparam("id"),
         state=bindparam("state", type_=Text),
+        fence=bindparam("fence", type_=BigInteger),
         updated_at=func.now(),
     )
     return insert.on_conflict_do_update(
         index_elements=[vtt_sessions.c.campaign_id],
-        set_={"state": insert.excluded.state, "updated_at": func.now()},
-    )
+        set_={
+            "state": insert.excluded.state,
+            "fence": insert.excluded.fence,
+            "updated_at": func.now(),
+        },
+        where=vtt_sessions.c.fence <= insert.excluded.fence,
+    ).returning(vtt_sessions.c.campaign_id)
 
 
 class MemoryStore:
@@ -230,6 +323,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, bytes] = {}
+        # The fence each row was last written under (absent means 0).
+        self.fences: dict[str, int] = {}
         self.outage = False
         self.saves = 0
         # Cleared by a test to hold save_many mid-write; set again to let it finish.
@@ -241,14 +336,41 @@ class MemoryStore:
         self._check()
         return self.rows.get(campaign_id)
 
-    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
-        """Store every row once the gate is open; count round trips as SqlStore would."""
+    async def load_fenced(self, campaign_id: str) -> tuple[bytes | None, int]:
+        """Return the stored bytes and their fence: (None, 0) when the campaign has none."""
+        self._check()
+        if campaign_id not in self.rows:
+            return None, 0
+        return self.rows[campaign_id], self.fences.get(campaign_id, 0)
+
+    async def save_many(
+        self, rows: Sequence[tuple[str, bytes]], fences: Mapping[str, int] | None = None
+    ) -> Saved:
+        """Store the rows once the gate is open, refusing as SqlStore does; count its trips."""
         self._check()
         await self.gate.wait()
         self._check()
-        self.rows.update(rows)
+        given = fences or {}
+        refused: set[str] = set()
+        cut_rows = list(batches(rows))
+        for batch in cut_rows:
+            for campaign_id, state in batch:
+                fence = given.get(campaign_id, 0)
+                if campaign_id in self.rows and self.fences.get(campaign_id, 0) > fence:
+                    refused.add(campaign_id)
+                else:
+                    self.rows[campaign_id] = state
+                    self.fences[campaign_id] = fence
         self.saves += 1
-        return sum(1 for _ in batches(rows))
+        return Saved(len(cut_rows), frozenset(refused))
+
+    async def raise_fence(self, campaign_id: str, fence: int) -> int:
+        """Raise a stored row's fence to `fence` unless it is as high; return it (0 without)."""
+        self._check()
+        if campaign_id not in self.rows:
+            return 0
+        self.fences[campaign_id] = max(self.fences.get(campaign_id, 0), fence)
+        return self.fences[campaign_id]
 
     async def ping(self) -> None:
         """Raise StoreUnavailable during a simulated outage."""

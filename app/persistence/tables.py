@@ -4,7 +4,7 @@
 compares or alters it, and `app.persistence.chat` builds its table from the columns it finds.
 """
 
-from sqlalchemy import JSON, Column, DateTime, MetaData, Table, Text, func, text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, MetaData, Table, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 # Postgres's own default constraint names, so Alembic and a hand-made table agree.
@@ -28,6 +28,8 @@ vtt_sessions = Table(
         server_default=text("'{}'"),
     ),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The fence of the owner that last wrote the row (0 before issue 17, and on SQLite).
+    Column("fence", BigInteger, nullable=False, server_default=text("0")),
 )
 
 # Roll results of chat messages, keyed by chat_messages.id as text (whatever its type).

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from app.persistence.store import Saved
 from tests.support.harness import serve, settings_for, token_payload
-from tests.support.sql import stored_state
+from tests.support.sql import execute, stored_state
 from tests.support.table import saved
 
 pytestmark = pytest.mark.anyio
@@ -59,10 +60,10 @@ async def test_edits_during_a_flush_in_flight_stay_dirty(tmp_path: Path) -> None
         original = store.save_many
         entered, release = asyncio.Event(), asyncio.Event()
 
-        async def held(rows: Any) -> int:
+        async def held(rows: Any, fences: Any = None) -> Saved:
             entered.set()
             await release.wait()
-            return await original(rows)
+            return await original(rows, fences)
 
         store.save_many = held  # type: ignore[method-assign]
         flush = asyncio.create_task(manager.flush())
@@ -102,3 +103,29 @@ async def test_a_handshake_uvicorn_cannot_parse_does_not_cost_the_final_flush(
         again = await server.join("c1", "gm1", "gm")
         assert again.sync["payload"]["tokens"]["t1"]["x"] == 11
         await again.close()
+
+
+async def test_a_campaign_whose_row_another_writer_fenced_is_not_overwritten(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = settings_for(tmp_path, database_url=database_url, flush_interval=3600)
+    async with serve(settings) as server:
+        taken, kept = await server.join("c1", "gm1", "gm"), await server.join("c2", "gm1", "gm")
+        for peer in (taken, kept):
+            await peer.request("token.add", token_payload("t1"))
+        manager = server.services.manager
+        assert await manager.flush()
+        # Another writer (a newer owner of c1) raises the row's fence behind this server.
+        await execute(database_url, "UPDATE vtt_sessions SET fence = 3 WHERE campaign_id = 'c1'")
+        for peer in (taken, kept):
+            await peer.request("token.add", token_payload("t2"))
+
+        assert await manager.flush()
+
+        code, reason = await taken.closed()
+        assert (code, reason) == (1012, "campaign moved; reconnect")
+        await saved(kept, 2)
+        assert "c1" not in manager.sessions
+        await kept.close()
+    assert set((await stored_state(database_url, "", "c1"))["tokens"]) == {"t1"}
+    assert set((await stored_state(database_url, "", "c2"))["tokens"]) == {"t1", "t2"}

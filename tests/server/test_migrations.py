@@ -14,7 +14,7 @@ from app.errors import CloseCode
 from app.persistence.migrate import upgrade_to_head
 from tests.support.harness import TIMEOUT, Peer, serve, settings_for
 from tests.support.loops import run
-from tests.support.sql import HEAD, OURS, execute, inspect_database
+from tests.support.sql import HEAD, OURS, alembic, execute, inspect_database
 
 
 def test_upgrade_creates_vtt_sessions_as_the_protocol_shows(database_url: str) -> None:
@@ -25,8 +25,9 @@ def test_upgrade_creates_vtt_sessions_as_the_protocol_shows(database_url: str) -
     assert found["primary_key"]["constrained_columns"] == ["campaign_id"]
     assert found["drift"] == []
     columns = found["columns"]
-    assert set(columns) == {"campaign_id", "state", "updated_at"}
+    assert set(columns) == {"campaign_id", "state", "updated_at", "fence"}
     assert all(nullable is False for _, nullable, _ in columns.values())
+    assert columns["fence"] == ("BIGINT", False, "0")
     if make_url(database_url).get_backend_name() == "postgresql":
         assert found["primary_key"]["name"] == "vtt_sessions_pkey"
         assert columns["campaign_id"][0] == "TEXT"
@@ -45,6 +46,29 @@ def test_upgrading_twice_changes_nothing_the_second_time(database_url: str) -> N
     upgrade_to_head(database_url)
     assert run(execute(database_url, "SELECT campaign_id FROM vtt_sessions")) == [("c1",)]
     assert run(inspect_database(database_url))["versions"] == [HEAD]
+
+
+def test_the_fence_migration_gives_existing_rows_fence_0_and_downgrades_keeping_them(
+    database_url: str, tmp_path: Path
+) -> None:
+    result = alembic("upgrade", "0002", cwd=tmp_path, database_url=database_url)
+    assert result.returncode == 0, result.stderr
+    # A row as the Go service (or this one before issue 17) wrote it.
+    run(execute(database_url, "INSERT INTO vtt_sessions (campaign_id, state) VALUES ('c1', '{}')"))
+    upgrade_to_head(database_url)
+    assert run(execute(database_url, "SELECT campaign_id, fence FROM vtt_sessions")) == [("c1", 0)]
+    run(execute(database_url, "UPDATE vtt_sessions SET fence = 9"))
+    result = alembic("downgrade", "0002", cwd=tmp_path, database_url=database_url)
+    assert result.returncode == 0, result.stderr
+    found = run(inspect_database(database_url))
+    assert found["versions"] == ["0002"]
+    assert set(found["columns"]) == {"campaign_id", "state", "updated_at"}
+    assert run(execute(database_url, "SELECT campaign_id FROM vtt_sessions")) == [("c1",)]
+    upgrade_to_head(database_url)
+    found = run(inspect_database(database_url))
+    assert found["versions"] == [HEAD]
+    assert found["drift"] == []
+    assert run(execute(database_url, "SELECT campaign_id, fence FROM vtt_sessions")) == [("c1", 0)]
 
 
 def test_upgrade_to_head_works_from_a_thread_while_an_event_loop_runs(database_url: str) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.persistence.store import Saved
 from tests.support.harness import Peer, serve, settings_for, token_payload
 from tests.support.sql import FIXTURE, put_row, stored_state
 from tests.support.table import saved
@@ -84,7 +85,7 @@ async def test_a_memory_store_outage_keeps_sessions_dirty_and_logs_once(
         store = server.services.store
         original = store.save_many
 
-        async def failing(rows: Any) -> int:
+        async def failing(rows: Any, fences: Any = None) -> Saved:
             from app.persistence.store import StoreUnavailable
 
             raise StoreUnavailable("link down")

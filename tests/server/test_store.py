@@ -18,8 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
-from app.persistence.store import BATCH_ROWS, MemoryStore, SqlStore, StoreUnavailable, batches
+from app.persistence.store import (
+    BATCH_ROWS,
+    MemoryStore,
+    Saved,
+    SqlStore,
+    Store,
+    StoreUnavailable,
+    batches,
+)
 from app.persistence.tables import vtt_sessions
+from tests.support.fence_audit import fence_audit, install_fence_audit
 from tests.support.loops import run
 from tests.support.poll import poll
 from tests.support.tcpproxy import TcpProxy
@@ -53,6 +62,43 @@ def state(campaign_id: str, **extra: object) -> bytes:
         **extra,
     }
     return json.dumps(body, ensure_ascii=False).encode()
+
+
+def seq_and_fence(loaded: tuple[bytes | None, int]) -> tuple[int | None, int]:
+    """What load_fenced returned, as the state's seq (None without a row) and the fence."""
+    raw, fence = loaded
+    return (None if raw is None else json.loads(raw)["seq"]), fence
+
+
+async def write_under_fences(store: Store) -> dict[str, tuple[int | None, int]]:
+    """Write c1 to c3 under lower, equal and higher fences; return each campaign's seq and fence."""
+    first = await store.save_many(
+        [("c1", state("c1", seq=1)), ("c2", state("c2", seq=1))], {"c1": 5, "c2": 5}
+    )
+    assert first == Saved(1, frozenset())
+    # c1 under a lower fence, c2 under its own, c3 under none (0) on a new row.
+    second = await store.save_many(
+        [("c1", state("c1", seq=2)), ("c2", state("c2", seq=2)), ("c3", state("c3", seq=2))],
+        {"c1": 4, "c2": 5},
+    )
+    assert second == Saved(1, frozenset({"c1"}))
+    assert await store.save_many([("c1", state("c1", seq=3))], {"c1": 7}) == Saved(1, frozenset())
+    return {cid: seq_and_fence(await store.load_fenced(cid)) for cid in ("c1", "c2", "c3", "c4")}
+
+
+FENCED_WRITES = {"c1": (3, 7), "c2": (2, 5), "c3": (2, 0), "c4": (None, 0)}
+
+
+async def raise_fences(store: Store) -> tuple[int | None, int]:
+    """Raise c1's fence before and after its row exists, up and down; return its seq and fence."""
+    assert await store.raise_fence("c1", 3) == 0
+    assert await store.load_fenced("c1") == (None, 0), "raising a fence creates no row"
+    await store.save_many([("c1", state("c1", seq=1))])
+    assert [await store.raise_fence("c1", fence) for fence in (4, 2, 4)] == [4, 4, 4]
+    refused = await store.save_many([("c1", state("c1", seq=2))], {"c1": 3})
+    assert refused.refused == {"c1"}, "an old owner's write after the raise is refused"
+    assert (await store.save_many([("c1", state("c1", seq=3))], {"c1": 4})).refused == set()
+    return seq_and_fence(await store.load_fenced("c1"))
 
 
 class Timeouts(TypedDict, total=False):
@@ -120,6 +166,63 @@ def test_the_postgres_engine_never_creates_named_prepared_statements(postgres_ur
 # SqlStore on both databases
 
 
+def test_a_lower_fence_is_refused_and_an_equal_or_higher_one_wins(database_url: str) -> None:
+    async def scenario() -> dict[str, tuple[int | None, int]]:
+        async with sql_store(database_url) as (store, _):
+            return await write_under_fences(store)
+
+    assert run(scenario()) == FENCED_WRITES
+
+
+def test_raising_a_fence_never_lowers_it_nor_creates_a_row(database_url: str) -> None:
+    async def scenario() -> tuple[int | None, int]:
+        async with sql_store(database_url) as (store, _):
+            return await raise_fences(store)
+
+    assert run(scenario()) == (3, 4)
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_refusals_in_every_batch_and_writer_are_all_reported(
+    database_url: str, writers: int
+) -> None:
+    ids = [f"c{i:04d}" for i in range(2 * BATCH_ROWS + 1)]
+    # One campaign moved on in each of the three batches.
+    moved = {ids[7], ids[BATCH_ROWS + 100], ids[-1]}
+
+    async def scenario() -> tuple[Saved, dict[str, tuple[int | None, int]]]:
+        async with sql_store(database_url) as (_, engine):
+            store = SqlStore(engine, writers=writers)
+            await store.save_many([(cid, state(cid, seq=1)) for cid in ids], dict.fromkeys(ids, 1))
+            for cid in moved:
+                assert await store.raise_fence(cid, 2) == 2
+            saved = await store.save_many(
+                [(cid, state(cid, seq=2)) for cid in ids], dict.fromkeys(ids, 1)
+            )
+            return saved, {cid: seq_and_fence(await store.load_fenced(cid)) for cid in ids}
+
+    saved, loaded = run(scenario())
+    assert saved == Saved(3, frozenset(moved))
+    assert loaded == {cid: (1, 2) if cid in moved else (2, 1) for cid in ids}
+
+
+@pytest.mark.postgres
+def test_the_fence_audit_records_every_write_and_raise_but_no_refused_write(
+    postgres_url: str,
+) -> None:
+    async def scenario() -> list[tuple[str, int, int]]:
+        async with sql_store(postgres_url) as (store, _):
+            await install_fence_audit(postgres_url)
+            await store.save_many([("c1", state("c1", seq=1))], {"c1": 2})
+            await store.raise_fence("c1", 5)
+            await store.raise_fence("c1", 4)
+            await store.save_many([("c1", state("c1", seq=2))], {"c1": 3})
+            await store.save_many([("c1", state("c1", seq=3)), ("c2", state("c2"))], {"c1": 5})
+            return await fence_audit(postgres_url)
+
+    assert run(scenario()) == [("c1", 2, 1), ("c1", 5, 1), ("c1", 5, 3), ("c2", 0, 7)]
+
+
 def test_loading_a_campaign_without_a_row_returns_none(database_url: str) -> None:
     async def scenario() -> bytes | None:
         async with sql_store(database_url) as (store, _):
@@ -133,7 +236,7 @@ def test_saved_state_loads_back_as_the_same_json_bytes(database_url: str) -> Non
 
     async def scenario() -> dict[str, bytes | None]:
         async with sql_store(database_url) as (store, _):
-            assert await store.save_many(list(saved.items())) == 1
+            assert await store.save_many(list(saved.items())) == Saved(1, frozenset())
             return {campaign_id: await store.load(campaign_id) for campaign_id in saved}
 
     loaded = run(scenario())
@@ -146,7 +249,7 @@ def test_saved_state_loads_back_as_the_same_json_bytes(database_url: str) -> Non
 def test_saving_1200_rows_takes_three_round_trips(database_url: str) -> None:
     rows = [(f"campaign-{i:04d}", state(f"campaign-{i:04d}")) for i in range(1200)]
 
-    async def scenario() -> tuple[int, list[str], int]:
+    async def scenario() -> tuple[Saved, list[str], int]:
         async with sql_store(database_url) as (store, engine):
             await store.ping()
             statements: list[str] = []
@@ -164,7 +267,7 @@ def test_saving_1200_rows_takes_three_round_trips(database_url: str) -> None:
     reported, statements, stored = run(scenario())
     assert len(statements) == 3
     assert all(sql.lstrip().startswith("INSERT INTO vtt_sessions") for sql in statements)
-    assert reported == 3
+    assert reported == Saved(3, frozenset())
     assert stored == 1200
 
 
@@ -177,7 +280,7 @@ def test_states_past_a_batchs_byte_cap_go_in_several_statements_and_all_arrive(
     expected = len(list(batches(rows)))
     assert expected == 4
 
-    async def scenario() -> tuple[int, int, list[Any]]:
+    async def scenario() -> tuple[Saved, int, list[Any]]:
         async with sql_store(database_url) as (store, engine):
             await store.ping()
             statements: list[str] = []
@@ -195,7 +298,7 @@ def test_states_past_a_batchs_byte_cap_go_in_several_statements_and_all_arrive(
                 return reported, len(statements), [row[0] for row in stored]
 
     reported, counted, stored = run(scenario())
-    assert (reported, counted) == (expected, expected)
+    assert (reported, counted) == (Saved(expected, frozenset()), expected)
     assert stored == sorted(campaign_id for campaign_id, _ in rows)
 
 
@@ -221,11 +324,11 @@ def test_an_upsert_overwrites_the_state_and_bumps_updated_at(database_url: str) 
 
 
 def test_saving_nothing_takes_no_round_trip(database_url: str) -> None:
-    async def scenario() -> int:
+    async def scenario() -> Saved:
         async with sql_store(database_url) as (store, _):
             return await store.save_many([])
 
-    assert run(scenario()) == 0
+    assert run(scenario()) == Saved(0, frozenset())
 
 
 @pytest.mark.postgres
@@ -239,6 +342,7 @@ def test_a_row_the_go_service_wrote_loads_as_its_json(postgres_url: str) -> None
                     text("INSERT INTO vtt_sessions (campaign_id, state) VALUES ('go', :s)"),
                     {"s": fixture},
                 )
+            assert (await store.load_fenced("go"))[1] == 0
             return await store.load("go")
 
     loaded = run(scenario())
@@ -280,10 +384,12 @@ async def proxied_store(postgres_url: str) -> AsyncIterator[tuple[SqlStore, TcpP
 
 
 async def assert_every_call_fails_fast(store: SqlStore) -> None:
-    """load, save_many and ping each raise StoreUnavailable, with a cause, within the bound."""
+    """Every call raises StoreUnavailable, with a cause, within the bound."""
     calls = {
         "load": lambda: store.load("c1"),
-        "save_many": lambda: store.save_many([("c1", state("c1", seq=99))]),
+        "load_fenced": lambda: store.load_fenced("c1"),
+        "save_many": lambda: store.save_many([("c1", state("c1", seq=99))], {"c1": 1}),
+        "raise_fence": lambda: store.raise_fence("c1", 1),
         "ping": store.ping,
     }
     for name, call in calls.items():
@@ -319,7 +425,7 @@ def test_a_cut_link_fails_every_call_quickly_and_restore_brings_it_back(
             await assert_every_call_fails_fast(store)
             proxy.restore()
             await wait_until_reachable(store)
-            assert await store.save_many([("c1", state("c1", seq=2))]) == 1
+            assert await store.save_many([("c1", state("c1", seq=2))]) == Saved(1, frozenset())
             return await store.load("c1")
 
     loaded = run(scenario())
@@ -391,7 +497,7 @@ def test_a_store_created_during_an_outage_works_once_the_database_is_back(
 def test_any_number_of_writers_saves_every_row_once(postgres_url: str, writers: int) -> None:
     rows = [(f"c{i:04d}", state(f"c{i:04d}", seq=i)) for i in range(2 * BATCH_ROWS + 1)]
 
-    async def scenario() -> tuple[int, list[Any]]:
+    async def scenario() -> tuple[Saved, list[Any]]:
         async with sql_store(postgres_url) as (_, engine):
             store = SqlStore(engine, writers=writers)
             trips = await store.save_many(rows)
@@ -402,7 +508,7 @@ def test_any_number_of_writers_saves_every_row_once(postgres_url: str, writers: 
                 return trips, list(stored)
 
     trips, stored = run(scenario())
-    assert trips == 3
+    assert trips == Saved(3, frozenset())
     assert stored == [(f"c{i:04d}", i) for i in range(2 * BATCH_ROWS + 1)]
 
 
@@ -416,13 +522,21 @@ def test_a_store_without_writers_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_memory_store_keeps_what_it_saves() -> None:
-    async def scenario() -> tuple[int, bytes | None, bytes | None]:
+    async def scenario() -> tuple[Saved, bytes | None, bytes | None]:
         store = MemoryStore()
         trips = await store.save_many([(f"c{i}", b"{}") for i in range(501)])
         await store.ping()
         return trips, await store.load("c500"), await store.load("missing")
 
-    assert run(scenario()) == (2, b"{}", None)
+    assert run(scenario()) == (Saved(2, frozenset()), b"{}", None)
+
+
+def test_the_memory_store_refuses_lower_fences_as_the_databases_do() -> None:
+    assert run(write_under_fences(MemoryStore())) == FENCED_WRITES
+
+
+def test_the_memory_store_raises_fences_as_the_databases_do() -> None:
+    assert run(raise_fences(MemoryStore())) == (3, 4)
 
 
 def test_the_memory_store_fails_every_call_during_an_outage() -> None:
@@ -433,6 +547,10 @@ def test_the_memory_store_fails_every_call_during_an_outage() -> None:
             await store.load("c1")
         with pytest.raises(StoreUnavailable):
             await store.save_many([("c1", b"{}")])
+        with pytest.raises(StoreUnavailable):
+            await store.load_fenced("c1")
+        with pytest.raises(StoreUnavailable):
+            await store.raise_fence("c1", 1)
         with pytest.raises(StoreUnavailable):
             await store.ping()
         store.outage = False
@@ -450,7 +568,7 @@ def test_the_memory_store_gate_holds_a_save_in_flight() -> None:
         assert not finished
         assert await store.load("c1") is None
         store.gate.set()
-        assert await asyncio.wait_for(save, 5) == 1
+        assert await asyncio.wait_for(save, 5) == Saved(1, frozenset())
         assert store.saves == 1
         assert await store.load("c1") == b"{}"
 

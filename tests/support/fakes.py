@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +28,7 @@ from app.ephemeral import LiveMessage
 from app.errors import CloseCode, CloseConnection
 from app.model import Actor, Role, StateChange
 from app.persistence.chat import MemoryChatStore
-from app.persistence.store import MemoryStore
+from app.persistence.store import MemoryStore, Saved
 from app.protocol import (
     AuthRefreshMsg,
     PingMsg,
@@ -90,10 +90,16 @@ class FakeMember:
         self.skip = skip
         self.deliveries: list[Delivery] = []
         self.everything: list[Delivery] = []
+        self.closed_with: CloseConnection | None = None
 
     def batch(self) -> AbstractContextManager[None]:
         """Nothing to gather: every delivery is kept as it comes."""
         return contextlib.nullcontext()
+
+    def close(self, reason: CloseConnection) -> None:
+        """Remember the first reason the session closed this member with."""
+        if self.closed_with is None:
+            self.closed_with = reason
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Keep the message, decoded."""
@@ -138,10 +144,18 @@ class RecordingStore(MemoryStore):
         await self.load_gate.wait()
         return await super().load(campaign_id)
 
-    async def save_many(self, rows: Sequence[tuple[str, bytes]]) -> int:
+    async def load_fenced(self, campaign_id: str) -> tuple[bytes | None, int]:
+        """Count the load and wait for the gate, then load with the fence (or fail)."""
+        self.loads += 1
+        await self.load_gate.wait()
+        return await super().load_fenced(campaign_id)
+
+    async def save_many(
+        self, rows: Sequence[tuple[str, bytes]], fences: Mapping[str, int] | None = None
+    ) -> Saved:
         """Report the attempt, then write (or fail, during an outage)."""
         self.attempts.put_nowait(asyncio.get_running_loop().time())
-        return await super().save_many(rows)
+        return await super().save_many(rows, fences)
 
 
 class StaticKeys:

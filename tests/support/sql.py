@@ -22,7 +22,7 @@ from app.persistence.store import SqlStore
 from app.persistence.tables import include_name, metadata
 
 # The newest revision, and the tables it leaves (chat_messages is created when absent).
-HEAD = "0002"
+HEAD = "0003"
 OURS = {"vtt_sessions", "vtt_alembic_version", "chat_messages", "vtt_chat_rolls"}
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "go-vtt-sessions-state.json"

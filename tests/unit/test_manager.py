@@ -367,6 +367,53 @@ async def test_a_flush_writes_every_dirty_session_in_one_save_and_tells_their_me
     assert not any(session.dirty for session in manager.sessions.values())
 
 
+async def test_a_session_writes_under_the_fence_its_row_had_when_loaded() -> None:
+    manager, store = manager_of()
+    store.rows["c1"] = STORED.encode()
+    store.fences["c1"] = 4
+    member = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", member)
+    await edited(session, member, "t2")
+
+    assert await manager.flush()
+
+    assert session.fence == 4
+    assert store.fences["c1"] == 4
+    assert b'"t2"' in store.rows["c1"]
+    assert member.closed_with is None
+
+
+async def test_a_session_whose_row_another_writer_took_over_is_dropped_unsaved() -> None:
+    manager, store = manager_of()
+    members = {campaign: FakeMember("gm-ada", "gm") for campaign in ("c1", "c2")}
+    sessions = {}
+    for campaign, member in members.items():
+        sessions[campaign], _ = await manager.join(campaign, member)
+        await edited(sessions[campaign], member)
+        member.take()
+    # A newer owner raised c1's fence (and wrote its own state) since c1 was loaded here.
+    store.rows["c1"] = STORED.encode()
+    store.fences["c1"] = 2
+
+    assert await manager.flush()
+
+    assert store.rows["c1"] == STORED.encode()
+    assert manager.sessions == {"c2": sessions["c2"]}
+    assert sessions["c1"].closed
+    closed = members["c1"].closed_with
+    assert closed is not None
+    assert closed.code == CloseCode.SERVICE_RESTART
+    assert members["c1"].take() == []
+    assert members["c2"].types == ["state.saved"]
+    assert members["c2"].closed_with is None
+    assert manager.metrics.registry.get_sample_value("vtt_sessions_fenced_out_total") == 1
+
+    again, _ = await manager.join("c1", FakeMember("gm-ada", "gm"))
+    assert again is not sessions["c1"]
+    assert again.fence == 2
+    assert again.state.seq == 7
+
+
 async def test_a_flush_with_nothing_dirty_writes_nothing() -> None:
     manager, store = manager_of()
     await manager.join("c1", FakeMember("gm-ada", "gm"))
