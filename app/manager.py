@@ -179,7 +179,9 @@ class SessionManager:
 
     def released(self, session: Session) -> None:
         """A member left `session`: evict it after the grace period if nobody comes back."""
-        if session.members or self.closing or session.campaign_id in self._evicting:
+        if session.members or session.closed or self.closing:
+            return
+        if session.campaign_id in self._evicting:
             return
         task = asyncio.create_task(self._evict_when_idle(session))
         self._evicting[session.campaign_id] = task
@@ -187,7 +189,8 @@ class SessionManager:
 
     async def _evict_when_idle(self, session: Session) -> None:
         await asyncio.sleep(self.settings.evict_grace)
-        while not session.members and not self.closing:
+        # A session dropped meanwhile (fenced out) is gone already, unsaved on purpose.
+        while not session.members and not session.closed and not self.closing:
             if not session.dirty:
                 session.close()
                 if self.sessions.get(session.campaign_id) is session:

@@ -408,10 +408,34 @@ async def test_a_session_whose_row_another_writer_took_over_is_dropped_unsaved()
     assert members["c2"].closed_with is None
     assert manager.metrics.registry.get_sample_value("vtt_sessions_fenced_out_total") == 1
 
+    # Its member leaving starts no eviction: there is nothing left to write or drop.
+    await sessions["c1"].leave(members["c1"])
+    manager.released(sessions["c1"])
+    assert manager._evicting == {}
+
     again, _ = await manager.join("c1", FakeMember("gm-ada", "gm"))
     assert again is not sessions["c1"]
     assert again.fence == 2
     assert again.state.seq == 7
+
+
+async def test_an_idle_session_fenced_out_by_its_eviction_flush_ends_its_eviction() -> None:
+    manager, store = manager_of(evict_grace=0)
+    member = FakeMember("gm-ada", "gm")
+    session, _ = await manager.join("c1", member)
+    await edited(session, member)
+    store.rows["c1"] = STORED.encode()
+    store.fences["c1"] = 2
+
+    await session.leave(member)
+    manager.released(session)
+    evictor = manager._evicting["c1"]
+    async with asyncio.timeout(TIMEOUT):
+        await evictor
+
+    assert session.closed
+    assert manager.sessions == {}
+    assert store.rows["c1"] == STORED.encode()
 
 
 async def test_a_flush_with_nothing_dirty_writes_nothing() -> None:
