@@ -179,9 +179,8 @@ class SessionManager:
 
     def released(self, session: Session) -> None:
         """A member left `session`: evict it after the grace period if nobody comes back."""
-        if session.members or session.closed or self.closing:
-            return
-        if session.campaign_id in self._evicting:
+        evicting = session.campaign_id in self._evicting
+        if session.members or session.closed or self.closing or evicting:
             return
         task = asyncio.create_task(self._evict_when_idle(session))
         self._evicting[session.campaign_id] = task

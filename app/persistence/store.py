@@ -284,15 +284,7 @@ def _postgres_upsert() -> Executable:
     insert = postgresql.insert(vtt_sessions).from_select(
         ["campaign_id", "state", "fence", "updated_at"], rows
     )
-    return insert.on_conflict_do_update(
-        index_elements=[vtt_sessions.c.campaign_id],
-        set_={
-            "state": insert.excluded.state,
-            "fence": insert.excluded.fence,
-            "updated_at": func.now(),
-        },
-        where=vtt_sessions.c.fence <= insert.excluded.fence,
-    ).returning(vtt_sessions.c.campaign_id)
+    return _fenced(insert)
 
 
 def _sqlite_upsert() -> Executable:
@@ -307,6 +299,14 @@ def _sqlite_upsert() -> Executable:
         fence=bindparam("fence", type_=BigInteger),
         updated_at=func.now(),
     )
+    return _fenced(insert)
+
+
+def _fenced(insert: postgresql.Insert | sqlite.Insert) -> Executable:
+    """Either dialect's upsert: the row is replaced only under a fence at least its own.
+
+    It returns the ids it wrote; a batch's other ids were refused by their row's fence.
+    """
     return insert.on_conflict_do_update(
         index_elements=[vtt_sessions.c.campaign_id],
         set_={
