@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ DEFAULT_ROLE_SQL = (
 DEFAULT_USERNAME_SQL = "SELECT username FROM users WHERE id = :user_id"
 
 TokenPolicy = Literal["open", "owner"]
+NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 
 
@@ -57,6 +60,38 @@ class ChatLimits:
     rate_burst: int = 10
     memory_messages: int = 1000
     memory_bytes: int = 2 * 1024 * 1024
+
+
+Routing = Literal["fly-replay", "relay"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Many machines coordinated through Redis (README "Running several machines").
+
+    `node_url` is the WebSocket base URL at which the other machines reach this one;
+    `secret` signs the identity a relaying machine hands the owner; `routing` says how a
+    client that landed on a machine that does not own its campaign reaches the owner.
+    """
+
+    redis_url: str
+    node_id: str
+    node_url: str
+    secret: str
+    lease_ttl: float = 10.0
+    routing: Routing = "relay"
+    replay_status: int = 307
+    oplog_max_entries: int = 100_000
+
+    @property
+    def renew_interval(self) -> float:
+        """How often the node lease is renewed: five times per TTL."""
+        return self.lease_ttl / 5
+
+    @property
+    def deadline_margin(self) -> float:
+        """How long before the lease could expire this node stops writing: one renew interval."""
+        return self.lease_ttl / 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +148,8 @@ class Settings:
     username_sql: str | None = DEFAULT_USERNAME_SQL
     character_sql: str | None = None
     internal_api_secret: str | None = None
+    # Scale-out (issue 17): all None/defaults with REDIS_URL unset, and then unused.
+    cluster: Cluster | None = None
 
     @property
     def production(self) -> bool:
@@ -321,4 +358,64 @@ def _parse(env: Mapping[str, str]) -> Settings:
         username_sql=DEFAULT_USERNAME_SQL if username_sql is None else username_sql.strip() or None,
         character_sql=_str(env, "VTT_CHARACTER_SQL"),
         internal_api_secret=_str(env, "INTERNAL_API_SECRET"),
+        cluster=_cluster(env, database_url, port=_int(env, "PORT", 8080, minimum=0)),
     )
+
+
+def _cluster(env: Mapping[str, str], database_url: str | None, port: int) -> Cluster | None:
+    """The scale-out settings, or None when REDIS_URL is unset (one machine, no Redis)."""
+    redis_url = _str(env, "REDIS_URL")
+    if redis_url is None:
+        return None
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+    if database_url is None or not database_url.startswith(("postgres://", "postgresql")):
+        raise ConfigError(
+            "REDIS_URL needs a Postgres DATABASE_URL: the machines of a cluster share one "
+            "database, and the embedded SQLite file is one machine's"
+        )
+    fly_machine = _str(env, "FLY_MACHINE_ID")
+    node_id = _str(env, "VTT_NODE_ID") or fly_machine or socket.gethostname()
+    if not NODE_ID.fullmatch(node_id):
+        raise ConfigError("VTT_NODE_ID must be 1-64 characters of [A-Za-z0-9_.-]")
+    node_url = _str(env, "VTT_NODE_URL")
+    fly_app = _str(env, "FLY_APP_NAME")
+    if node_url is None and fly_machine is not None and fly_app is not None:
+        node_url = f"ws://{fly_machine}.vm.{fly_app}.internal:{port}"
+    if node_url is None:
+        raise ConfigError(
+            "REDIS_URL needs VTT_NODE_URL, the address the other machines reach this one at "
+            "(e.g. http://10.0.0.5:8080); on Fly it defaults to the machine's .internal name"
+        )
+    node_url = _websocket_base(node_url)
+    secret = _str(env, "VTT_CLUSTER_SECRET")
+    if secret is None or len(secret) < 16:
+        raise ConfigError(
+            "REDIS_URL needs VTT_CLUSTER_SECRET (at least 16 characters, the same on every "
+            "machine): it signs the identity a machine relays to a campaign's owner"
+        )
+    routing = (_str(env, "VTT_ROUTING") or ("fly-replay" if fly_app else "relay")).lower()
+    if routing not in {"fly-replay", "relay"}:
+        raise ConfigError(f"VTT_ROUTING must be fly-replay or relay, got {routing!r}")
+    replay_status = _int(env, "VTT_REPLAY_STATUS", 307, minimum=101)
+    if replay_status != 101 and not 300 <= replay_status <= 599:
+        raise ConfigError("VTT_REPLAY_STATUS must be 101 or an HTTP status from 300 to 599")
+    return Cluster(
+        redis_url=redis_url,
+        node_id=node_id,
+        node_url=node_url,
+        secret=secret,
+        lease_ttl=_num(env, "VTT_LEASE_TTL", 10.0, minimum=0.5),
+        routing="fly-replay" if routing == "fly-replay" else "relay",
+        replay_status=replay_status,
+        oplog_max_entries=_int(env, "VTT_OPLOG_MAX_ENTRIES", 100_000, minimum=1000),
+    )
+
+
+def _websocket_base(url: str) -> str:
+    """`url` as a ws:// or wss:// base (http:// and https:// are accepted), without a slash."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ConfigError(f"VTT_NODE_URL must be an http(s):// or ws(s):// URL, got {url!r}")
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
