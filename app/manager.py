@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import msgspec
 
 from app.auth import RoleResolver
 from app.chat import CampaignChat
 from app.config import Settings
+from app.coord.base import Claim, Coordinator, LocalCoordinator
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.persistence.chat import ChatStore
@@ -27,6 +28,9 @@ from app.persistence.store import Store, StoreUnavailable
 from app.protocol import ChatMessage, decode_stored_state
 from app.rules import new_state
 from app.session import Member, Session, SessionClosed, Snapshot
+
+if TYPE_CHECKING:
+    from app.coord.oplog import RedisOpLog
 
 log = logging.getLogger("vtt.manager")
 
@@ -89,8 +93,14 @@ class SessionManager:
         metrics: Metrics,
         chat_store: ChatStore,
         roles: RoleResolver,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.settings = settings
+        # Who owns which campaign; on one machine without Redis, this one owns them all.
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
+        # Clustered only: where sessions write ahead (set once built, as it calls back here).
+        self.oplog: RedisOpLog | None = None
+        self._claims: dict[str, Claim] = {}
         self.store = store
         self.metrics = metrics
         self.chat_store = chat_store
@@ -136,8 +146,33 @@ class SessionManager:
         return await asyncio.shield(task)
 
     async def _load(self, campaign_id: str) -> Session:
+        """Claim the campaign (clustered), load its row, catch up on its op log, go live.
+
+        Another live owner's claim raises Owned (the endpoint relays there). The claim is
+        given up again when anything after it fails.
+        """
+        coordinator = self.coordinator
+        claim = await coordinator.claim(campaign_id)
+        try:
+            session, claim = await self._load_claimed(campaign_id, claim)
+        except BaseException:
+            await coordinator.release(campaign_id, claim)
+            raise
+        self._claims[campaign_id] = claim
+        self.sessions[campaign_id] = session
+        return session
+
+    async def _load_claimed(self, campaign_id: str, claim: Claim) -> tuple[Session, Claim]:
         try:
             data, fence = await self.store.load_fenced(campaign_id)
+            if self.coordinator.clustered:
+                if fence >= claim.fence:
+                    # Redis lost the fence counter (the row is ahead of it): claim above it.
+                    await self.coordinator.release(campaign_id, claim)
+                    claim = await self.coordinator.claim(campaign_id, floor=fence)
+                # From here on, a previous owner that still writes is refused by the row.
+                await self.store.raise_fence(campaign_id, claim.fence)
+                fence = claim.fence
         except StoreUnavailable as exc:
             log.warning("state load failed", extra={"campaign_id": campaign_id, "reason": str(exc)})
             raise CloseConnection(CloseCode.TRY_AGAIN_LATER, "state could not be loaded") from exc
@@ -159,8 +194,15 @@ class SessionManager:
         if self.closing:
             raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
         session = Session(state, self.settings, self.metrics, chat, fence)
-        self.sessions[campaign_id] = session
-        return session
+        if self.oplog is not None:
+            applied = await self.oplog.catch_up(session, claim)
+            if applied:
+                log.info(
+                    "caught up on the op log",
+                    extra={"campaign_id": campaign_id, "commands": applied, "seq": state.seq},
+                )
+            self.oplog.attach(session, claim)
+        return session, claim
 
     async def publish(self, message: ChatMessage) -> bool:
         """Publish a stored message through its campaign's session; False when not live here.
@@ -194,6 +236,7 @@ class SessionManager:
                 session.close()
                 if self.sessions.get(session.campaign_id) is session:
                     del self.sessions[session.campaign_id]
+                    await self._release(session)
                 return
             # During an outage the flush loop's backoff decides when the store is tried
             # again; this only waits for it to have written the session.
@@ -259,15 +302,58 @@ class SessionManager:
                 )
                 self._outage_since = None
             slices.restart()
+            confirmed: list[tuple[str, int]] = []
             for session, snapshot in zip(written, snapshots, strict=True):
                 if session.campaign_id in saved.refused:
-                    self._fenced_out(session)
+                    self.fenced_out(session)
                 else:
                     session.mark_saved(snapshot)
+                    confirmed.append((session.campaign_id, snapshot.seq))
                 await slices.pause()
+            if self.oplog is not None:
+                await self.oplog.trim(confirmed)
             return True
 
-    def _fenced_out(self, session: Session) -> None:
+    async def _release(self, session: Session) -> None:
+        """Give up the claim of a session that was written and dropped."""
+        if self.oplog is not None:
+            self.oplog.detach(session)
+        claim = self._claims.pop(session.campaign_id, None)
+        if claim is not None:
+            await self.coordinator.release(session.campaign_id, claim)
+
+    async def lease_lost(self) -> None:
+        """This machine may no longer write (its Redis lease is gone or about to be).
+
+        Every session stops taking edits, is written once more under its fence (no other
+        owner can have claimed while the lease stood, and a newer fence would refuse the
+        write anyway) and dropped; its clients are closed with 1013 and reconnect, to
+        whichever machine then claims the campaign. What the op log never had was never
+        shown to anyone.
+        """
+        sessions = list(self.sessions.values())
+        log.error(
+            "cluster lease lost: every campaign is written and closed",
+            extra={"sessions": len(sessions)},
+        )
+        for session in sessions:
+            session.close()
+        await self.flush()
+        reason = CloseConnection(CloseCode.TRY_AGAIN_LATER, "lost cluster coordination; reconnect")
+        for session in sessions:
+            self._drop(session, reason)
+
+    def _drop(self, session: Session, reason: CloseConnection) -> None:
+        session.close()
+        if self.sessions.get(session.campaign_id) is session:
+            del self.sessions[session.campaign_id]
+        self._claims.pop(session.campaign_id, None)
+        if self.oplog is not None:
+            self.oplog.detach(session)
+        for member in list(session.members):
+            member.close(reason)
+
+    def fenced_out(self, session: Session) -> None:
         """Drop a session whose row another writer has taken over; its clients reconnect.
 
         Its unsaved changes are given up: the row belongs to a newer owner now, and the next
@@ -278,12 +364,7 @@ class SessionManager:
             extra={"campaign_id": session.campaign_id, "fence": session.fence},
         )
         self.metrics.fenced_out.inc()
-        session.close()
-        if self.sessions.get(session.campaign_id) is session:
-            del self.sessions[session.campaign_id]
-        moved = CloseConnection(CloseCode.SERVICE_RESTART, "campaign moved; reconnect")
-        for member in list(session.members):
-            member.close(moved)
+        self._drop(session, CloseConnection(CloseCode.SERVICE_RESTART, "campaign moved; reconnect"))
 
     # --- shutdown -------------------------------------------------------------------------------
 
@@ -296,6 +377,8 @@ class SessionManager:
         delay = 0.1
         while True:
             if await self.flush():
+                for session in list(self.sessions.values()):
+                    await self._release(session)
                 return True
             if clock() + delay >= deadline:
                 log.error("shutdown with unsaved state: the store kept failing")

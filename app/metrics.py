@@ -203,6 +203,55 @@ class Metrics:
             "Sessions dropped unsaved because another writer raised their row's fence.",
             registry=registry,
         )
+        # scale-out (REDIS_URL set; they stay at zero on one machine)
+        self.lease_renewals = Counter(
+            "vtt_lease_renewals", "Node lease renewals Redis confirmed.", registry=registry
+        )
+        self.leases_lost = Counter(
+            "vtt_leases_lost",
+            "Times this machine lost its node lease (or reached its local deadline) and "
+            "dropped every campaign it owned.",
+            registry=registry,
+        )
+        self.claims = Counter(
+            "vtt_campaign_claims", "Campaigns this machine claimed.", registry=registry
+        )
+        self.claim_refusals = Counter(
+            "vtt_campaign_claim_refusals",
+            "Claims refused because another machine's claim was alive.",
+            registry=registry,
+        )
+        self.oplog_appends = Counter(
+            "vtt_oplog_appends",
+            "Op log entries appended (one per campaign per batch).",
+            registry=registry,
+        )
+        self.oplog_append_seconds = Histogram(
+            "vtt_oplog_append_seconds",
+            "Round trip of one pipeline of op log appends: how long broadcasts were held.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.oplog_append_failures = Counter(
+            "vtt_oplog_append_failures",
+            "Op log pipelines that failed (Redis away) and were tried again.",
+            registry=registry,
+        )
+        self.oplog_replay_failures = Counter(
+            "vtt_oplog_replay_failures",
+            "Catch-ups on a new owner that found the op log broken (a new epoch was minted).",
+            registry=registry,
+        )
+        self.relays_open = Gauge(
+            "vtt_relays_open",
+            "Connections this machine relays to the campaign's owner.",
+            registry=registry,
+        )
+        self.relay_failures = Counter(
+            "vtt_relay_failures",
+            "Relays that could not reach the campaign's owner (the client was told to retry).",
+            registry=registry,
+        )
         # Every known label value starts at zero, so rates and alerts work before
         # the first event of a kind.
         for close_code in CloseCode:
@@ -254,6 +303,49 @@ class Metrics:
             self.flush_rows.inc(rows)
         else:
             self.flush_failures.inc()
+
+    # --- scale-out: what the coordinator, the op log and the relay count ------------------
+
+    def lease_renewed(self) -> None:
+        """Redis confirmed a lease renewal."""
+        self.lease_renewals.inc()
+
+    def lease_lost(self) -> None:
+        """The node lease is gone."""
+        self.leases_lost.inc()
+
+    def claimed(self) -> None:
+        """A campaign was claimed here."""
+        self.claims.inc()
+
+    def claim_refused(self) -> None:
+        """A claim found another machine's alive."""
+        self.claim_refusals.inc()
+
+    def appended(self, entries: int, seconds: float) -> None:
+        """A pipeline of `entries` op log appends answered after `seconds`."""
+        self.oplog_appends.inc(entries)
+        self.oplog_append_seconds.observe(seconds)
+
+    def append_failed(self) -> None:
+        """A pipeline of op log appends failed."""
+        self.oplog_append_failures.inc()
+
+    def replay_failed(self) -> None:
+        """A catch-up found the op log broken."""
+        self.oplog_replay_failures.inc()
+
+    def relay_opened(self) -> None:
+        """A relay to the owner opened."""
+        self.relays_open.inc()
+
+    def relay_closed(self) -> None:
+        """A relay to the owner ended."""
+        self.relays_open.dec()
+
+    def relay_failed(self) -> None:
+        """A relay could not reach the owner."""
+        self.relay_failures.inc()
 
     def watch_sessions(self, live: Callable[[], int], dirty: Callable[[], int]) -> None:
         """Count live and dirty sessions when scraped (an edit dirties a session silently)."""

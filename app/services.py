@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +19,7 @@ from app.auth import (
 )
 from app.broadcast import ChatPublisher, announce
 from app.config import Settings
+from app.coord.base import Coordinator, LocalCoordinator
 from app.logs import protect
 from app.manager import SessionManager
 from app.metrics import Metrics
@@ -26,6 +28,9 @@ from app.persistence.database import DriverPool, create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, Store, StoreUnavailable
 from app.transport.handshake import HandshakeGate
+
+if TYPE_CHECKING:
+    from app.coord.oplog import RedisOpLog
 
 log = logging.getLogger("vtt.chat")
 
@@ -49,6 +54,9 @@ class Services:
     handshakes: HandshakeGate
     # Postgres only: the app's asyncpg pool for the role query (SQLite: the engine does it).
     driver: DriverPool | None = None
+    # Scale-out (REDIS_URL set): who owns which campaign, and the op log; else one machine.
+    coordinator: Coordinator = field(default_factory=LocalCoordinator)
+    oplog: RedisOpLog | None = None
 
     @property
     def keys(self) -> KeySource:
@@ -90,7 +98,27 @@ class Services:
             await driver.start()
         await auth.start()
         metrics = Metrics()
-        manager = SessionManager(settings, store, metrics, chat_store, auth.roles)
+        coordinator: Coordinator = LocalCoordinator()
+        oplog: RedisOpLog | None = None
+        cluster = settings.cluster
+        if cluster is not None:
+            # Imported here: with REDIS_URL unset, nothing imports redis.
+            from app.coord.oplog import RedisOpLog, connect
+            from app.coord.redis import RedisCoordinator
+
+            coordinator = RedisCoordinator(cluster, metrics)
+        manager = SessionManager(settings, store, metrics, chat_store, auth.roles, coordinator)
+        if cluster is not None:
+            oplog = RedisOpLog(
+                connect(cluster.redis_url, cluster.renew_interval),
+                coordinator,
+                cluster.oplog_max_entries,
+                metrics,
+                manager.fenced_out,
+            )
+            manager.oplog = oplog
+            await coordinator.start(manager)
+            oplog.start()
         manager.start()
         handshakes = HandshakeGate(
             settings.handshake_timeout,
@@ -98,11 +126,26 @@ class Services:
             on_timeout=metrics.handshake_timeouts.inc,
             on_refused=metrics.handshake_bound_refusals.inc,
         )
-        return cls(settings, engine, store, auth, manager, metrics, chat_store, handshakes, driver)
+        return cls(
+            settings,
+            engine,
+            store,
+            auth,
+            manager,
+            metrics,
+            chat_store,
+            handshakes,
+            driver,
+            coordinator,
+            oplog,
+        )
 
     async def close(self) -> None:
         """Flush everything (new joins are refused from here on), then release the database."""
         await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        if self.oplog is not None:
+            await self.oplog.close()
+        await self.coordinator.close()
         await self.auth.close()
         await self.store.close()
         if self.driver is not None:

@@ -89,6 +89,31 @@ class Member(Protocol):
         ...
 
 
+class Journal(Protocol):
+    """Where a clustered session writes ahead (app/coord/oplog.py): what it applied, in order.
+
+    A session with a journal holds each broadcast until `release` says the journal has it, so
+    no client ever sees an edit that a new owner could not replay.
+    """
+
+    def command(self, session: Session, first: int, actor: Actor, message: StateChange) -> None:
+        """`message` from `actor` applied as seqs `first`..`session.state.seq`."""
+        ...
+
+    def chat(self, session: Session, message: ChatMessage) -> None:
+        """A chat message published as seq `session.state.seq`."""
+        ...
+
+
+class Joiner(Struct, gc=False):
+    """A member whose greeting waits for the journal to have what the greeting shows."""
+
+    member: Member
+    upto: int
+    frames: list[Outgoing]
+    admitted: asyncio.Future[None]
+
+
 class SessionClosed(Exception):
     """The session was evicted while a join waited for it; the joiner should look it up again."""
 
@@ -129,13 +154,14 @@ class Session:
         metrics: Metrics,
         chat: CampaignChat,
         fence: int = 0,
+        epoch: str | None = None,
     ) -> None:
         self.campaign_id = state.campaign_id
         # The fence this session writes under: its row's when loaded. A row whose fence was
         # raised since (another writer took the campaign over) refuses this session's writes.
         self.fence = fence
         self.state = state
-        self.state.epoch = uuid.uuid4().hex[:16]
+        self.state.epoch = epoch or uuid.uuid4().hex[:16]
         if self.state.saved_maps is UNSET:
             self.state.saved_maps = {}
         self.rules = Rules(limits=settings.limits, token_policy=settings.token_policy)
@@ -152,6 +178,12 @@ class Session:
         self.version = 0
         self.saved_version = 0
         self.closed = False
+        # Write-ahead (clustered only): broadcasts wait in `_unsent` until the journal has
+        # them (`acked`), and joiners behind them; without a journal `acked` follows `seq`.
+        self.journal: Journal | None = None
+        self.acked = state.seq
+        self._unsent: deque[Recorded] = deque()
+        self._joiners: deque[Joiner] = deque()
         # Presence, drag locks and signals: nothing of it is stored, numbered or replayed.
         self.ephemeral = Ephemeral(
             self.state,
@@ -184,37 +216,62 @@ class Session:
             if self.closed:
                 raise SessionClosed(self.campaign_id)
             self._check_caps(member.actor.user_id)
-            self.members[member] = None
-            self._audiences[member.actor.role][member] = None
-            # The greeting (state or missed events, then presence and locks) in one write.
-            with member.batch():
-                return self._greet(member, since, epoch)
+            frames: list[Outgoing] = []
+            resumed = self._greet(member.actor, since, epoch, frames)
+            if self.acked == self.state.seq:
+                self._admit(member, frames)
+                return resumed
+            # The greeting shows edits the journal does not have yet: it goes out, and the
+            # member joins the audience, once they are released (the next ones it then gets
+            # as everyone does).
+            joiner = Joiner(
+                member, self.state.seq, frames, asyncio.get_running_loop().create_future()
+            )
+            self._joiners.append(joiner)
+        try:
+            await joiner.admitted
+        except BaseException:
+            if joiner in self._joiners:
+                self._joiners.remove(joiner)
+            raise
+        return resumed
 
-    def _greet(self, member: Member, since: int | None, epoch: str | None) -> bool:
-        actor = member.actor
-        if since is not None and epoch == self.epoch and self._replay(member, since):
+    def _admit(self, member: Member, frames: list[Outgoing]) -> None:
+        """Make `member` one of the audience and send it its greeting, then presence and locks."""
+        self.members[member] = None
+        self._audiences[member.actor.role][member] = None
+        # The greeting (state or missed events, then presence and locks) in one write.
+        with member.batch():
+            for frame in frames:
+                member.deliver(frame)
             self.ephemeral.arrive(member)
+
+    def _greet(
+        self, actor: Actor, since: int | None, epoch: str | None, frames: list[Outgoing]
+    ) -> bool:
+        """Put the greeting in `frames`: the missed events, else the state; True: resumed."""
+        if since is not None and epoch == self.epoch and self._replay(actor, since, frames):
             return True
-        member.deliver(self._frame("state.sync", actor.user_id, state_view(self.state, actor.role)))
-        member.deliver(self._frame("map.list", actor.user_id, map_list(self.state)))
+        frames.append(self._frame("state.sync", actor.user_id, state_view(self.state, actor.role)))
+        frames.append(self._frame("map.list", actor.user_id, map_list(self.state)))
         history = self.chat.log.history_for(actor.user_id, actor.role)
-        member.deliver(self._frame("chat.history", actor.user_id, history))
+        frames.append(self._frame("chat.history", actor.user_id, history))
         self.metrics.message_out("state.sync")
         self.metrics.message_out("map.list")
         self.metrics.message_out("chat.history")
-        self.ephemeral.arrive(member)
         return False
 
     def _check_caps(self, user_id: str) -> None:
-        if len(self.members) >= self.settings.max_connections_per_campaign:
+        if len(self.members) + len(self._joiners) >= self.settings.max_connections_per_campaign:
             raise CloseConnection(
                 CloseCode.TOO_MANY_CONNECTIONS, "too many connections to campaign"
             )
         mine = sum(1 for m in self.members if m.actor.user_id == user_id)
+        mine += sum(1 for j in self._joiners if j.member.actor.user_id == user_id)
         if mine >= self.settings.max_connections_per_user:
             raise CloseConnection(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for user")
 
-    def _replay(self, member: Member, since: int) -> bool:
+    def _replay(self, actor: Actor, since: int, frames: list[Outgoing]) -> bool:
         """Send the events after `since` when the history still holds all of them."""
         seq = self.state.seq
         if since > seq or since < 0:
@@ -222,9 +279,8 @@ class Session:
         missed = [r for r in self.history if r.seq > since]
         if len(missed) != seq - since or any(r.full_sync for r in missed):
             return False
-        actor = member.actor
         marker = StateResume(from_seq=since + 1, to_seq=seq, epoch=self.epoch)
-        member.deliver(self._frame("state.resume", actor.user_id, marker))
+        frames.append(self._frame("state.resume", actor.user_id, marker))
         self.metrics.message_out("state.resume")
         gm = actor.role == "gm"
         for record in missed:
@@ -233,7 +289,7 @@ class Session:
             if out is not None and (
                 audience is None or audience.includes(actor.user_id, actor.role)
             ):
-                member.deliver(out)
+                frames.append(out)
                 self.metrics.message_out(out.kind)
         return True
 
@@ -245,9 +301,42 @@ class Session:
             self.ephemeral.leave(member)
 
     def close(self) -> None:
-        """Take no more joins and stop the timers: the manager is evicting this session."""
+        """Take no more joins and stop the timers: the manager is evicting this session.
+
+        Joiners still waiting for their greeting look the campaign up again; what was never
+        released is never shown.
+        """
         self.closed = True
         self.ephemeral.close()
+        self._unsent.clear()
+        while self._joiners:
+            joiner = self._joiners.popleft()
+            if not joiner.admitted.done():
+                joiner.admitted.set_exception(SessionClosed(self.campaign_id))
+
+    def release(self, upto: int) -> None:
+        """The journal has everything up to seq `upto`: send it, and greet who waited for it.
+
+        In seq order: a joiner whose greeting showed seq N gets everything after N and nothing
+        before (its greeting had that).
+        """
+        if self.closed or upto <= self.acked:
+            return
+        self.acked = upto
+        unsent, joiners = self._unsent, self._joiners
+        while unsent and unsent[0].seq <= upto:
+            record = unsent.popleft()
+            while joiners and joiners[0].upto < record.seq:
+                self._admit_waiting(joiners.popleft())
+            self._deliver(record)
+        while joiners and joiners[0].upto <= upto:
+            self._admit_waiting(joiners.popleft())
+
+    def _admit_waiting(self, joiner: Joiner) -> None:
+        if joiner.admitted.done():
+            return
+        self._admit(joiner.member, joiner.frames)
+        joiner.admitted.set_result(None)
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -257,7 +346,12 @@ class Session:
             self.submit_now(member, message)
 
     def submit_now(self, member: Member, message: StateChange) -> None:
-        """`submit` for a caller holding the lock, or sure it is free (nothing here waits)."""
+        """`submit` for a caller holding the lock, or sure it is free (nothing here waits).
+
+        A closed session (being dropped) takes nothing more.
+        """
+        if self.closed:
+            return
         live = self.ephemeral
         before = live.visibility()
         try:
@@ -266,8 +360,26 @@ class Session:
             self.reply_error(member, refusal.code, refusal.message)
             return
         live.changed(events, member.actor, before)
+        first = self.state.seq + 1
         for event in events:
             self._publish(event)
+        journal = self.journal
+        if journal is not None and events:
+            journal.command(self, first, member.actor, message)
+
+    def replay_command(self, actor: Actor, message: StateChange) -> bool:
+        """Apply a logged command again (a new owner catching up); False when it is refused."""
+        try:
+            events = apply(self.state, message, actor, self.rules)
+        except Refusal:
+            return False
+        for event in events:
+            self._publish(event)
+        return True
+
+    def replay_chat(self, message: ChatMessage) -> None:
+        """Publish a logged chat message again, whether or not the loaded history has it."""
+        self.chat_now(message, self.chat.log.append(message) or encode(message))
 
     async def send_chat(self, member: Member, payload: ChatSend) -> None:
         """Take one chat.send: checked, rolled and stored without the lock, then published."""
@@ -292,28 +404,26 @@ class Session:
             data = self.chat.log.append(message)
             if data is None:
                 return True
-            self.state.seq += 1
-            # The seq is persisted with the state: a chat message makes the state dirty.
-            self.version += 1
-            seq = self.state.seq
-            frame = Frame(
-                type="chat.message",
-                campaign_id=self.campaign_id,
-                user_id=message.user_id,
-                seq=seq,
-                payload=Raw(data),
-            )
-            out = Outgoing(text_frame(encode_frame(frame)), "chat.message")
-            audience = Audience.of(message)
-            self.history.append(Recorded(seq, out, out, False, audience))
-            reached = 0
-            for member in self.members:
-                actor = member.actor
-                if audience.includes(actor.user_id, actor.role):
-                    member.deliver(out)
-                    reached += 1
-            self.metrics.message_out("chat.message", reached)
+            self.chat_now(message, data)
+            if self.journal is not None:
+                self.journal.chat(self, message)
             return True
+
+    def chat_now(self, message: ChatMessage, data: bytes) -> None:
+        """Number and broadcast a chat message the log has taken (`data`: its encoding)."""
+        self.state.seq += 1
+        # The seq is persisted with the state: a chat message makes the state dirty.
+        self.version += 1
+        seq = self.state.seq
+        frame = Frame(
+            type="chat.message",
+            campaign_id=self.campaign_id,
+            user_id=message.user_id,
+            seq=seq,
+            payload=Raw(data),
+        )
+        out = Outgoing(text_frame(encode_frame(frame)), "chat.message")
+        self._record(Recorded(seq, out, out, False, Audience.of(message)))
 
     async def submit_live(self, member: Member, message: LiveMessage) -> None:
         """Handle a message that changes nothing stored: a drag lock's grab or release, a signal."""
@@ -352,19 +462,41 @@ class Session:
             player = gm
         else:
             player = self._render(event, player_seen, seq)
-        self.history.append(Recorded(seq, gm, player, event.type == "state.sync"))
+        self._record(Recorded(seq, gm, player, event.type == "state.sync"))
+
+    def _record(self, record: Recorded) -> None:
+        """Keep `record` for resumes; send it now, or once the journal has it."""
+        self.history.append(record)
+        if self.journal is None:
+            self.acked = record.seq
+            self._deliver(record)
+        else:
+            self._unsent.append(record)
+
+    def _deliver(self, record: Recorded) -> None:
+        audience = record.audience
+        if audience is not None:
+            out = record.gm
+            assert out is not None
+            reached = 0
+            for member in self.members:
+                actor = member.actor
+                if audience.includes(actor.user_id, actor.role):
+                    member.deliver(out)
+                    reached += 1
+            self.metrics.message_out(out.kind, reached)
+            return
+        gm, player = record.gm, record.player
         gms = self._audiences["gm"]
         if gm is not None and gms:
             for member in gms:
                 member.deliver(gm)
+            self.metrics.message_out(gm.kind, len(gms))
         players = self._audiences["player"]
         if player is not None and players:
             for member in players:
                 member.deliver(player)
-        if gm_seen is not None and gms:
-            self.metrics.message_out(gm_seen[0], len(gms))
-        if player_seen is not None and players:
-            self.metrics.message_out(player_seen[0], len(players))
+            self.metrics.message_out(player.kind, len(players))
 
     def _render(self, event: Event, seen: tuple[str, Any] | None, seq: int) -> Outgoing | None:
         if seen is None:
@@ -410,9 +542,9 @@ class Session:
             return Snapshot(self.campaign_id, data, self.version, self.state.seq)
 
     def mark_saved(self, snapshot: Snapshot) -> None:
-        """Record that `snapshot` is durable and tell the clients."""
+        """Record that `snapshot` is durable and tell the clients (up to what they were shown)."""
         self.saved_version = max(self.saved_version, snapshot.version)
+        saved = StateSaved(seq=min(snapshot.seq, self.acked))
         for member in self.members:
-            user_id = member.actor.user_id
-            member.deliver(self._frame("state.saved", user_id, StateSaved(seq=snapshot.seq)))
+            member.deliver(self._frame("state.saved", member.actor.user_id, saved))
         self.metrics.message_out("state.saved", len(self.members))
