@@ -326,7 +326,8 @@ class RedisCoordinator:
             )
             raise unavailable() from exc
         status = int(reply[0])
-        if status == 0:
+        if status == 0 or self._lease.incarnation != incarnation:
+            # Not held in Redis, or lost while the script ran: a claim of a dead incarnation.
             self._refused()
             raise unavailable("this machine's cluster lease is not held; retry")
         if status == 1:

@@ -250,13 +250,19 @@ async def test_an_empty_restart_loses_every_lease_once_and_fences_start_over(
 async def test_a_pause_past_the_deadline_loses_the_lease_and_a_new_one_follows(
     redis_server: RedisProcess,
 ) -> None:
-    async with node_of(redis_server, "a") as a:
+    # With ttl 2 a renew hangs for up to 0.4 s (the socket timeout) and the loop sleeps 0.4 s
+    # between renews, so only the timer armed at the deadline tells the listener within 0.15 s.
+    ttl = 2.0
+    async with node_of(redis_server, "a", ttl=ttl) as a:
         await claim(a, "c1")
         before = a.coord.incarnation
+        await poll(lambda: a.metrics.renewed >= 1, ttl, "a first renew")
         redis_server.pause()
         try:
-            await poll(lambda: not a.coord.writable(), TTL, "a to stop being writable")
-            await poll(lambda: a.listener.lost == 1, 0.5, "the listener to be told")
+            await poll(lambda: not a.coord.writable(), ttl, "a to stop being writable")
+            await poll(
+                lambda: a.listener.lost == 1, 0.15, "the deadline timer to tell the listener"
+            )
             problem = await a.coord.problem()
             assert problem is not None
             assert problem.startswith("lease not held")
@@ -267,7 +273,7 @@ async def test_a_pause_past_the_deadline_loses_the_lease_and_a_new_one_follows(
             assert time.monotonic() - started < 0.1, "a claim past the deadline asks no Redis"
         finally:
             redis_server.resume()
-        await poll(a.coord.writable, TTL + 1.0, "a new lease")
+        await poll(a.coord.writable, ttl + 1.0, "a new lease")
         assert a.coord.incarnation not in ("", before)
         assert a.listener.lost == 1
         # The old incarnation's claim is dead: claiming again takes a new fence.
