@@ -106,12 +106,13 @@ class Services:
             from app.coord.oplog import RedisOpLog, connect
             from app.coord.redis import RedisCoordinator
 
-            coordinator = RedisCoordinator(cluster, metrics)
+            leased = RedisCoordinator(cluster, metrics)
+            coordinator = leased
         manager = SessionManager(settings, store, metrics, chat_store, auth.roles, coordinator)
         if cluster is not None:
             oplog = RedisOpLog(
                 connect(cluster.redis_url, cluster.renew_interval),
-                coordinator,
+                leased,
                 cluster.oplog_max_entries,
                 metrics,
                 manager.fenced_out,
