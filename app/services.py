@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +18,7 @@ from app.auth import (
 )
 from app.broadcast import ChatPublisher, announce
 from app.config import Settings
+from app.coord.base import Coordinator, LocalCoordinator
 from app.logs import protect
 from app.manager import SessionManager
 from app.metrics import Metrics
@@ -49,6 +50,8 @@ class Services:
     handshakes: HandshakeGate
     # Postgres only: the app's asyncpg pool for the role query (SQLite: the engine does it).
     driver: DriverPool | None = None
+    # Who owns which campaign (one machine without Redis: this one, always).
+    coordinator: Coordinator = field(default_factory=LocalCoordinator)
 
     @property
     def keys(self) -> KeySource:
