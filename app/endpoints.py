@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from app.auth import Identity
-from app.auth.middleware import HANDSHAKE_KEY
+from app.auth import CAMPAIGN_ID, Identity
+from app.auth.middleware import HANDSHAKE_KEY, RELAYED_KEY, handshake_outcome
 from app.connection import SOCKET_EXTENSION, Connection, FrameSocket
-from app.errors import CloseConnection
+from app.coord.base import Owned, Owner
+from app.errors import CloseCode, CloseConnection
 from app.persistence.chat import ChatStore
 from app.persistence.store import StoreUnavailable
 from app.services import Services
 from app.session import Session
+
+# Why a connection whose campaign moved to another machine is closed, to reconnect there.
+MOVING = "campaign moving; reconnect"
+
+if TYPE_CHECKING:
+    from app.coord.routing import Handshake
 
 log = logging.getLogger("vtt.endpoints")
 
@@ -82,12 +90,18 @@ class WebSocketEndpoint:
     """The /ws endpoint as a plain ASGI app, so the hot path skips per-message wrappers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Accept, run the handshake checks, join the campaign, then read until disconnect."""
+        """Accept, run the handshake checks, join the campaign, then read until disconnect.
+
+        In a cluster, a campaign another machine owns is reached before accepting: through
+        Fly's replay or a relay (`app.coord.routing`); then the connection is over here.
+        """
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
         services = services_of(scope)
+        if services.settings.cluster is not None and await _routed(scope, receive, send, services):
+            return
+        await send({"type": "websocket.accept"})
         services.metrics.open_connections.inc()
         try:
             await self._run(scope, receive, send, services)
@@ -95,36 +109,46 @@ class WebSocketEndpoint:
             services.metrics.open_connections.dec()
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, services: Services) -> None:
-        joined = await self._join(scope, send, services)
+        joined = await self._join(scope, receive, send, services)
         if joined is not None:
             connection, session = joined
             await connection.run(receive, session, services)
 
     async def _join(
-        self, scope: Scope, send: Send, services: Services
+        self, scope: Scope, receive: Receive, send: Send, services: Services
     ) -> tuple[Connection, Session] | None:
         """Admit and join the connection, or close it with the refusal's code (then None).
 
         What only the handshake needs (query, claims) stays in this frame, which ends here:
-        the connection then keeps the essentials for as long as it lasts.
+        the connection then keeps the essentials for as long as it lasts. A campaign another
+        machine claimed meanwhile (Owned) is relayed there, after the refusal's clean-up.
         """
         query = QueryParams(scope["query_string"])
         campaign_id = query.get("campaign", "")
+        moved: tuple[Owner, Handshake, Identity] | None = None
         try:
-            identity, actor = await services.auth.admit(scope, campaign_id)
-            kept = Identity(identity.user_id, {}, identity.expires_at)
-            connection = Connection(
-                send,
-                _socket_of(scope),
-                actor,
-                kept,
-                campaign_id,
-                services.settings,
-                services.metrics,
-                await _username(services.chat_store, identity.user_id),
-            )
-            since, epoch = _resume_point(query)
-            session, _ = await services.manager.join(campaign_id, connection, since, epoch)
+            try:
+                identity, actor = await services.auth.admit(scope, campaign_id)
+                kept = Identity(identity.user_id, {}, identity.expires_at)
+                connection = Connection(
+                    send,
+                    _socket_of(scope),
+                    actor,
+                    kept,
+                    campaign_id,
+                    services.settings,
+                    services.metrics,
+                    await _username(services.chat_store, identity.user_id),
+                )
+                since, epoch = _resume_point(query)
+                session, _ = await services.manager.join(campaign_id, connection, since, epoch)
+            except Owned as owned:
+                # Relayed here already, or alone: never relayed on (no loops between owners).
+                if services.settings.cluster is None or scope.get(RELAYED_KEY):
+                    raise CloseConnection(CloseCode.SERVICE_RESTART, MOVING) from None
+                from app.coord.routing import handshake_of
+
+                moved = (owned.owner, handshake_of(scope), identity)
         except CloseConnection as refusal:
             services.metrics.handshake_refused(refusal.code)
             log.info(
@@ -145,7 +169,45 @@ class WebSocketEndpoint:
             scope.pop(HANDSHAKE_KEY, None)
             scope["headers"] = []
             scope["query_string"] = b""
+        if moved is not None:
+            from app.coord.routing import relay_to
+
+            owner, handshake, identity = moved
+            await relay_to(
+                owner, handshake, receive, send, services, campaign_id, identity, accepted=True
+            )
+            return None
         return connection, session
+
+
+async def _routed(scope: Scope, receive: Receive, send: Send, services: Services) -> bool:
+    """In a cluster, before accepting: True when the connection was answered elsewhere
+    (replayed or relayed to the campaign's owner, or refused because nobody can tell who
+    owns it); False: go on here.
+
+    Malformed campaigns and refused tokens go on here, to today's accept-then-close; so does
+    a connection another machine relayed here (the owner never routes it on).
+    """
+    campaign_id = QueryParams(scope["query_string"]).get("campaign", "")
+    if (
+        not CAMPAIGN_ID.fullmatch(campaign_id)
+        or not isinstance(handshake_outcome(scope), Identity)
+        or scope.get(RELAYED_KEY)
+    ):
+        return False
+    from app.coord.routing import route
+
+    try:
+        return await route(scope, receive, send, services, campaign_id)
+    except CloseConnection as refusal:
+        services.metrics.handshake_refused(refusal.code)
+        log.info(
+            "connection refused",
+            extra={"campaign_id": campaign_id, "code": int(refusal.code), "reason": refusal.reason},
+        )
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": int(refusal.code), "reason": refusal.reason})
+        return True
 
 
 async def _username(store: ChatStore, user_id: str) -> str | None:

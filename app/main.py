@@ -26,10 +26,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         install_redaction()
         services = await Services.build(settings or Settings.from_env())
+        cluster = services.settings.cluster
         try:
             yield {
                 "services": services,
                 "verifier": services.verifier,
+                # What a relayed handshake's signed identity is checked with (None: alone).
+                "relay_secret": None if cluster is None else cluster.secret,
                 GATE_KEY: services.handshakes,
             }
         finally:

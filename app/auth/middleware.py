@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -10,6 +12,10 @@ from app.errors import CloseConnection
 
 # Where the middleware leaves its outcome in a WebSocket scope: an Identity or a Rejected.
 HANDSHAKE_KEY = "vtt.handshake"
+# Set (True) in a scope whose Identity another machine of the cluster relayed, signed.
+RELAYED_KEY = "vtt.relayed"
+# The header a relaying machine signs the identity into (app.coord.relay.RELAY_HEADER).
+RELAY_HEADER = b"x-vtt-relay"
 
 
 class AuthMiddleware:
@@ -18,6 +24,11 @@ class AuthMiddleware:
     The outcome is an Identity, or a Rejected naming the close code: browsers cannot read an
     HTTP status from a failed upgrade, so the endpoint accepts and then closes with the code.
     The token comes from `?token=` or an `Authorization: Bearer` header.
+
+    In a cluster (the lifespan put its secret under `relay_secret` in the state), a
+    handshake carrying the `x-vtt-relay` header is another machine relaying its client: the
+    outcome is the identity it signed, verified with the secret, and no token is read. With
+    no secret configured the header means nothing.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -26,14 +37,40 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate WebSocket scopes; pass everything else through untouched."""
         if scope["type"] == "websocket":
-            verifier: TokenVerifier = scope["state"]["verifier"]
+            state = scope["state"]
+            secret: str | None = state.get("relay_secret")
+            relayed = None if secret is None else _relay_value(scope)
             outcome: Identity | Rejected
             try:
-                outcome = await verifier.verify(bearer_token(scope))
+                if secret is not None and relayed is not None:
+                    outcome = _relayed(scope, secret, relayed)
+                else:
+                    verifier: TokenVerifier = state["verifier"]
+                    outcome = await verifier.verify(bearer_token(scope))
             except CloseConnection as failure:
                 outcome = Rejected(failure.code, failure.reason)
             scope[HANDSHAKE_KEY] = outcome
         await self.app(scope, receive, send)
+
+
+def _relay_value(scope: Scope) -> str | None:
+    """The relay header's value, when the request has one."""
+    for name, value in scope["headers"]:
+        if name == RELAY_HEADER:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def _relayed(scope: Scope, secret: str, value: str) -> Identity:
+    """The identity a relaying machine signed for this campaign, or CloseConnection(4401)."""
+    # Only a clustered server gets here: one machine never imports the relay at all.
+    from app.coord.relay import verify_identity
+
+    campaign_id = QueryParams(scope["query_string"]).get("campaign", "")
+    identity = verify_identity(secret, value, campaign_id, time.time())
+    scope[RELAYED_KEY] = True
+    return identity
 
 
 def handshake_outcome(scope: Scope) -> Identity | Rejected | None:

@@ -94,9 +94,7 @@ async def drag(gm: Recorder, start: int, count: int, interval: float = 0.01) -> 
     return x
 
 
-async def reconnect_until_greeted(
-    client: Recorder, url: str, deadline: float
-) -> tuple[str, float]:
+async def reconnect_until_greeted(client: Recorder, url: str, deadline: float) -> tuple[str, float]:
     """Reconnect (resuming) until a state.sync or state.resume arrives; which, and when."""
     while True:
         before = len(client.arrivals)
@@ -252,7 +250,8 @@ async def test_redis_away_for_a_second_stalls_edits_then_delivers_them_in_order(
     assert held == []
     assert moves_seen(player) == list(range(1, 11))
     assert moves_seen(gm) == list(range(1, 11))
-    assert gm.close_code is None and player.close_code is None
+    assert gm.close_code is None
+    assert player.close_code is None
     assert_gapless(gm)
     assert_gapless(player)
 
@@ -290,7 +289,8 @@ async def test_redis_away_past_the_deadline_closes_owners_with_1013_and_loses_no
 
     await poll(back, TIMEOUT, "the campaign to come back with every seen edit", interval=0.2)
     writes = [(fence, seq) for campaign, fence, seq in await fence_audit(postgres_url)]
-    assert writes and writes == sorted(writes)
+    assert writes
+    assert writes == sorted(writes)
 
 
 # --- (e) a paused owner ---------------------------------------------------------------------
@@ -326,10 +326,9 @@ async def test_a_paused_owner_never_shows_an_edit_past_its_tip_nor_overwrites_th
     assert time.monotonic() - woke <= 1.5
 
     assert max(gm.seqs()) <= tip
-    assert 100 not in moves_seen(gm) and 100 not in moves_seen(other)
-    await poll(
-        lambda: True, 0.1, "nothing"
-    )  # let A's last flush attempt, if any, reach the audit
+    assert 100 not in moves_seen(gm)
+    assert 100 not in moves_seen(other)
+    await poll(lambda: True, 0.1, "nothing")  # let A's last flush attempt, if any, reach the audit
     writes = await fence_audit(postgres_url)
     new_owner_writes = [i for i, (_, fence, _) in enumerate(writes) if fence == 2]
     assert new_owner_writes, writes
