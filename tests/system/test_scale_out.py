@@ -184,8 +184,9 @@ async def test_on_fly_a_non_owner_answers_with_fly_replay_and_the_proxy_reaches_
         await poll(lambda: 5 in moves_seen(player), TIMEOUT, "the replayed player to see moves")
 
         assert [(r.node, r.replayed_to, r.failed) for r in proxy.log] == [("b", "a", False)]
-    assert (await health(a))["clients"] == 2
-    await player.close()
+        assert (await health(a))["clients"] == 2
+        assert (await health(nodes.node("b")))["sessions"] == 0
+        await player.close()
     await gm.close()
 
 
@@ -328,7 +329,14 @@ async def test_a_paused_owner_never_shows_an_edit_past_its_tip_nor_overwrites_th
     assert max(gm.seqs()) <= tip
     assert 100 not in moves_seen(gm)
     assert 100 not in moves_seen(other)
-    await poll(lambda: True, 0.1, "nothing")  # let A's last flush attempt, if any, reach the audit
+
+    async def new_owner_wrote() -> bool:
+        return any(fence == 2 for _, fence, _ in await fence_audit(postgres_url))
+
+    # A's last flush (on waking, under fence 1) may come before B's first; never after it.
+    await poll(new_owner_wrote, TIMEOUT, "the new owner's first write")
+    # B's next flush (0.2 s) gives A's a window to land after it, if A could write at all.
+    await asyncio.sleep(0.5)
     writes = await fence_audit(postgres_url)
     new_owner_writes = [i for i, (_, fence, _) in enumerate(writes) if fence == 2]
     assert new_owner_writes, writes
