@@ -284,9 +284,10 @@ async def test_redis_away_past_the_deadline_closes_owners_with_1013_and_loses_no
 
     async def back() -> bool:
         try:
-            return (await state_of(b))["tokens"]["t1"]["x"] == 10
+            state = await state_of(b)
         except (AssertionError, OSError, TimeoutError):
             return False
+        return bool(state["tokens"]["t1"]["x"] == 10)
 
     await poll(back, TIMEOUT, "the campaign to come back with every seen edit", interval=0.2)
     writes = [(fence, seq) for campaign, fence, seq in await fence_audit(postgres_url)]
