@@ -64,7 +64,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the database answers and signing keys are loaded.
+    """Readiness: the database answers, signing keys are loaded and (clustered) the lease held.
 
     Chat disabled (chat_messages unusable) leaves the server ready, since the rest of the
     table works; the answer then says why under `chat`.
@@ -80,10 +80,16 @@ async def ready(request: Request) -> Response:
         return JSONResponse(
             {"status": "not ready", "reason": "database unavailable or not migrated"}, 503
         )
+    answer = {"status": "ready"}
+    if services.coordinator.clustered:
+        problem = await services.coordinator.problem()
+        if problem is not None:
+            return JSONResponse({"status": "not ready", "reason": "redis", "redis": problem}, 503)
+        answer["redis"] = "ok"
     unusable = services.chat_store.unusable_reason
     if unusable is not None:
-        return JSONResponse({"status": "ready", "chat": f"disabled: {unusable}"})
-    return JSONResponse({"status": "ready"})
+        answer["chat"] = f"disabled: {unusable}"
+    return JSONResponse(answer)
 
 
 class WebSocketEndpoint:

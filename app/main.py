@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from app.auth import AuthMiddleware
 from app.broadcast import BroadcastEndpoint
 from app.config import Settings
+from app.coord.forward import CHAT_PATH, ClusterChatEndpoint
 from app.endpoints import WebSocketEndpoint, health, metrics, ready, root
 from app.logs import install_redaction
 from app.services import Services
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics),
         # An ASGI app gets every method: it answers 404 (no secret) or 405 (not POST) itself.
         Route("/internal/broadcast", BroadcastEndpoint()),
+        # Clustered only (404 otherwise): chat another machine stored, for the owner here.
+        Route(CHAT_PATH, ClusterChatEndpoint()),
         WebSocketRoute("/ws", WebSocketEndpoint()),
     ]
     # The demo table is for development: the production image does not ship app.dev, and

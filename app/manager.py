@@ -21,6 +21,7 @@ from app.auth import RoleResolver
 from app.chat import CampaignChat
 from app.config import Settings
 from app.coord.base import Claim, Coordinator, LocalCoordinator
+from app.coord.forward import forward_chat
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.persistence.chat import ChatStore
@@ -205,7 +206,25 @@ class SessionManager:
         return session, claim
 
     async def publish(self, message: ChatMessage) -> bool:
-        """Publish a stored message through its campaign's session; False when not live here.
+        """Publish a stored message through its campaign's session; False when not live.
+
+        Clustered, a campaign live on another machine has that machine publish it.
+        """
+        if await self.publish_here(message):
+            return True
+        cluster = self.settings.cluster
+        if cluster is None:
+            return False
+        try:
+            owner = await self.coordinator.owner(message.campaign_id)
+        except CloseConnection:
+            return False
+        if owner is None:
+            return False
+        return await forward_chat(owner, message, cluster.secret)
+
+    async def publish_here(self, message: ChatMessage) -> bool:
+        """Publish a stored message through its session if live here; False when not.
 
         A load under way is waited for: its history may have been read before the message
         was stored.

@@ -271,6 +271,8 @@ async def test_redis_away_past_the_deadline_closes_owners_with_1013_and_loses_no
     await drag(gm, 1, 10)
     await poll(lambda: 10 in moves_seen(gm), TIMEOUT, "the moves to be acknowledged")
 
+    assert await ready(a) == {"status": "ready", "redis": "ok"}
+
     redis_server.pause()
     stopped = time.monotonic()
     code = await gm.closed(timeout=TTL + 3.0)
@@ -278,6 +280,8 @@ async def test_redis_away_past_the_deadline_closes_owners_with_1013_and_loses_no
 
     assert code == 1013
     assert closed_after <= TTL + 0.5, closed_after
+    not_ready = await ready(a)
+    assert (not_ready["status"], not_ready["reason"]) == ("not ready", "redis")
     late = await Recorder.open(b.ws_url("c1", b.token("pl2", "player")))
     assert await late.closed(timeout=TIMEOUT) == 1013
     redis_server.resume()
@@ -404,3 +408,86 @@ async def test_a_draining_machines_clients_resume_on_another_with_nothing_lost(
 
 def _unused(cluster: Cluster) -> None:
     """Keeps the Cluster import for type checkers reading the fixtures' annotations."""
+
+
+# --- chat, presence and drag locks across machines and owner changes --------------------------
+
+
+async def test_a_broadcast_posted_to_a_non_owner_is_published_by_the_owner(
+    cluster: StartCluster,
+) -> None:
+    nodes = await cluster(size=2, env={"INTERNAL_API_SECRET": "internal-secret"})
+    a, b = nodes.node("a"), nodes.node("b")
+    gm = await open_gm(a)
+    body = {
+        "campaign_id": "c1",
+        "user_id": "gm1",
+        "message_type": "text",
+        "content": {"text": "from the app"},
+        "gm_only": False,
+    }
+
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        answer = await client.post(
+            f"http://127.0.0.1:{b.port}/internal/broadcast",
+            json=body,
+            headers={"authorization": "Bearer internal-secret"},
+        )
+        forged = await client.post(
+            f"http://127.0.0.1:{a.port}/internal/cluster/chat",
+            content=b"{}",
+            headers={"x-vtt-signature": "1.00"},
+        )
+
+    assert answer.status_code == 204
+    message = await gm.next("chat.message")
+    assert message["payload"]["content"] == {"text": "from the app"}
+    assert message["seq"] == 1
+    assert forged.status_code == 401
+    await gm.close()
+
+
+async def test_chat_presence_and_locks_survive_an_owner_change_as_the_contract_says(
+    cluster: StartCluster,
+) -> None:
+    nodes = await cluster(size=2, env={"VTT_FLUSH_INTERVAL": "30"})
+    a, b = nodes.node("a"), nodes.node("b")
+    gm = await open_gm(a)
+    await with_token(gm)
+    player = await Recorder.open(b.ws_url("c1", b.token("pl1", "player")))
+    await player.next("state.sync")
+    await gm.send("chat.send", {"content": "before the crash"})
+    said = await player.next("chat.message")
+    await gm.send("token.grab", {"token_id": "t1"})
+    await player.next("token.grabbed")
+    await drag(gm, 1, 3)
+    await poll(lambda: 3 in moves_seen(player), TIMEOUT, "the moves after the chat")
+
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)
+    await a.proc.wait()
+    kind, _ = await reconnect_until_greeted(
+        player, b.ws_url("c1", b.token("pl1", "player")), time.monotonic() + TTL + 5.0
+    )
+
+    # The chat message's seq came back from the op log: the chain is whole, so a resume.
+    assert kind == "state.resume"
+    latest = player.connections - 1
+
+    def presence_now() -> list[dict[str, Any]]:
+        return [
+            a.frame for a in player.arrivals if a.connection == latest and a.type == "presence.sync"
+        ]
+
+    await poll(lambda: bool(presence_now()), TIMEOUT, "presence after the resume")
+    members = presence_now()[0]["payload"]["members"]
+    assert [m["user_id"] for m in members] == ["pl1"]
+    fresh = await Recorder.open(b.ws_url("c1", b.token("pl2", "player")))
+    history = await fresh.next("chat.history")
+    assert [m["id"] for m in history["payload"]["messages"]] == [said["payload"]["id"]]
+    # The GM's drag lock ended with its machine: the token is free to grab.
+    await fresh.send("token.grab", {"token_id": "t1"})
+    grabbed = await fresh.next("token.grabbed")
+    assert grabbed["payload"] == {"token_id": "t1", "user_id": "pl2"}
+    await fresh.close()
+    await player.close()
