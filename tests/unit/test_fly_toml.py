@@ -129,6 +129,26 @@ def test_no_secret_is_written_in_fly_toml(fly: dict[str, Any]) -> None:
     assert {"DATABASE_URL", "CLERK_JWKS_URL"}.isdisjoint(fly["env"])
 
 
+def test_no_cluster_secret_is_written_in_fly_toml(fly: dict[str, Any]) -> None:
+    """REDIS_URL (it carries the Redis password) and VTT_CLUSTER_SECRET are `fly secrets`."""
+    assert {"REDIS_URL", "VTT_CLUSTER_SECRET"}.isdisjoint(fly["env"])
+    text = (ROOT / "fly.toml").read_text()
+    for name in ("REDIS_URL", "VTT_CLUSTER_SECRET"):
+        assert not re.search(rf"^\s*{name}\s*=", text, re.MULTILINE), name
+    assert "redis://" not in text
+    assert "rediss://" not in text
+
+
+def test_without_redis_in_the_secrets_the_config_is_one_machine(fly: dict[str, Any]) -> None:
+    """fly.toml alone never turns the cluster on: scaling out takes REDIS_URL as a secret."""
+    secrets = {
+        "DATABASE_URL": "postgresql://user:pw@db.example/neondb",
+        "CLERK_JWKS_URL": "https://clerk.example.com/.well-known/jwks.json",
+    }
+
+    assert Settings.from_env({**fly["env"], **secrets}).cluster is None
+
+
 def test_the_handshake_bound_is_well_under_the_hard_connection_limit(fly: dict[str, Any]) -> None:
     secrets = {
         "DATABASE_URL": "postgresql://user:pw@db.example/neondb",
