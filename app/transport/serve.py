@@ -101,6 +101,18 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def dual_stack(port: int) -> list[socket.socket]:
+    """Listening sockets on every IPv4 and every IPv6 address of this machine, on `port`."""
+    ipv4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ipv6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    ipv6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    for sock, address in ((ipv4, "0.0.0.0"), (ipv6, "::")):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.set_inheritable(True)
+    return [ipv4, ipv6]
+
+
 def main() -> int:
     """Start uvicorn with this server's settings."""
     try:
@@ -112,12 +124,17 @@ def main() -> int:
     if settings.dev_auth and settings.database_url is None:
         print(banner(settings), flush=True)
     gc.set_threshold(*GC_THRESHOLDS)
-    host = os.environ.get("HOST", "0.0.0.0")
+    host = os.environ.get("HOST")
     config = uvicorn.Config(
-        "app.main:app", host=host, port=settings.port, **uvicorn_options(settings)
+        "app.main:app", host=host or "0.0.0.0", port=settings.port, **uvicorn_options(settings)
     )
     server = Server(config, freeze_gc=True)
-    server.run()
+    if host is None and settings.cluster is not None:
+        # The other machines reach this one at its private address (on Fly, IPv6), the
+        # proxy at its IPv4 one: listen on both, each socket its own family.
+        server.run(sockets=dual_stack(settings.port))
+    else:
+        server.run()
     # Like `uvicorn.run`: a server that never started (its startup failed) exits non-zero.
     return 0 if server.started else 3
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -406,10 +407,6 @@ async def test_a_draining_machines_clients_resume_on_another_with_nothing_lost(
     assert_gapless(gm)
 
 
-def _unused(cluster: Cluster) -> None:
-    """Keeps the Cluster import for type checkers reading the fixtures' annotations."""
-
-
 # --- chat, presence and drag locks across machines and owner changes --------------------------
 
 
@@ -491,3 +488,20 @@ async def test_chat_presence_and_locks_survive_an_owner_change_as_the_contract_s
     assert grabbed["payload"] == {"token_id": "t1", "user_id": "pl2"}
     await fresh.close()
     await player.close()
+
+
+async def test_a_clustered_machine_without_host_listens_on_ipv4_and_ipv6(
+    tmp_path: Path, redis_server: RedisProcess, postgres_url: str
+) -> None:
+    # On Fly the proxy comes over IPv4 and the other machines over 6PN (IPv6).
+    nodes = Cluster(tmp_path, redis_server.url, postgres_url, size=1)
+    node = nodes.node("a")
+    del node.env["HOST"]
+    await nodes.start()
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            for host in ("127.0.0.1", "[::1]"):
+                answer = await client.get(f"http://{host}:{node.port}/health")
+                assert answer.status_code == 200, host
+    finally:
+        await nodes.stop()
