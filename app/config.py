@@ -70,14 +70,15 @@ class Cluster:
     """Many machines coordinated through Redis (README "Running several machines").
 
     `node_url` is the WebSocket base URL at which the other machines reach this one;
-    `secret` signs the identity a relaying machine hands the owner; `routing` says how a
+    `secret`, when set, signs the identity a relaying machine hands the owner (unset, the
+    relay hands over the client's own token, which the owner verifies); `routing` says how a
     client that landed on a machine that does not own its campaign reaches the owner.
     """
 
     redis_url: str
     node_id: str
     node_url: str
-    secret: str
+    secret: str | None = None
     lease_ttl: float = 10.0
     routing: Routing = "relay"
     replay_status: int = 307
@@ -389,10 +390,9 @@ def _cluster(env: Mapping[str, str], database_url: str | None, port: int) -> Clu
         )
     node_url = _websocket_base(node_url)
     secret = _str(env, "VTT_CLUSTER_SECRET")
-    if secret is None or len(secret) < 16:
+    if secret is not None and len(secret) < 16:
         raise ConfigError(
-            "REDIS_URL needs VTT_CLUSTER_SECRET (at least 16 characters, the same on every "
-            "machine): it signs the identity a machine relays to a campaign's owner"
+            "VTT_CLUSTER_SECRET must have at least 16 characters (the same on every machine)"
         )
     routing = (_str(env, "VTT_ROUTING") or ("fly-replay" if fly_app else "relay")).lower()
     if routing not in {"fly-replay", "relay"}:

@@ -21,7 +21,7 @@ from app.auth import RoleResolver
 from app.chat import CampaignChat
 from app.config import Settings
 from app.coord.base import Claim, Coordinator, LocalCoordinator
-from app.coord.forward import forward_chat
+from app.coord.forward import forward_chat, forward_secret
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.persistence.chat import ChatStore
@@ -212,8 +212,8 @@ class SessionManager:
         """
         if await self.publish_here(message):
             return True
-        cluster = self.settings.cluster
-        if cluster is None:
+        secret = forward_secret(self.settings)
+        if secret is None:
             return False
         try:
             owner = await self.coordinator.owner(message.campaign_id)
@@ -221,7 +221,7 @@ class SessionManager:
             return False
         if owner is None:
             return False
-        return await forward_chat(owner, message, cluster.secret)
+        return await forward_chat(owner, message, secret)
 
     async def publish_here(self, message: ChatMessage) -> bool:
         """Publish a stored message through its session if live here; False when not.

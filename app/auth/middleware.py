@@ -16,6 +16,9 @@ HANDSHAKE_KEY = "vtt.handshake"
 RELAYED_KEY = "vtt.relayed"
 # The header a relaying machine signs the identity into (app.coord.relay.RELAY_HEADER).
 RELAY_HEADER = b"x-vtt-relay"
+# What a relaying machine without a cluster secret sends beside the client's own token: it
+# only says "do not route this on" (a client sending it is served or refused, never routed).
+RELAYED_HEADER = b"x-vtt-relayed"
 
 
 class AuthMiddleware:
@@ -50,6 +53,8 @@ class AuthMiddleware:
             except CloseConnection as failure:
                 outcome = Rejected(failure.code, failure.reason)
             scope[HANDSHAKE_KEY] = outcome
+            if any(name == RELAYED_HEADER for name, _ in scope["headers"]):
+                scope[RELAYED_KEY] = True
         await self.app(scope, receive, send)
 
 

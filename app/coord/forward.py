@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.config import Settings
 from app.coord.base import Owner
 from app.coord.relay import MAX_SKEW
 from app.protocol import ChatMessage
@@ -57,6 +58,15 @@ def verify(secret: str, value: str, body: bytes, now: float) -> bool:
 
 def _mac(secret: str, issued: str, body: bytes) -> str:
     return hmac.new(secret.encode(), issued.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def forward_secret(settings: Settings) -> str | None:
+    """What signs forwarded chat: the cluster secret, else the internal API's (without which
+    no chat is ever posted to forward); None on one machine."""
+    cluster = settings.cluster
+    if cluster is None:
+        return None
+    return cluster.secret or settings.internal_api_secret
 
 
 def http_base(owner: Owner) -> str:
@@ -98,7 +108,7 @@ class ClusterChatEndpoint:
         await response(scope, receive, send)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
-        secret: str | None = scope["state"].get("relay_secret")
+        secret = forward_secret(scope["state"]["services"].settings)
         if secret is None:
             return Response("Not Found", 404, media_type="text/plain")
         if scope["method"] != "POST":

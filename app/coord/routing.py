@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
 
-from app.auth.middleware import HANDSHAKE_KEY, handshake_outcome
+from app.auth.middleware import HANDSHAKE_KEY, RELAYED_HEADER, bearer_token, handshake_outcome
 from app.auth.tokens import Identity
 from app.connection import SOCKET_EXTENSION
 from app.coord.base import Owner
@@ -34,17 +34,19 @@ FORWARDED_QUERY = ("campaign", "since", "epoch")
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """What the owner needs of the client's request: its query (no token) and its Origin."""
+    """What the owner needs of the client's request: its query (no token), its Origin, and
+    its token (handed over only where no cluster secret signs the identity instead)."""
 
     query: dict[str, str]
     origin: str | None
+    token: str | None = None
 
 
 def handshake_of(scope: Scope) -> Handshake:
     """The query and Origin of `scope`, captured before the endpoint clears them."""
     query = QueryParams(scope["query_string"])
     kept = {name: query[name] for name in FORWARDED_QUERY if name in query}
-    return Handshake(kept, Headers(scope=scope).get("origin"))
+    return Handshake(kept, Headers(scope=scope).get("origin"), bearer_token(scope))
 
 
 async def route(
@@ -102,15 +104,20 @@ async def relay_to(
     accepted: bool = False,
     scope: Scope | None = None,
 ) -> None:
-    """Relay the client to `owner` with its identity signed, until either side ends.
+    """Relay the client to `owner` with its identity (signed, or its token), until either
+    side ends.
 
     `accepted`: the endpoint accepted already (a join found the campaign claimed meanwhile).
     `scope`, when given, is emptied of what only the handshake needed (the relay lasts).
     """
     cluster = services.settings.cluster
     assert cluster is not None, "only a clustered server relays"
-    signed = sign_identity(cluster.secret, identity, campaign_id, cluster.node_id, time.time())
-    upstream = [(RELAY_HEADER, signed)]
+    if cluster.secret is not None:
+        signed = sign_identity(cluster.secret, identity, campaign_id, cluster.node_id, time.time())
+        upstream = [(RELAY_HEADER, signed)]
+    else:
+        # The owner verifies the client's own token, as it would the client's.
+        upstream = [(RELAYED_HEADER.decode(), "1"), ("authorization", f"Bearer {handshake.token}")]
     if handshake.origin is not None:
         upstream.append(("origin", handshake.origin))
     if scope is not None:

@@ -505,3 +505,22 @@ async def test_a_clustered_machine_without_host_listens_on_ipv4_and_ipv6(
                 assert answer.status_code == 200, host
     finally:
         await nodes.stop()
+
+
+async def test_without_a_cluster_secret_the_owner_verifies_the_relayed_clients_own_token(
+    cluster: StartCluster,
+) -> None:
+    nodes = await cluster(size=2, env={"VTT_CLUSTER_SECRET": ""})
+    a, b = nodes.node("a"), nodes.node("b")
+    gm = await open_gm(a)
+    await with_token(gm)
+    player = await Recorder.open(b.ws_url("c1", b.token("pl1", "player")))
+    await player.next("state.sync")
+
+    await drag(gm, 1, 3)
+
+    await poll(lambda: 3 in moves_seen(player), TIMEOUT, "the relayed player to see the moves")
+    assert (await health(a))["clients"] == 2
+    assert (await health(b))["sessions"] == 0
+    await player.close()
+    await gm.close()
