@@ -9,7 +9,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: help install install-run install-bench run token test test-ts lint fmt migrate schema \
-	bench bench-full bench-soak clean
+	bench bench-full bench-soak bench-cluster clean
 
 help:
 	@echo "make help        this list"
@@ -23,6 +23,7 @@ help:
 	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
 	@echo "make bench       quick benchmark and the drag bench; make bench-full for everything"
 	@echo "make bench-soak  soak our server (default 30 min): make bench-soak SOAK_MINUTES=3"
+	@echo "make bench-cluster  several machines (Redis op log, failover, relay): ARGS=--full for all"
 	@echo "make install     the development environment (server, tests, linters)"
 	@echo "make install-run the server's own dependencies only (what make run needs)"
 	@echo "make install-bench  the benchmark's extra packages"
@@ -105,6 +106,11 @@ bench-full: install-bench
 SOAK_MINUTES ?= 30
 bench-soak: install-bench
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(ARGS)
+
+# Needs Postgres (VTT_BENCH_POSTGRES_URL) and redis-server; ARGS='--full' for N=100 and 300,
+# TTL 2 and 10, three repeats of the op log runs.
+bench-cluster: install-bench
+	$(PY) -m bench.cluster $(or $(ARGS),--quick)
 
 migrate: install-run
 	$(VENV)/bin/alembic upgrade head
