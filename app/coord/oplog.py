@@ -7,10 +7,12 @@ until its entry is appended (`Session.release`), so an edit anyone saw is in the
 new owner that loads the row (at seq S) and applies the log's commands after S arrives at
 the state the clients saw, seq for seq.
 
-One append per campaign per batch, all of a tick's in one pipeline, and at most one
-pipeline in flight: a campaign's entries therefore go in seq order. The append script
-checks the claim and this machine's node lease first, so an owner that was paused, or whose
-claim another machine took, appends nothing (and so shows nothing). Entries are trimmed up
+One entry per campaign per batch, all of a tick's appended by one script call (one Redis
+command, however many campaigns), and at most one call in flight: a campaign's entries
+therefore go in seq order. The script checks this machine's node lease and each claim
+first, so an owner that was paused, or whose claim another machine took, appends nothing
+(and so shows nothing). One script touching many campaigns' keys needs a single Redis
+primary, not a Redis Cluster (Upstash is one). Entries are trimmed up
 to what Postgres confirmed; while Postgres is away the log grows, up to
 `oplog_max_entries` per campaign (then its oldest entries go: only a crash of the owner
 during that outage would miss them).
@@ -42,16 +44,30 @@ RETRY_SECONDS = 0.05
 # Entries read per XRANGE when a new owner catches up.
 READ_PAGE = 500
 
+# One call per tick for every campaign with something to append. KEYS: this machine's node
+# lease, then each campaign's claim and log; ARGV: the lease's incarnation, the log's cap,
+# then per campaign its claim value, entry id, epoch and commands. Each campaign answers
+# OK (appended, or appended already by a try whose answer was lost), FENCED (another
+# claim, or no lease: nothing appended) or ORDER (an id below the log's top).
 APPEND: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'FENCED' end
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 'FENCED' end
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[6], ARGV[3], 'e', ARGV[4], 'c', ARGV[5])
-if type(added) == 'table' and added.err then
-  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if top[1] and top[1][1] == ARGV[3] then return 'OK' end
-  return 'ORDER'
+local lease = redis.call('GET', KEYS[1]) == ARGV[1]
+local answers = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local claim, log, at = KEYS[2 * i], KEYS[2 * i + 1], 3 + 4 * (i - 1)
+  if not lease or redis.call('GET', claim) ~= ARGV[at] then
+    answers[i] = 'FENCED'
+  else
+    local id = ARGV[at + 1]
+    local added = redis.pcall(
+      'XADD', log, 'MAXLEN', ARGV[2], id, 'e', ARGV[at + 2], 'c', ARGV[at + 3])
+    answers[i] = 'OK'
+    if type(added) == 'table' and added.err then
+      local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+      if not (top[1] and top[1][1] == id) then answers[i] = 'ORDER' end
+    end
+  end
 end
-return 'OK'
+return answers
 """
 
 
@@ -232,24 +248,19 @@ class RedisOpLog:
         self._wake.set()
 
     async def _send(self, batch: list[tuple[Session, list[Command]]]) -> list[object]:
-        incarnation, node_key = self._lease.incarnation, self._lease.node_key
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for session, commands in batch:
-                claim = self._claims[session]
-                cid = session.campaign_id
-                await self._append(
-                    keys=[keys.claim(cid), keys.log(cid), node_key],
-                    args=[
-                        claim.token,
-                        incarnation,
-                        f"{commands[-1].last}-0",
-                        session.epoch,
-                        _commands.encode(commands),
-                        self._max_entries,
-                    ],
-                    client=pipe,
-                )
-            results: list[object] = await pipe.execute(raise_on_error=False)
+        """Append every campaign's entry in one script call; its answer per campaign."""
+        names: list[str] = [self._lease.node_key]
+        args: list[str | bytes] = [self._lease.incarnation, self._max_entries]
+        for session, commands in batch:
+            cid = session.campaign_id
+            names += (keys.claim(cid), keys.log(cid))
+            args += (
+                self._claims[session].token,
+                f"{commands[-1].last}-0",
+                session.epoch,
+                _commands.encode(commands),
+            )
+        results: list[object] = await self._append(keys=names, args=args)
         return results
 
     # --- catching up, epochs, trimming ------------------------------------------------------
