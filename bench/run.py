@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
+import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from bench import report
 from bench.processes import (
@@ -567,11 +567,13 @@ class Bench:
                 for name in self.servers:
                     self.record(mode, name, functools.partial(method, name))
         # Chat last: the messages it stores would otherwise be every later join's history.
-        for load in p.chat if "chat" in modes else ():
+        for chat_load in p.chat if "chat" in modes else ():
             for _ in range(repeats or p.chat_repeats):
                 for name in self.servers:
                     self.record(
-                        f"chat {load.label}", name, functools.partial(self.chat, name, load)
+                        f"chat {chat_load.label}",
+                        name,
+                        functools.partial(self.chat, name, chat_load),
                     )
         if "flush" in modes and OURS in self.servers:
             if self.setup.pg_url is None:

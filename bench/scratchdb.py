@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from bench.tokens import campaign_id, user_id
 
