@@ -105,7 +105,7 @@ class Journal(Protocol):
         ...
 
 
-class Joiner(Struct, gc=False):
+class Joiner(Struct):
     """A member whose greeting waits for the journal to have what the greeting shows."""
 
     member: Member
