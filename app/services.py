@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,9 +34,12 @@ if TYPE_CHECKING:
     from app.coord.oplog import RedisOpLog
 
 log = logging.getLogger("vtt.chat")
+shutdown_log = logging.getLogger("vtt.shutdown")
 
 # The final flush may take this long before shutdown gives up on a failing database.
 SHUTDOWN_FLUSH_SECONDS = 20.0
+# Each release after the final flush (op log, Redis, keys, database) may take this long.
+SHUTDOWN_STEP_SECONDS = 5.0
 # The startup look at chat_messages waits this long for a database that does not answer.
 CHAT_CHECK_SECONDS = 5.0
 
@@ -142,16 +146,34 @@ class Services:
         )
 
     async def close(self) -> None:
-        """Flush everything (new joins are refused from here on), then release the database."""
-        await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        """Flush everything (new joins are refused from here on), then release the database.
+
+        Each release after the flush gets SHUTDOWN_STEP_SECONDS: a step that hangs is logged
+        by name and left behind, so the process still exits well inside its kill timeout.
+        """
+        flushed = False
+        try:
+            # The flush retries a failing database until its deadline; one that hangs (an
+            # answer that never comes) gets a few seconds more, then the releases go on.
+            async with asyncio.timeout(SHUTDOWN_FLUSH_SECONDS + SHUTDOWN_STEP_SECONDS):
+                flushed = await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        except TimeoutError:
+            shutdown_log.error("shutdown step hung; left behind", extra={"step": "final flush"})
+        shutdown_log.info("sessions written; releasing", extra={"flushed": flushed})
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.oplog is not None:
-            await self.oplog.close()
-        await self.coordinator.close()
-        await self.auth.close()
-        await self.store.close()
+            steps.append(("op log", self.oplog.close))
+        steps += [("coordinator", self.coordinator.close), ("auth", self.auth.close)]
+        steps.append(("store", self.store.close))
         if self.driver is not None:
-            await self.driver.close()
-        await self.engine.dispose()
+            steps.append(("role query pool", self.driver.close))
+        steps.append(("database engine", self.engine.dispose))
+        for name, step in steps:
+            try:
+                async with asyncio.timeout(SHUTDOWN_STEP_SECONDS):
+                    await step()
+            except TimeoutError:
+                shutdown_log.error("shutdown step hung; left behind", extra={"step": name})
 
 
 async def check_chat(store: ChatStore) -> None:

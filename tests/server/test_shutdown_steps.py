@@ -1,0 +1,43 @@
+"""Services.close: a release that hangs is logged by name and left, and the rest still runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from app import services as services_module
+from app.services import Services
+from tests.support.harness import settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_hanging_release_is_left_behind_by_name_and_the_database_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = await Services.build(settings_for(tmp_path))
+    monkeypatch.setattr(services_module, "SHUTDOWN_STEP_SECONDS", 0.2)
+    closed = asyncio.Event()
+    store_type = type(services.store)
+    real_close = store_type.close
+
+    async def hang(_: object) -> None:
+        await asyncio.Event().wait()
+
+    async def close_store(store: object) -> None:
+        await real_close(store)  # type: ignore[arg-type]
+        closed.set()
+
+    monkeypatch.setattr(type(services.auth), "close", hang)
+    monkeypatch.setattr(store_type, "close", close_store)
+
+    with caplog.at_level(logging.INFO, logger="vtt.shutdown"):
+        async with asyncio.timeout(5.0):
+            await services.close()
+
+    assert closed.is_set()
+    steps = [r.__dict__.get("step") for r in caplog.records if r.levelno == logging.ERROR]
+    assert steps == ["auth"]
