@@ -90,7 +90,7 @@ class BroadcastServices(Protocol):
 _decoder: Final = msgspec.json.Decoder(BroadcastBody)
 
 
-class _TooLarge(Exception):
+class TooLarge(Exception):
     """The body passed MAX_BODY_BYTES."""
 
 
@@ -119,9 +119,9 @@ class BroadcastEndpoint:
             # uvicorn refuses a malformed Content-Length itself; any other body is still capped.
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                raise _TooLarge
-            body = await _read_body(receive)
-        except _TooLarge:
+                raise TooLarge
+            body = await read_body(receive)
+        except TooLarge:
             return Response("Content Too Large", 413, media_type="text/plain")
         try:
             # Decoding as Raw checks the syntax of the whole body before any field is judged.
@@ -183,8 +183,8 @@ def _authorized(header: str | None, secret: str) -> bool:
     return scheme.lower() == "bearer" and matches
 
 
-async def _read_body(receive: Receive) -> bytes:
-    """The request body, or _TooLarge as soon as it passes MAX_BODY_BYTES (nothing more read)."""
+async def read_body(receive: Receive) -> bytes:
+    """The request body, or TooLarge as soon as it passes MAX_BODY_BYTES (nothing more read)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -195,7 +195,7 @@ async def _read_body(receive: Receive) -> bytes:
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise _TooLarge
+            raise TooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

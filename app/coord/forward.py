@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.broadcast import TooLarge, read_body
 from app.config import Settings
 from app.coord.base import Owner
 from app.coord.relay import MAX_SKEW
@@ -33,7 +34,6 @@ log = logging.getLogger("vtt.relay")
 CHAT_PATH: Final = "/internal/cluster/chat"
 SIGNATURE_HEADER: Final = "x-vtt-signature"
 FORWARD_TIMEOUT: Final = 5.0
-MAX_BODY_BYTES: Final = 256 * 1024
 
 _decoder: Final = msgspec.json.Decoder(ChatMessage)
 
@@ -98,8 +98,9 @@ async def forward_chat(owner: Owner, message: ChatMessage, secret: str) -> bool:
 class ClusterChatEndpoint:
     """The owner's side: publish a message another machine stored, if the campaign is live here.
 
-    404 without a cluster, 405 unless POST, 401 for a bad or stale signature, 400 for a body
-    that is not a chat message, 204 published, 409 not live here.
+    404 without a cluster, 405 unless POST, 413 over /internal/broadcast's 64 KiB, 401 for a
+    bad or stale signature, 400 for a body that is not a chat message, 204 published, 409 not
+    live here.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,9 +114,12 @@ class ClusterChatEndpoint:
             return Response("Not Found", 404, media_type="text/plain")
         if scope["method"] != "POST":
             return Response("Method Not Allowed", 405, {"Allow": "POST"}, "text/plain")
-        body = await _read(receive)
+        try:
+            body = await read_body(receive)
+        except TooLarge:
+            return Response("Content Too Large", 413, media_type="text/plain")
         signature = Headers(scope=scope).get(SIGNATURE_HEADER, "")
-        if body is None or not verify(secret, signature, body, time.time()):
+        if not verify(secret, signature, body, time.time()):
             return Response("Unauthorized", 401, media_type="text/plain")
         try:
             message = _decoder.decode(body)
@@ -123,20 +127,3 @@ class ClusterChatEndpoint:
             return Response("Bad Request", 400, media_type="text/plain")
         published = await scope["state"]["services"].manager.publish_here(message)
         return Response(status_code=204 if published else 409)
-
-
-async def _read(receive: Receive) -> bytes | None:
-    """The body, or None past MAX_BODY_BYTES or when the client went away."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
