@@ -23,7 +23,7 @@ from app.persistence.store import MemoryStore
 from tests.support.fakes import FakeMember, change
 from tests.support.harness import token_payload
 from tests.support.poll import poll
-from tests.support.redisproc import RedisProcess
+from tests.support.redisproc import RedisProcess, connected
 
 pytestmark = pytest.mark.anyio
 
@@ -66,15 +66,6 @@ async def owner(
         await coordinator.close()
 
 
-@asynccontextmanager
-async def client(redis: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis.from_url(redis.url)
-    try:
-        yield connection
-    finally:
-        await connection.aclose()
-
-
 async def entry_ids(redis: aioredis.Redis) -> list[bytes]:
     entries = await redis.xrange(keys.log("c1"))
     assert entries is not None
@@ -89,7 +80,7 @@ async def test_an_edit_is_in_the_log_before_anyone_sees_it_and_the_log_is_trimme
     redis_server: RedisProcess,
 ) -> None:
     store = MemoryStore()
-    async with owner(redis_server, store, "a") as manager, client(redis_server) as redis:
+    async with owner(redis_server, store, "a") as manager, connected(redis_server) as redis:
         gm = FakeMember("gm", "gm")
         session, _ = await manager.join("c1", gm)
         session.submit_now(gm, change("token.add", token_payload("t1")))
@@ -108,7 +99,7 @@ async def test_while_the_store_is_away_the_log_grows_and_is_trimmed_once_it_is_b
     redis_server: RedisProcess,
 ) -> None:
     store = MemoryStore()
-    async with owner(redis_server, store, "a") as manager, client(redis_server) as redis:
+    async with owner(redis_server, store, "a") as manager, connected(redis_server) as redis:
         gm = FakeMember("gm", "gm")
         session, _ = await manager.join("c1", gm)
         session.submit_now(gm, change("token.add", token_payload("t1")))
@@ -132,7 +123,7 @@ async def test_an_append_under_a_claim_another_machine_took_shows_nothing_and_dr
     redis_server: RedisProcess,
 ) -> None:
     store = MemoryStore()
-    async with owner(redis_server, store, "a") as manager, client(redis_server) as redis:
+    async with owner(redis_server, store, "a") as manager, connected(redis_server) as redis:
         gm = FakeMember("gm", "gm")
         session, _ = await manager.join("c1", gm)
         session.submit_now(gm, change("token.add", token_payload("t1")))

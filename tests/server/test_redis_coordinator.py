@@ -8,9 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from app.config import Cluster
 from app.coord import keys
@@ -18,7 +15,7 @@ from app.coord.base import Claim, Owned, Owner
 from app.coord.redis import RedisCoordinator
 from app.errors import CloseCode, CloseConnection
 from tests.support.poll import poll
-from tests.support.redisproc import RedisProcess
+from tests.support.redisproc import RedisProcess, connected
 
 pytestmark = pytest.mark.anyio
 
@@ -109,16 +106,6 @@ async def node_of(
             await node.coord.close()
 
 
-@asynccontextmanager
-async def raw(redis: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis.url, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
-    try:
-        yield client
-    finally:
-        async with asyncio.timeout(TIMEOUT):
-            await client.aclose()
-
-
 async def claim(node: Node, campaign: str, floor: int = 0) -> Claim:
     async with asyncio.timeout(TIMEOUT):
         return await node.coord.claim(campaign, floor)
@@ -164,7 +151,7 @@ async def test_a_claim_is_fenced_owned_idempotent_and_released(redis_server: Red
 
         await a.coord.release("c1", first)
         assert await owner(b, "c1") is None
-        async with raw(redis_server) as client:
+        async with connected(redis_server) as client:
             await client.set(keys.epoch("c1"), "e-1")
         second = await claim(b, "c1")
         assert (second.fence, second.epoch) == (2, "e-1")
@@ -201,7 +188,7 @@ async def test_close_hands_every_claim_over_at_once(redis_server: RedisProcess) 
         assert await a.coord.problem() == "lease not held: closed"
         assert (await claim(b, "c1")).fence == 2
         assert a.listener.lost == 0
-        async with raw(redis_server) as client:
+        async with connected(redis_server) as client:
             assert await client.exists(keys.node("a")) == 0
 
 

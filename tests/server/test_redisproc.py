@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from tests.support.redisproc import RedisProcess, ping
+from tests.support.redisproc import RedisProcess, connected, ping
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 5.0
 
 
-@asynccontextmanager
-async def connected(redis: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    """A redis-py client of `redis` that gives up after 0.5 s, never retrying."""
-    connection = aioredis.Redis.from_url(redis.url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    try:
-        yield connection
-    finally:
-        async with asyncio.timeout(TIMEOUT):
-            await connection.aclose()
-
-
 @pytest.fixture
 async def client(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    """A client of `redis_server` (see `connected`)."""
-    async with connected(redis_server) as connection:
+    """A client of `redis_server` that gives up after 0.5 s, never retrying."""
+    async with connected(redis_server, 0.5) as connection:
         yield connection
 
 
@@ -76,7 +62,7 @@ async def test_a_restart_after_a_kill_keeps_every_acknowledged_write(
     redis_server.kill()
     await redis_server.restart()
     assert redis_server.port == port
-    async with connected(redis_server) as again, asyncio.timeout(TIMEOUT):
+    async with connected(redis_server, 0.5) as again, asyncio.timeout(TIMEOUT):
         assert await again.get("k") == b"v"
         assert await again.xlen("s") == 1
 
@@ -88,7 +74,7 @@ async def test_a_restart_of_a_paused_server_keeps_its_data(
         await client.set("k", "v")
     redis_server.pause()
     await redis_server.restart()
-    async with connected(redis_server) as again, asyncio.timeout(TIMEOUT):
+    async with connected(redis_server, 0.5) as again, asyncio.timeout(TIMEOUT):
         assert await again.get("k") == b"v"
 
 
@@ -98,7 +84,7 @@ async def test_an_empty_restart_loses_the_data(
     async with asyncio.timeout(TIMEOUT):
         await client.set("k", "v")
     await redis_server.restart(empty=True)
-    async with connected(redis_server) as again, asyncio.timeout(TIMEOUT):
+    async with connected(redis_server, 0.5) as again, asyncio.timeout(TIMEOUT):
         assert await again.get("k") is None
         assert await again.dbsize() == 0
 

@@ -13,9 +13,13 @@ import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from tests.support.database import _in_ci
 from tests.support.poll import poll
@@ -149,3 +153,18 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisProcess]:
         yield redis
     finally:
         await redis.stop()
+
+
+@asynccontextmanager
+async def connected(
+    redis: RedisProcess, socket_timeout: float = 1.0
+) -> AsyncIterator[aioredis.Redis]:
+    """A redis-py client of `redis` that gives up after `socket_timeout`, never retrying."""
+    client = aioredis.Redis.from_url(
+        redis.url, socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        yield client
+    finally:
+        async with asyncio.timeout(EXIT_TIMEOUT):
+            await client.aclose()
