@@ -629,12 +629,12 @@ class Connection:
             if isinstance(message, Signal):
                 if not self._unmetered_now(now):
                     return False
-                self.metrics.message_in(str(message.__struct_config__.tag))
+                self.metrics.message_in(MESSAGES.tag_of[type(message)])
                 session.live_now(self, message)
             elif isinstance(message, AuthRefreshMsg) or not self._bucket.try_take(now):
                 return False
             else:
-                self.metrics.message_in(str(message.__struct_config__.tag))
+                self.metrics.message_in(MESSAGES.tag_of[type(message)])
                 self._apply_now(message, session, started)
         except Exception:
             self._failed(session)
@@ -648,7 +648,7 @@ class Connection:
             self.metrics.message_in("unknown")
             session.reply_error(self, failure.code, failure.message)
             return None
-        self.metrics.message_in(str(message.__struct_config__.tag))
+        self.metrics.message_in(MESSAGES.tag_of[type(message)])
         return message
 
     def _apply_now(self, message: ClientMessage, session: Session, started: float) -> None:

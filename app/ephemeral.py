@@ -27,7 +27,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from msgspec import UNSET
 
@@ -54,7 +54,7 @@ from app.protocol import (
 )
 from app.ratelimit import Verdict
 from app.rules import addressable_token
-from app.signals import CHANNELS, HIDES, Pacer, PingLimits, kind_of, lane
+from app.signals import CHANNELS, HIDES, KINDS, THROUGH, Pacer, PingLimits, kind_of, lane
 
 if TYPE_CHECKING:
     from app.session import Member, Outgoing
@@ -62,6 +62,10 @@ if TYPE_CHECKING:
 # What the session lends: a frame encoder (kind, user_id, payload, signal lane).
 FrameOf = Callable[[str, str, Any, "str | None"], "Outgoing"]
 LiveMessage = TokenGrabMsg | TokenReleaseMsg | Signal
+# The signals the pacer meters (all but pings), by envelope: their message type.
+PACED_KINDS: dict[type[LiveMessage], str] = {
+    envelope: kind for envelope, kind in KINDS.items() if CHANNELS[kind] in HIDES
+}
 # The events after which no lock survives: the active map changed.
 MAP_CHANGES = frozenset({"state.sync", "map.set"})
 
@@ -139,7 +143,7 @@ class Ephemeral:
             for channel, hide in HIDES.items():
                 key = lane(channel, user_id)
                 self._stop_waiting(key)
-                if self._pacer.hide(key, hide):
+                if self._pacer.hide(key):
                     self._send(user_id, hide, Empty(), key)
             self._arm()
         self._reveil()
@@ -157,6 +161,11 @@ class Ephemeral:
 
     def receive(self, member: Member, message: LiveMessage) -> None:
         """Handle a grab, a release or a signal; raises Refusal for an `error` reply."""
+        # Cursors and rulers first, without a match: they are most of what comes here.
+        kind = PACED_KINDS.get(type(message))
+        if kind is not None:
+            self._paced(member.actor.user_id, cast(Signal, message), kind)
+            return
         match message:
             case TokenGrabMsg(payload=ref):
                 self._grab(member, ref.token_id)
@@ -167,8 +176,6 @@ class Ephemeral:
                     self._reveil()
             case PointerPingMsg(payload=spot):
                 self._ping(member.actor.user_id, spot)
-            case _:
-                self._paced(member.actor.user_id, message)
 
     def _grab(self, member: Member, token_id: str) -> None:
         actor = member.actor
@@ -191,11 +198,10 @@ class Ephemeral:
         if verdict is Verdict.DROP_AND_TELL:
             raise errors.rate_limited("too many pointer pings; slow down")
 
-    def _paced(self, user_id: str, signal: Signal) -> None:
-        kind = kind_of(signal)
+    def _paced(self, user_id: str, signal: Signal, kind: str) -> None:
         key = lane(CHANNELS[kind], user_id)
         offered = self._pacer.offer(key, signal, self._now())
-        if offered.now:
+        if offered is THROUGH:
             self._send(user_id, kind, signal.payload, key)
         elif offered.replaced is not None:
             self._metrics.dropped(kind_of(offered.replaced), "coalesced")

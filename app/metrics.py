@@ -274,8 +274,10 @@ class Metrics:
 
     def relayed(self, message_type: str, count: int) -> None:
         """Count `count` ephemeral frames of `message_type` handed to recipients."""
-        self.counts.relayed[message_type] += count
-        self.message_out(message_type, count)
+        counts = self.counts
+        counts.relayed[message_type] += count
+        sent = counts.sent
+        sent[message_type if message_type in sent else UNKNOWN] += count
 
     def dropped(self, message_type: str, reason: str) -> None:
         """Count one ephemeral frame of `message_type` dropped for `reason`."""

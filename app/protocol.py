@@ -661,6 +661,10 @@ class MessageTable:
         self._by_envelope = {
             envelope: self.client[tag] for tag, envelope in self._envelopes.items()
         }
+        # A decoded client message's type, by its envelope: on every message's path.
+        self.tag_of: Final[dict[type[ClientMessage], str]] = {
+            envelope: tag for tag, envelope in self._envelopes.items()
+        }
 
     @property
     def tags(self) -> frozenset[str]:
@@ -827,6 +831,10 @@ def encode_frame(frame: Frame) -> bytes:
     return _encoder.encode(frame)
 
 
+# The header of each text frame shorter than 126 bytes (most signals and moves).
+_SHORT_HEADERS: Final = tuple(bytes((0x81, size)) for size in range(126))
+
+
 def text_frame(payload: bytes) -> bytes:
     """One final, unmasked WebSocket text frame carrying `payload` (UTF-8 JSON).
 
@@ -834,7 +842,7 @@ def text_frame(payload: bytes) -> bytes:
     """
     size = len(payload)
     if size < 126:
-        return bytes((0x81, size)) + payload
+        return _SHORT_HEADERS[size] + payload
     if size < 65536:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload

@@ -33,9 +33,18 @@ def lane(channel: str, user_id: str) -> str:
     return f"{channel} {user_id}"
 
 
+# Each signal envelope's message type, and the envelopes that show something.
+KINDS: Final[dict[type[Signal], str]] = {
+    row.envelope: row.tag
+    for row in MESSAGES.rows
+    if row.ephemeral and row.envelope is not None and issubclass(row.envelope, Signal)
+}
+_SHOWING: Final = frozenset(envelope for envelope, kind in KINDS.items() if kind in SHOWS)
+
+
 def kind_of(signal: Signal) -> str:
     """A signal's message type."""
-    return MESSAGES.of(signal).tag
+    return KINDS[type(signal)]
 
 
 class Offered(NamedTuple):
@@ -46,11 +55,17 @@ class Offered(NamedTuple):
     replaced: Signal | None = None
 
 
+# The two answers without a replaced signal, made once: an offer is on every signal's path.
+THROUGH: Final = Offered(now=True)
+WAITS: Final = Offered(now=False)
+
+
 @dataclass(slots=True)
 class _Lane:
     # When the next signal is due at the rate (a "theoretical arrival time").
     next_at: float
-    last: str
+    # Whether the last signal through shows something (a cursor, a ruler).
+    shows: bool
     waiting: Signal | None = None
 
 
@@ -58,35 +73,42 @@ class Pacer:
     """At most `rate` signals a second through each lane; one that comes sooner waits for its
     turn, and a newer one takes its place (latest wins), so the last one always goes out.
 
-    The rate is kept on average, as a cell-rate meter keeps it: a signal may go up to one
-    interval before its due time, and n + 1 signals are never let through in less than n - 1
-    intervals, so no window of a second holds more than `rate` + 2. A sender at exactly the
-    rate is never held back by the network's jitter: one signal late by up to an interval and
-    the next on time both go at once. (With half an interval, one late signal put such a
-    sender a little ahead of its due times for good: each later signal waited for a timer.)
+    The rate is kept on average, as a cell-rate meter keeps it: a signal may go up to
+    `TOLERANCE` intervals before its due time. n + 1 signals are never let through in less than
+    n - 1.9 intervals, so no window of a second holds more than `rate` + 2 (as with one
+    interval's tolerance, the least that lets a late signal and the next on-time one go at once).
+    A sender at exactly the rate is never held back by jitter or a pause of the server shorter
+    than the tolerance: a frame read late together with the next one puts such a sender ahead
+    of its due times for good (the meter remembers it), and with one interval's tolerance every
+    later frame of a lane that once bunched after a 50 ms pause waited for a timer.
     """
 
     __slots__ = ("_lanes", "interval", "tolerance")
 
+    # In intervals: below 2, so a second still holds at most `rate` + 2 signals.
+    TOLERANCE: Final = 1.9
+
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
-        self.tolerance = self.interval
+        self.tolerance = self.interval * self.TOLERANCE
         self._lanes: dict[str, _Lane] = {}
 
     def offer(self, key: str, signal: Signal, now: float) -> Offered:
         """Let `signal` through now, or keep it waiting until `due(key)`."""
         current = self._lanes.get(key)
         if current is None:
-            self._lanes[key] = _Lane(now + self.interval, kind_of(signal))
-            return Offered(now=True)
+            self._lanes[key] = _Lane(now + self.interval, type(signal) in _SHOWING)
+            return THROUGH
         if current.waiting is not None:
             replaced, current.waiting = current.waiting, signal
             return Offered(now=False, replaced=replaced)
-        if now >= current.next_at - self.tolerance:
-            self._through(current, signal, now)
-            return Offered(now=True)
+        next_at = current.next_at
+        if now >= next_at - self.tolerance:
+            current.next_at = (now if now > next_at else next_at) + self.interval
+            current.shows = type(signal) in _SHOWING
+            return THROUGH
         current.waiting = signal
-        return Offered(now=False)
+        return WAITS
 
     def due(self, key: str) -> float:
         """When the signal waiting in `key` may go (the lane must exist)."""
@@ -98,28 +120,25 @@ class Pacer:
         if current is None or current.waiting is None:
             return None
         signal, current.waiting = current.waiting, None
-        self._through(current, signal, now)
-        return signal
-
-    def _through(self, current: _Lane, signal: Signal, now: float) -> None:
         current.next_at = max(now, current.next_at) + self.interval
-        current.last = kind_of(signal)
+        current.shows = type(signal) in _SHOWING
+        return signal
 
     def showing(self, key: str) -> bool:
         """Whether the last signal through `key` shows something (a cursor, a ruler)."""
         current = self._lanes.get(key)
-        return current is not None and current.last in SHOWS
+        return current is not None and current.shows
 
-    def hide(self, key: str, hide: str) -> bool:
-        """Record that `hide` went out for `key` (its sender left); whether something showed.
+    def hide(self, key: str) -> bool:
+        """Record that the lane's hide went out (its sender left); whether something showed.
 
         Whatever was waiting is dropped: it would show what is gone.
         """
         current = self._lanes.get(key)
         if current is None:
             return False
-        shown = current.last in SHOWS
-        current.last, current.waiting = hide, None
+        shown = current.shows
+        current.shows, current.waiting = False, None
         return shown
 
     def forget(self, key: str) -> None:

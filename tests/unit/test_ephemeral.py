@@ -475,14 +475,19 @@ async def test_a_signal_reaches_every_other_user_as_sent_by_its_sender_and_never
     assert len(session.history) == 2
 
 
-async def test_cursor_moves_faster_than_the_rate_wait_and_only_the_latest_goes_out() -> None:
+async def test_cursor_moves_faster_than_the_rate_wait_and_only_the_latest_goes_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     session = session_of()
     gm, bob, _ = await locked_table(session)
+    # All five at one instant on the session's clock (a third would go 5 ms after the first).
+    instant = time.monotonic()
+    monkeypatch.setattr(session.ephemeral, "_now", lambda: instant)
 
     for x in range(5):
         await session.submit_live(bob, live("cursor.move", {"x": x, "y": 0}))
 
-    # Two at once (the pacer's tolerance of one interval), then the latest in its turn.
+    # Two at once (within the pacer's tolerance of 1.9 intervals), then the latest in its turn.
     assert [m["payload"]["x"] for m in of_type(gm, "cursor.move")] == [0, 1]
     await poll(lambda: len(of_type(gm, "cursor.move")) == 3, TIMEOUT, "the waiting cursor")
     assert [m["payload"]["x"] for m in of_type(gm, "cursor.move")] == [0, 1, 4]
