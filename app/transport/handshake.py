@@ -113,6 +113,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        """Hand the connection to the WebSocket protocol as uvicorn does, then drop the parser.
+
+        httptools' parser holds this protocol (its callbacks) and this protocol the parser: a
+        reference cycle that only the cyclic collector frees, and one that lived through a young
+        collection waits for a full one, which runs rarely (app/transport/serve.py).
+        """
+        super().handle_websocket_upgrade()
+        del self.parser
+
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the gate's count if the headers never finished."""
         self._disarm()

@@ -1,6 +1,6 @@
-"""A closed connection's objects go at once, by reference counting, not at the next full
-collection: the server-side websockets protocol of every connection that ended is freed while
-the cyclic collector is off."""
+"""A connection's objects go at once, by reference counting, not at the next full collection:
+with the cyclic collector off, the HTTP protocol of every upgrade is freed once the WebSocket
+protocol takes over, and the websockets protocol of every connection that ended once it ends."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.server import ServerProtocol
 
 from tests.support.harness import RunningServer
@@ -18,9 +19,14 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 10.0
 
 
+def alive(kind: type) -> int:
+    """How many objects of `kind` are alive in this process."""
+    return sum(isinstance(o, kind) for o in gc.get_objects())
+
+
 def server_protocols() -> int:
     """How many websockets server protocols are alive in this process."""
-    return sum(isinstance(o, ServerProtocol) for o in gc.get_objects())
+    return alive(ServerProtocol)
 
 
 @pytest.fixture
@@ -50,3 +56,16 @@ async def test_a_closed_connection_frees_its_websockets_protocol_without_the_col
         lambda: server_protocols() == before, TIMEOUT, "the closed connections' protocols freed"
     )
     await gm.close()
+
+
+async def test_an_upgraded_connection_frees_its_http_protocol_without_the_collector(
+    server: RunningServer, no_collector: None
+) -> None:
+    gm = await server.join("c1", "gm", "gm")
+    before = alive(HttpToolsProtocol)
+
+    peers = [await server.join("c1", f"p{n}") for n in range(10)]
+
+    assert alive(HttpToolsProtocol) == before
+    for peer in [*peers, gm]:
+        await peer.close()
