@@ -43,6 +43,9 @@ log = logging.getLogger("vtt.connection")
 SOCKET_EXTENSION = "vtt.socket"
 # How long a slow client's close may wait for its socket to drain before the socket is dropped.
 CLOSE_DEADLINE = 5.0
+# How long a server shutdown waits for what a connection is owed to go out before its 1012
+# (the transport closes the socket itself a little later: app/transport/adapter.py).
+SHUTDOWN_SETTLE = 2.0
 
 # Inbound moves beyond the rate are merged per token instead of refused. Only a frame this
 # small is decoded to see whether it is one (no valid move is bigger), so merging never
@@ -97,6 +100,11 @@ class FrameSocket(Protocol):
 
     def take_messages(self, taker: Taker | None) -> None:
         """Offer complete text messages to `taker` first (None: stop offering)."""
+        ...
+
+    def draining(self) -> bool:
+        """Whether the server is shutting down: a `websocket.disconnect` 1012 came while the
+        socket stays open for the app to send what it owes and close (1012) itself."""
         ...
 
 
@@ -457,6 +465,8 @@ class Connection:
                 message = await receive()
             if message["type"] != "websocket.receive":
                 await self._apply_pending(session, auth)
+                if self.socket is not None and self.socket.draining():
+                    await self._close_for_restart(session, auth)
                 return
             if self.closing is not None:
                 continue
@@ -546,10 +556,31 @@ class Connection:
             await self._handle(pending.pop(next(iter(pending))), session, auth)
 
     async def _apply_pending(self, session: Session, auth: Auth) -> None:
-        """Apply every pending move now: the peer has gone, and its last positions must land."""
+        """Apply every pending move now: the peer or the server is going, and the last
+        positions must land."""
         pending = self._pending
         while pending and self.closing is None:
             await self._handle(pending.pop(next(iter(pending))), session, auth)
+
+    async def _close_for_restart(self, session: Session, auth: Auth) -> None:
+        """The server is shutting down: send what the session applied, then close with 1012.
+
+        Every member's merged moves are applied first (each would apply its own on the way
+        out, perhaps after this one closed), and broadcasts still waiting for the journal go
+        out, so that the client's resume point is the state the server stores.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_SETTLE):
+                for member in list(session.members):
+                    if isinstance(member, Connection):
+                        await member._apply_pending(session, auth)
+                await session.sent_through(session.state.seq)
+                while (writer := self.writer) is not None:
+                    await asyncio.wait((writer,))
+        self.close(CloseConnection(CloseCode.SERVICE_RESTART, "server restarting"))
+        writer = self.writer
+        if writer is not None:
+            await asyncio.wait((writer,), timeout=SHUTDOWN_SETTLE)
 
     async def _wait_turn(self, session: Session, auth: Auth) -> bool:
         """Wait until the pending moves are applied and the bucket takes one message more.

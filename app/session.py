@@ -184,6 +184,8 @@ class Session:
         self.acked = state.seq
         self._unsent: deque[Recorded] = deque()
         self._joiners: deque[Joiner] = deque()
+        # Who waits for everything up to a seq to have gone out (`sent_through`), in seq order.
+        self._senders: list[tuple[int, asyncio.Future[None]]] = []
         # Presence, drag locks and signals: nothing of it is stored, numbered or replayed.
         self.ephemeral = Ephemeral(
             self.state,
@@ -313,6 +315,23 @@ class Session:
             joiner = self._joiners.popleft()
             if not joiner.admitted.done():
                 joiner.admitted.set_exception(SessionClosed(self.campaign_id))
+        self._wake_senders(self.state.seq)
+
+    async def sent_through(self, seq: int) -> None:
+        """Wait until every broadcast up to `seq` went out to the members (the journal, when
+        there is one, has it), or the session closed (what was never released never goes)."""
+        if self.closed or self.acked >= seq:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._senders.append((seq, waiter))
+        await waiter
+
+    def _wake_senders(self, upto: int) -> None:
+        senders = self._senders
+        while senders and senders[0][0] <= upto:
+            waiter = senders.pop(0)[1]
+            if not waiter.done():
+                waiter.set_result(None)
 
     def release(self, upto: int) -> None:
         """The journal has everything up to seq `upto`: send it, and greet who waited for it.
@@ -331,6 +350,7 @@ class Session:
             self._deliver(record)
         while joiners and joiners[0].upto <= upto:
             self._admit_waiting(joiners.popleft())
+        self._wake_senders(upto)
 
     def _admit_waiting(self, joiner: Joiner) -> None:
         if joiner.admitted.done():

@@ -214,6 +214,14 @@ async def _pipe(receive: Receive, send: Send, upstream: ClientConnection) -> Non
             await send(_moving())
         return
     outcome = ended.result()
+    if outcome == CloseCode.SERVICE_RESTART:
+        # This machine is shutting down (the server's disconnect, the client still there):
+        # the owner sees the client go away, and the client is told to reconnect.
+        with contextlib.suppress(Exception):
+            await upstream.close(1001)
+        with contextlib.suppress(OSError, RuntimeError):
+            await send({"type": "websocket.close", "code": outcome, "reason": "server restarting"})
+        return
     if outcome is not None:
         # The client went away: so does our socket to the owner.
         with contextlib.suppress(Exception):

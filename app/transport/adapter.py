@@ -18,6 +18,10 @@ uvicorn and websockets method this relies on, and fails naming the one an upgrad
   transport; any other WebSocket implementation publishes none and keeps the ASGI path;
 - the handshake's request and response are released once the connection is accepted;
 - an unanswered keepalive ping drops the socket even when its send buffer is full;
+- on a server shutdown, a connection whose app writes through the FrameSocket is told
+  (`websocket.disconnect` 1012) and stays open for the app to send what it still owes and
+  close with 1012 itself; one the app has not closed within SHUTDOWN_GRACE is closed as
+  uvicorn closes it;
 - a connection whose shutdown raises is dropped, so uvicorn's shutdown (and after it the
   lifespan's final flush) goes on.
 """
@@ -47,6 +51,8 @@ log = logging.getLogger("vtt.transport")
 
 # Messages a connection may have waiting for the app before its socket stops being read.
 READ_AHEAD = 16
+# How long a server shutdown waits for the app to close a connection (1012) itself.
+SHUTDOWN_GRACE = 3.0
 
 
 # The first byte of a final text frame with no reserved bit set (no compression).
@@ -93,6 +99,10 @@ class TransportSocket:
     def take_messages(self, taker: Taker | None) -> None:
         """Offer each complete text message to `taker` while the app's reader waits idle."""
         self._protocol.taker = taker
+
+    def draining(self) -> bool:
+        """Whether the server is shutting down and waits for the app to close (1012)."""
+        return self._protocol.drain_timer is not None
 
 
 class Inbox:
@@ -158,6 +168,8 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         self.write_paused = False
         # Who takes complete text messages before the Inbox (the app's Connection), if anyone.
         self.taker: Taker | None = None
+        # Set while a server shutdown waits for the app to close this connection.
+        self.drain_timer: asyncio.TimerHandle | None = None
         # Cutting frames here: on once the connection opened at a frame boundary. `_held` is
         # the start of a frame header split across reads; `_owed` the bytes of a frame that
         # websockets is being fed piecewise, which go to it as they come.
@@ -308,6 +320,9 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         """
         super().connection_lost(exc)
         self.conn.parser.close()
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
 
     def pause_writing(self) -> None:
         """As uvicorn does (`writable` cleared), and the flag set."""
@@ -329,6 +344,34 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         self.transport.abort()
 
     def shutdown(self) -> None:
+        """Tell the app the server is shutting down, and close once it did or SHUTDOWN_GRACE
+        passed; a connection the app does not write to directly is closed as uvicorn does.
+
+        uvicorn sends the close frame at once and closes the socket: what the app applied
+        but had not sent yet (a merged move it applies on the disconnect, a broadcast waiting
+        for the op log) never reached the client, whose resume point was then behind the
+        stored state. The app sees the same `websocket.disconnect` 1012 while the socket is
+        still open (`TransportSocket.draining`), sends what it owes, then closes with 1012.
+        """
+        if (
+            not self.handshake_complete
+            or self.conn.extensions
+            or self.close_sent
+            or self.transport.is_closing()
+            or self.drain_timer is not None
+        ):
+            self._shutdown_now()
+            return
+        self.stop_keepalive()
+        self.taker = None
+        self.drain_timer = self.loop.call_later(SHUTDOWN_GRACE, self._drain_expired)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1012})
+
+    def _drain_expired(self) -> None:
+        self.drain_timer = None
+        self._shutdown_now()
+
+    def _shutdown_now(self) -> None:
         """Shut down as uvicorn does; a connection that fails to is dropped instead.
 
         uvicorn shuts connections down one by one and only then runs the lifespan shutdown,

@@ -205,6 +205,30 @@ async def test_a_relayed_client_plays_at_the_owner_with_its_role_and_leaves_clea
 
 
 @pytest.mark.postgres
+async def test_a_shutdown_of_the_relaying_machine_tells_the_relayed_client_to_reconnect(
+    cluster: StartCluster,
+) -> None:
+    nodes = await cluster(size=1)
+    node = nodes.node("a")
+    player = RelayedClient.start(
+        owner_of(node), signed(nodes.secret, identity("bob", "player"), "c1"), {"campaign": "c1"}
+    )
+    await player.accepted()
+    await player.expect("state.sync")
+    assert await clients(node) == 1
+
+    # What this machine's server hands the app when it shuts down, the socket still open.
+    player.disconnect(1012)
+
+    assert await player.closed() == (1012, "server restarting")
+
+    async def none_left() -> bool:
+        return await clients(node) == 0
+
+    await poll(none_left, TIMEOUT, "the relayed client to leave the owner", interval=0.05)
+
+
+@pytest.mark.postgres
 async def test_the_owners_close_codes_reach_the_relayed_client(cluster: StartCluster) -> None:
     nodes = await cluster(size=1)
     node = nodes.node("a")

@@ -394,26 +394,18 @@ async def test_a_draining_machines_clients_resume_on_another_with_nothing_lost(
     await asyncio.gather(dragging, return_exceptions=True)
     assert await gm.closed(timeout=TIMEOUT) == 1012
     seen = max(moves_seen(gm))
-    last_seq = max(a.frame["seq"] for a in gm.arrivals if a.frame.get("seq") is not None)
     started = time.monotonic()
 
     url = b.ws_url("c1", b.token("gm1", "gm"))
     kind, at = await reconnect_until_greeted(gm, url, started + TIMEOUT)
     await stopping
 
-    if kind == "state.sync":
-        # A known defect (about 1 drain in 4 here): the draining machine applied a last move
-        # whose frame its shutdown closed the socket before sending, so the stored state is
-        # ahead of what the client saw and the new owner has no history to resume from. The
-        # state still holds it (nothing lost); a resume point at the state's seq gets a sync
-        # for nothing else.
-        syncs = [a.frame for a in gm.arrivals if a.frame.get("type") == "state.sync"]
-        assert syncs[-1]["seq"] > last_seq
-    else:
-        assert kind == "state.resume"
+    # The draining machine sent every move it applied before the 1012 (those it merged and
+    # applied on the way out included), so the client resumes exactly where the state is.
+    assert kind == "state.resume"
     assert at - started <= 3.0
     state = await state_of(b)
-    assert state["tokens"]["t1"]["x"] >= seen
+    assert state["tokens"]["t1"]["x"] == seen
     assert_gapless(gm)
 
 

@@ -91,6 +91,10 @@ class FakePeer:
     def take_messages(self, taker: Taker | None) -> None:
         """This peer sends no messages: there is nothing to offer."""
 
+    def draining(self) -> bool:
+        """No server shutdown reaches this socket."""
+        return False
+
     @property
     def frames(self) -> list[dict[str, Any]]:
         """The text frames that reached the peer, decoded, in order."""

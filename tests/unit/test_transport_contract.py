@@ -68,7 +68,12 @@ UPSTREAM = [
     sansio("handle_events", "b2c9351a5d13493f", "relied on (frames fed whole reach the app)"),
     sansio("handle_text", "6ae523180cf04a01", "relied on (a text message ends in the override)"),
     sansio("keepalive_timeout", "8e1ceb6ec446de9d", "override (aborts after it)"),
-    sansio("shutdown", "e8ace796ada616b7", "override (guarded)"),
+    sansio(
+        "shutdown",
+        "e8ace796ada616b7",
+        "override (tells the app and waits for its close; guarded; puts the same disconnect)",
+    ),
+    sansio("stop_keepalive", "bbb91b997b37b77c", "relied on (a draining socket pings no more)"),
     sansio("receive", "1dc0e715390021a1", "relied on (reads the Inbox as a queue)"),
     sansio("handle_connect", "fc648c2161ff8e13", "relied on (the scope, `request`, extensions)"),
     sansio("connection_lost", "dd116afc4d8034e1", "relied on (sets `writable` when lost)"),
