@@ -190,15 +190,17 @@ async def test_a_method_other_than_post_is_405_naming_post(database_url: str) ->
 @pytest.mark.parametrize(
     "authorization",
     [
-        None,
-        "",
-        "Bearer",
-        "Bearer wrong",
-        f"Bearer {SECRET[:-1]}",
-        f"Bearer {SECRET}x",
-        f"Basic {SECRET}",
-        SECRET,
-        f"Bearer  {SECRET}",
+        pytest.param(None, id="absent"),
+        pytest.param("", id="empty"),
+        pytest.param("Bearer", id="bearer-alone"),
+        pytest.param("Bearer wrong", id="wrong"),
+        # The secret is random: ids of their own keep the test names the same in every
+        # process that collects them (pytest-xdist's workers).
+        pytest.param(f"Bearer {SECRET[:-1]}", id="one-char-short"),
+        pytest.param(f"Bearer {SECRET}x", id="one-char-long"),
+        pytest.param(f"Basic {SECRET}", id="basic-scheme"),
+        pytest.param(SECRET, id="no-scheme"),
+        pytest.param(f"Bearer  {SECRET}", id="two-spaces"),
     ],
 )
 async def test_a_missing_or_wrong_secret_is_401_and_nothing_is_stored(
