@@ -73,9 +73,12 @@ fmt: install
 	$(VENV)/bin/ruff check --fix app tests migrations bench tools
 
 # Branch coverage of app/, subprocesses included ([tool.coverage.*] in pyproject.toml); a plain
-# `pytest` run measures nothing.
+# `pytest` run measures nothing. The tests run in PYTEST_WORKERS processes (pytest-xdist), a
+# file's tests in one of them: most of a test's time is spent waiting on servers and clients.
+PYTEST_WORKERS ?= auto
 test: lint
-	$(PY) -m pytest --cov=app --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
+		--cov=app --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-ts
 
 # The TypeScript client's tests need Node.js: mandatory in CI, said plainly when skipped here.
