@@ -1,6 +1,6 @@
 """Where our server's time goes: py-spy samples it under a bench load, summarised by function.
 
-    python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|cursor|storm]
+    python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|cursor|storm|connect]
         [--campaigns 100]
 
 py-spy is not a project dependency: install it outside the repo (for example
@@ -105,11 +105,12 @@ def profile_window(bench: Bench, args: argparse.Namespace, py_spy: str) -> dict[
                 ["--plan", str(plan), "--mode", args.mode, *extra, str(args.window)], on_event
             )
         else:
-            plan = bench.plan(args.server, server.port, 50, 10)
+            # storm: 50 campaigns of 10 at once; connect: 200 of 10, 200 handshakes in flight.
+            campaigns, extra = (50, []) if args.mode == "storm" else (200, ["--concurrency", "200"])
+            plan = bench.plan(args.server, server.port, campaigns, 10)
             spy = start_spy(args.window)
-            result = bench.loadgen(
-                ["--plan", str(plan), "--mode", "storm", "--campaigns", "50", "--clients", "10"]
-            )
+            argv = ["--plan", str(plan), "--mode", args.mode, "--campaigns", str(campaigns)]
+            result = bench.loadgen([*argv, "--clients", "10", *extra])
     finally:
         if spy is not None:
             spy.wait(args.window + 30)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy")
     parser.add_argument("--server", choices=[OURS, BASELINE], default=OURS)
-    parser.add_argument("--mode", choices=["fixed", "cursor", "storm"], default="fixed")
+    parser.add_argument("--mode", choices=["fixed", "cursor", "storm", "connect"], default="fixed")
     parser.add_argument("--campaigns", type=int, default=100)
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--auth", choices=["dev", "jwks"], default="jwks")

@@ -392,6 +392,8 @@ class SqlChatStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
+        # Reads are one SELECT each: in autocommit, without the BEGIN and ROLLBACK round trips.
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
         self._schema: _Schema | None = None
         self._unusable: ChatUnusable | None = None
@@ -479,7 +481,7 @@ class SqlChatStore:
             return []
         parameters = {"p_campaign_id": campaign_id, "p_limit": limit}
         with _failures():
-            async with self._engine.connect() as connection:
+            async with self._reader.connect() as connection:
                 rows = (await connection.execute(schema.recent, parameters)).all()
         messages = [
             StoredMessage(

@@ -148,6 +148,8 @@ class SqlStore:
         if writers < 1:
             raise ValueError("a store needs at least one writer")
         self._engine = engine
+        # A read is one SELECT: in autocommit, without the BEGIN and ROLLBACK round trips.
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._postgres = engine.dialect.name == "postgresql"
         self._writers = writers if self._postgres else 1
         state = vtt_sessions.c.state
@@ -169,14 +171,14 @@ class SqlStore:
     async def load(self, campaign_id: str) -> bytes | None:
         """Return the stored state's JSON text, or None when the campaign has no row."""
         with _store_failures():
-            async with self._engine.connect() as connection:
+            async with self._reader.connect() as connection:
                 state: str | None = await connection.scalar(self._load, {"id": campaign_id})
         return None if state is None else state.encode()
 
     async def load_fenced(self, campaign_id: str) -> tuple[bytes | None, int]:
         """Return the stored state's JSON text and its fence: (None, 0) without a row."""
         with _store_failures():
-            async with self._engine.connect() as connection:
+            async with self._reader.connect() as connection:
                 result = await connection.execute(self._load_fenced, {"id": campaign_id})
                 row = result.one_or_none()
         if row is None:
