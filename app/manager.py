@@ -40,6 +40,11 @@ MAX_FLUSH_BACKOFF = 60.0
 # this much work, letting the event loop run between them, so that thousands of dirty
 # sessions never hold it long: a slice is cut by time, as states and audiences vary in size.
 FLUSH_SLICE_SECONDS = 0.001
+# A flush writes this many sessions at a time. The lists a chunk builds are young for the
+# garbage collector until a collection promotes them, and that collection reads every object
+# they hold (cold, scattered in memory): a tick of 10,000 campaigns in one piece made one
+# collection stall the loop 2.5-4.5 ms.
+FLUSH_CHUNK = 1000
 # A campaign whose chat rows could not be loaded tries again on a join at most this often.
 CHAT_RETRY_SECONDS = 10.0
 
@@ -279,59 +284,69 @@ class SessionManager:
                 delay = min(delay * 2, max(MAX_FLUSH_BACKOFF, self.settings.flush_interval))
 
     async def flush(self) -> bool:
-        """Write every dirty session in batched upserts; False when the store failed.
+        """Write every dirty session in batched upserts, FLUSH_CHUNK sessions at a time; False
+        when the store failed (the chunks not yet written then wait for the next flush).
 
         A session changed after its snapshot stays dirty (mark_saved records the snapshot's
         version, not the session's), whichever slice the change lands in.
         """
         async with self._flush_lock:
-            slices = Slices(FLUSH_SLICE_SECONDS)
-            # Side by side rather than in pairs: tens of thousands of pairs alive for the whole
-            # tick would each be tracked, and traversed, by the garbage collector.
-            written: list[Session] = []
-            snapshots: list[Snapshot] = []
-            for session in list(self.sessions.values()):
-                if session.dirty:
-                    snapshot = await session.snapshot()
-                    if snapshot is not None:
-                        written.append(session)
-                        snapshots.append(snapshot)
-                await slices.pause()
-            if not snapshots:
-                return True
-            fences = {session.campaign_id: session.fence for session in written}
-            started = time.perf_counter()
-            try:
-                saved = await self.store.save_many(Rows(snapshots), fences)
-            except StoreUnavailable as exc:
-                self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=False)
-                if self._outage_since is None:
-                    self._outage_since = time.monotonic()
-                    log.error(
-                        "flush failed; state stays dirty and is retried with backoff",
-                        extra={"reason": str(exc), "rows": len(snapshots)},
-                    )
-                return False
-            written_rows = len(snapshots) - len(saved.refused)
-            self.metrics.flushed(time.perf_counter() - started, written_rows, ok=True)
-            if self._outage_since is not None:
-                log.info(
-                    "flush recovered",
-                    extra={"outage_seconds": round(time.monotonic() - self._outage_since, 3)},
-                )
-                self._outage_since = None
-            slices.restart()
-            confirmed: list[tuple[str, int]] = []
-            for session, snapshot in zip(written, snapshots, strict=True):
-                if session.campaign_id in saved.refused:
-                    self.fenced_out(session)
-                else:
-                    session.mark_saved(snapshot)
-                    confirmed.append((session.campaign_id, snapshot.seq))
-                await slices.pause()
-            if self.oplog is not None:
-                await self.oplog.trim(confirmed)
+            campaign_ids = list(self.sessions)
+            for start in range(0, len(campaign_ids), FLUSH_CHUNK):
+                if not await self._flush_chunk(campaign_ids[start : start + FLUSH_CHUNK]):
+                    return False
             return True
+
+    async def _flush_chunk(self, campaign_ids: list[str]) -> bool:
+        """Snapshot, write and mark saved the dirty sessions among `campaign_ids`."""
+        slices = Slices(FLUSH_SLICE_SECONDS)
+        # Side by side rather than in pairs: pairs would each be tracked, and traversed, by
+        # the garbage collector.
+        written: list[Session] = []
+        snapshots: list[Snapshot] = []
+        for campaign_id in campaign_ids:
+            session = self.sessions.get(campaign_id)
+            if session is not None and session.dirty:
+                snapshot = await session.snapshot()
+                if snapshot is not None:
+                    written.append(session)
+                    snapshots.append(snapshot)
+            await slices.pause()
+        if not snapshots:
+            return True
+        fences = {session.campaign_id: session.fence for session in written}
+        started = time.perf_counter()
+        try:
+            saved = await self.store.save_many(Rows(snapshots), fences)
+        except StoreUnavailable as exc:
+            self.metrics.flushed(time.perf_counter() - started, len(snapshots), ok=False)
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.error(
+                    "flush failed; state stays dirty and is retried with backoff",
+                    extra={"reason": str(exc), "rows": len(snapshots)},
+                )
+            return False
+        written_rows = len(snapshots) - len(saved.refused)
+        self.metrics.flushed(time.perf_counter() - started, written_rows, ok=True)
+        if self._outage_since is not None:
+            log.info(
+                "flush recovered",
+                extra={"outage_seconds": round(time.monotonic() - self._outage_since, 3)},
+            )
+            self._outage_since = None
+        slices.restart()
+        confirmed: list[tuple[str, int]] = []
+        for session, snapshot in zip(written, snapshots, strict=True):
+            if session.campaign_id in saved.refused:
+                self.fenced_out(session)
+            else:
+                session.mark_saved(snapshot)
+                confirmed.append((session.campaign_id, snapshot.seq))
+            await slices.pause()
+        if self.oplog is not None:
+            await self.oplog.trim(confirmed)
+        return True
 
     async def _release(self, session: Session) -> None:
         """Give up the claim of a session that was written and dropped."""

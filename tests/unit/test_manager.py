@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,9 +16,10 @@ from app.auth.roles import DevClaimRoles
 from app.chat import message_of
 from app.config import Settings
 from app.errors import CloseCode, CloseConnection
-from app.manager import MAX_FLUSH_BACKOFF, SessionManager, Slices
+from app.manager import FLUSH_CHUNK, MAX_FLUSH_BACKOFF, SessionManager, Slices
 from app.metrics import Metrics
 from app.persistence.chat import MemoryChatStore, StoredMessage
+from app.persistence.store import Saved
 from app.protocol import TokenAddMsg, decode_client_message
 from app.session import Session
 from tests.support.fakes import FakeMember, RecordingStore, change
@@ -479,6 +481,52 @@ async def test_a_flush_of_hundreds_of_sessions_writes_and_acknowledges_them_all(
     assert store.saves == 1
     assert store.rows.keys() == set(campaigns)
     assert all(member.types == ["state.saved"] for member in members)
+
+
+async def test_a_flush_past_a_chunk_writes_every_session_one_chunk_at_a_time() -> None:
+    manager, store = manager_of()
+    dirty = await dirty_sessions(manager, FLUSH_CHUNK + 5)
+
+    assert await manager.flush()
+
+    assert store.saves == 2
+    assert store.rows.keys() == {campaign for campaign, _, _ in dirty}
+    assert all(gm.types == ["state.saved"] for _, _, gm in dirty)
+    assert not any(session.dirty for _, session, _ in dirty)
+
+
+class FailingFrom(RecordingStore):
+    """A store whose save_many fails from its `first`th call on."""
+
+    def __init__(self, first: int) -> None:
+        super().__init__()
+        self.first = first
+
+    async def save_many(
+        self, rows: Sequence[tuple[str, bytes]], fences: Mapping[str, int] | None = None
+    ) -> Saved:
+        if self.saves + 1 >= self.first:
+            self.outage = True
+        return await super().save_many(rows, fences)
+
+
+async def test_a_store_failing_in_a_later_chunk_keeps_that_chunk_and_the_rest_dirty() -> None:
+    store = FailingFrom(2)
+    manager = manager_over(SETTINGS, store, Metrics())
+    dirty = await dirty_sessions(manager, 2 * FLUSH_CHUNK + 1)
+
+    assert not await manager.flush()
+
+    first, rest = dirty[:FLUSH_CHUNK], dirty[FLUSH_CHUNK:]
+    assert store.saves == 1, "the third chunk is not tried after the second failed"
+    assert not any(session.dirty for _, session, _ in first)
+    assert all(gm.types == ["state.saved"] for _, _, gm in first)
+    assert all(session.dirty for _, session, _ in rest)
+    assert all(gm.take() == [] for _, _, gm in rest)
+
+    store.outage, store.first = False, 10
+    assert await manager.flush()
+    assert not any(session.dirty for _, session, _ in rest)
 
 
 async def dirty_sessions(
