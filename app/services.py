@@ -88,6 +88,8 @@ class Services:
             await asyncio.to_thread(upgrade_to_head, settings.database_url, settings.sqlite_path)
         engine = create_engine(settings.database_url, settings.sqlite_path)
         store = SqlStore(engine)
+        # The flush's connections open, and its upsert compiles, in the background.
+        store.start()
         chat_store = SqlChatStore(
             engine, username_sql=settings.username_sql, character_sql=settings.character_sql
         )

@@ -297,6 +297,8 @@ async def flush_ticks(
 
     try:
         await store.ping()
+        # What the server's start-up does in the background (Services.build: store.start()).
+        await store.warm()
         live = await live_sessions(manager, rows, members)
         # What building the sessions left behind is not the tick's to collect.
         gc.collect()

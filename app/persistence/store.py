@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Final, NamedTuple, Protocol
@@ -39,6 +40,11 @@ WRITERS: Final = 4
 BATCH_BYTES: Final = 256 * 1024
 # Rows are deduplicated and sorted this many at a time, yielding to the event loop between.
 ORDER_SLICE: Final = 2000
+# How long the start-up warm-up may take before it is given up (the first flush then opens
+# what is missing itself).
+WARM_SECONDS: Final = 30.0
+
+log = logging.getLogger("vtt.store")
 
 
 class StoreUnavailable(Exception):
@@ -167,6 +173,51 @@ class SqlStore:
             .returning(vtt_sessions.c.fence)
         )
         self._upsert = _postgres_upsert() if self._postgres else _sqlite_upsert()
+        self._warming: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin warming up in the background (Postgres): see `warm`."""
+        if self._postgres and self._warming is None:
+            self._warming = asyncio.create_task(self.warm(), name="vtt-store-warm")
+
+    async def warm(self) -> None:
+        """Open every writer's connection and run the upsert on each with no rows, so that the
+        first flush neither compiles the statement nor opens connections (steps of several
+        milliseconds on the event loop). Never raises: a database down now is met by the
+        flush, as always.
+        """
+        barrier = asyncio.Barrier(self._writers)
+        nothing: dict[str, list[str] | list[int]] = {"ids": [], "states": [], "fences": []}
+
+        async def one() -> None:
+            try:
+                async with self._engine.begin() as connection:
+                    await connection.execute(self._upsert, nothing)
+                    # Held until every writer has its own connection.
+                    await barrier.wait()
+            except BaseException:
+                await barrier.abort()
+                raise
+
+        try:
+            async with asyncio.timeout(WARM_SECONDS):
+                outcomes = await asyncio.gather(
+                    *(one() for _ in range(self._writers)), return_exceptions=True
+                )
+        except TimeoutError:
+            outcomes = [TimeoutError()]
+        # A broken barrier is only the echo of another writer's failure.
+        failures = [
+            outcome
+            for outcome in outcomes
+            if isinstance(outcome, Exception)
+            and not isinstance(outcome, asyncio.BrokenBarrierError)
+        ]
+        if failures:
+            log.warning(
+                "store warm-up failed; the first flush opens its connections itself",
+                extra={"reason": _describe(failures[0])},
+            )
 
     async def load(self, campaign_id: str) -> bytes | None:
         """Return the stored state's JSON text, or None when the campaign has no row."""
@@ -249,7 +300,11 @@ class SqlStore:
                 await connection.scalar(select(vtt_sessions.c.campaign_id).limit(0))
 
     async def close(self) -> None:
-        """Close the engine's pooled connections (the engine stays usable, reconnecting)."""
+        """Stop warming up, close the engine's pooled connections (the engine stays usable,
+        reconnecting)."""
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.wait({self._warming})
         await self._engine.dispose()
 
     def _parameters(

@@ -14,12 +14,14 @@ from typing import Any, TypedDict, Unpack
 import pytest
 from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import (
     BATCH_ROWS,
+    WRITERS,
     MemoryStore,
     Saved,
     SqlStore,
@@ -490,6 +492,52 @@ def test_a_store_created_during_an_outage_works_once_the_database_is_back(
             return await store.load("c1")
 
     assert run(scenario()) is None
+
+
+@pytest.mark.postgres
+def test_warming_up_opens_every_writers_connection_and_compiles_the_upsert(
+    postgres_url: str,
+) -> None:
+    # One batch per writer: the save runs them all at once, each on a connection of its own.
+    rows = [(f"c{i:04d}", state(f"c{i:04d}")) for i in range(WRITERS * BATCH_ROWS)]
+
+    async def scenario() -> tuple[int, list[Any]]:
+        async with sql_store(postgres_url) as (store, engine):
+            await asyncio.wait_for(store.warm(), OUTAGE_BOUND)
+            opened = 0
+            cached: list[Any] = []
+
+            def connected(*_: Any) -> None:
+                nonlocal opened
+                opened += 1
+
+            def executed(*args: Any) -> None:
+                cached.append(args[4].cache_hit)
+
+            event.listen(engine.sync_engine, "connect", connected)
+            event.listen(engine.sync_engine, "before_cursor_execute", executed)
+            assert await store.save_many(rows) == Saved(WRITERS, frozenset())
+            return opened, cached
+
+    opened, cached = run(scenario())
+    assert opened == 0, "every writer found its connection open"
+    assert cached == [CacheStats.CACHE_HIT] * WRITERS, "the upsert was compiled already"
+
+
+@pytest.mark.postgres
+def test_a_warm_up_without_a_database_logs_and_returns(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with proxied_store(postgres_url) as (store, proxy):
+            proxy.cut()
+            with caplog.at_level("WARNING", logger="vtt.store"):
+                await asyncio.wait_for(store.warm(), OUTAGE_BOUND)
+
+    run(scenario())
+    (record,) = [r for r in caplog.records if r.name == "vtt.store"]
+    assert record.getMessage().startswith("store warm-up failed")
+    assert record.__dict__["reason"]
 
 
 @pytest.mark.postgres
