@@ -506,6 +506,5 @@ async def test_closing_the_pool_while_a_lookup_holds_a_connection_ends_within_it
         await asyncio.wait_for(pool.close(grace=0.2), TIMEOUT)
 
         assert time.monotonic() - began < 0.2 + 1.0
-        # Terminated, not waited for: the pool has let go of it.
-        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
-            held.is_closed()
+        # Terminated, not waited for.
+        assert held.is_closed()

