@@ -239,6 +239,7 @@ class LookupConnections:
         """Close idle connections, then wait for every lent one to come back and close it."""
         self._closing = True
         self._wake_all()
+        self._stop_sweeping()
         await self.expire_connections()
         while self._lent:
             self._returned.clear()
@@ -257,8 +258,7 @@ class LookupConnections:
         self._lent.clear()
         for closer in self._closers:
             closer.cancel()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        self._stop_sweeping()
 
     async def _open(self) -> asyncpg.Connection:
         self._opening += 1
@@ -310,6 +310,11 @@ class LookupConnections:
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(self.idle_close_after / 4, self._sweep)
+
+    def _stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def _sweep(self) -> None:
         """Close the connections idle `idle_close_after` seconds (the oldest are first)."""

@@ -184,6 +184,7 @@ async def test_closing_closes_idle_connections_and_waits_for_lent_ones(server: S
     await asyncio.wait_for(closing, TIMEOUT)
 
     assert lent.closed
+    assert pool._sweeper is None, "no idle sweep left pending"
     with pytest.raises(asyncpg.InterfaceError, match="pool is closing"):
         await take(pool)
 
