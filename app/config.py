@@ -114,7 +114,7 @@ class Settings:
     # A handshake may take a member's role from an answer this recent (0: always ask).
     role_cache_ttl: float = 5.0
     role_cache_size: int = 10_000
-    # Named prepared statements for the role query; off behind a transaction pooler.
+    # Named prepared statements for every query; off behind a transaction pooler.
     # None: on, except for a Neon pooled endpoint (the `statement_cache` property).
     db_statement_cache: bool | None = None
     allowed_origins: tuple[str, ...] = ()
@@ -159,7 +159,7 @@ class Settings:
 
     @property
     def statement_cache(self) -> bool:
-        """Whether the role query may use named prepared statements.
+        """Whether the database's statements may be named prepared statements.
 
         Unless VTT_DB_STATEMENT_CACHE says, yes, except when DATABASE_URL's host is a Neon
         pooled endpoint (`...-pooler.<region>...neon.tech`): PgBouncer in transaction mode.

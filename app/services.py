@@ -86,7 +86,9 @@ class Services:
         announce(settings)
         if settings.auto_migrate:
             await asyncio.to_thread(upgrade_to_head, settings.database_url, settings.sqlite_path)
-        engine = create_engine(settings.database_url, settings.sqlite_path)
+        engine = create_engine(
+            settings.database_url, settings.sqlite_path, statement_cache=settings.statement_cache
+        )
         store = SqlStore(engine)
         # The flush's connections open, and its upsert compiles, in the background.
         store.start()

@@ -68,10 +68,17 @@ def create_engine(
     connect_timeout: float = 5.0,
     command_timeout: float = 10.0,
     idle_ping_after: float = IDLE_PING_AFTER,
+    statement_cache: bool = False,
 ) -> AsyncEngine:
-    """Build the process's one async engine (asyncpg for Postgres, aiosqlite for SQLite)."""
+    """Build the process's one async engine (asyncpg for Postgres, aiosqlite for SQLite).
+
+    With `statement_cache` (Postgres not behind a transaction pooler: the `statement_cache`
+    setting), each connection prepares a statement once, named, and runs it again in one
+    round trip; without it, every statement is prepared anew, unnamed: two round trips.
+    """
     url = async_url(database_url, sqlite_path)
     if url.get_backend_name() == "postgresql":
+        cache_size = STATEMENT_CACHE_SIZE if statement_cache else 0
         engine = create_async_engine(
             url,
             # Parameters are campaign state and user ids: keep them out of errors and logs.
@@ -82,9 +89,9 @@ def create_engine(
             pool_recycle=600,
             connect_args={
                 # Neon's pooler runs PgBouncer in transaction mode, where a named prepared
-                # statement may land on another server connection: use unnamed ones only.
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
+                # statement may land on another server connection: there, unnamed ones only.
+                "statement_cache_size": cache_size,
+                "prepared_statement_cache_size": cache_size,
                 # Bounded waits, so an outage surfaces as an error in seconds, not a hang.
                 "timeout": connect_timeout,
                 "command_timeout": command_timeout,

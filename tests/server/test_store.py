@@ -143,23 +143,33 @@ def test_the_sqlite_engine_runs_in_wal_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_the_postgres_engine_never_creates_named_prepared_statements(postgres_url: str) -> None:
-    # A transaction-mode pooler (Neon) breaks named prepared statements: none may exist.
-    async def scenario() -> int:
-        engine = create_engine(postgres_url)
+@pytest.mark.parametrize("statement_cache", [False, True])
+def test_the_postgres_engine_names_its_prepared_statements_only_with_the_statement_cache(
+    postgres_url: str, statement_cache: bool
+) -> None:
+    # A transaction-mode pooler (Neon) breaks named prepared statements: without the cache
+    # none may exist; with it, each statement is prepared once and run again from the cache.
+    async def scenario() -> list[str]:
+        engine = create_engine(postgres_url, statement_cache=statement_cache)
         try:
             async with engine.connect() as connection:
                 for value in range(3):
                     await connection.execute(text("SELECT CAST(:v AS integer)"), {"v": value})
                 await connection.execute(text("SELECT 1"))
-                count: int = await connection.scalar(
-                    text("SELECT count(*) FROM pg_prepared_statements")
+                named = await connection.execute(
+                    text("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
                 )
-                return count
+                return [row[0] for row in named]
         finally:
             await engine.dispose()
 
-    assert run(scenario()) == 0
+    named = run(scenario())
+    if statement_cache:
+        # Each statement prepared once (the first of three runs), the others from the cache.
+        assert named.count("SELECT CAST($1 AS integer)") == 1
+        assert named.count("SELECT 1") == 1
+    else:
+        assert named == []
 
 
 # batches
