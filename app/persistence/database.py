@@ -480,18 +480,39 @@ class DriverPool:
         Raises NoResultColumns for a statement without result columns, ConnectionGone,
         TimeoutError after `deadline`, and asyncpg's own errors (and OSError) as they come.
         """
+        return await self._within_deadline(sql, args, False)
+
+    async def all_rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """Every row of `sql` with positional `args`; raises as `first_row` does (a statement
+        without result columns gives no rows)."""
+        rows: list[Any] = await self._within_deadline(sql, args, True)
+        return rows
+
+    async def parameter_types(self, sql: str) -> list[tuple[str, str, str]]:
+        """The schema, name and kind ('scalar', 'array', ...) of each of `sql`'s parameters,
+        in $ order, as the server infers them; raises as `first_row` does."""
+        if self._pool is None:
+            raise asyncpg.InterfaceError("the driver pool is not started")
+        async with asyncio.timeout(self.deadline), self._pool.acquire() as connection:
+            with _dropped_when_cut(connection):
+                described = await connection.prepare(sql, name="")
+        return [(kind.schema, kind.name, kind.kind) for kind in described.get_parameters()]
+
+    async def _within_deadline(self, sql: str, args: Sequence[Any], every: bool) -> Any:
         if self._pool is None:
             raise asyncpg.InterfaceError("the driver pool is not started")
         async with asyncio.timeout(self.deadline):
             try:
-                return await self._attempt(sql, args)
+                return await self._attempt(sql, args, every)
             except ConnectionGone:
-                return await self._attempt(sql, args)
+                return await self._attempt(sql, args, every)
 
-    async def _attempt(self, sql: str, args: Sequence[Any]) -> Any:
+    async def _attempt(self, sql: str, args: Sequence[Any], every: bool) -> Any:
         async with self._pool.acquire() as connection:
             try:
                 with _dropped_when_cut(connection):
+                    if every:
+                        return await connection.fetch(sql, *args)
                     return await self._run(connection, sql, args)
             except (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError):
                 # The server lost (or already has) a named statement asyncpg keeps: a

@@ -1,7 +1,8 @@
 """The role query: VTT_ROLE_SQL run with bound parameters, its database errors translated here.
 
 RoleSource              what SqlRoles asks: `first_value(campaign_id, user_id)`
-DriverRoleQuery         Postgres: the query on the app's asyncpg pool, one round trip a lookup
+DriverRoleQuery         Postgres: the query on the app's asyncpg pool, the lookups asked
+                        meanwhile together in one round trip
 RoleQuery               SQLite (the embedded default): the query through the SQLAlchemy engine
 RoleQueryUnavailable    the database cannot answer now (connection, resources, timeouts)
 RoleQueryBroken         the query itself fails; neither a client nor a retry can fix it
@@ -11,7 +12,10 @@ column) means "no such campaign", so it reads as no row.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import asyncpg
@@ -23,7 +27,17 @@ from sqlalchemy.sql.elements import TextClause
 from app.config import ConfigError
 from app.persistence.database import ConnectionGone, DriverPool, NoResultColumns
 
+log = logging.getLogger("vtt.auth")
+
 ROLE_PARAMETERS = frozenset({"campaign_id", "user_id"})
+# Role queries under way at once; lookups asked meanwhile wait, then go together in one.
+IN_FLIGHT = 2
+# The most lookups one query answers.
+BATCH_LIMIT = 256
+# The names the batched form gives its pairs and their rows: none a VTT_ROLE_SQL would use.
+_KEYS = "vtt_lookup_keys"
+_ORDINAL = "vtt_lookup_n"
+_ROWS = "vtt_lookup_rows"
 # SQLSTATE classes: 22 is a data exception (the id cannot even be compared: not a member);
 # these mean the database cannot answer right now (connection, rollback, resources,
 # object state, operator intervention, system error).
@@ -115,6 +129,15 @@ class DriverRoleQuery:
     The SQL's `:campaign_id` and `:user_id` become `$1`/`$2` once, here; the errors are
     classified by SQLSTATE as the engine's are. In autocommit, as through the engine: no
     transaction is begun.
+
+    Lookups go out at the end of the event loop's turn that asked for them, IN_FLIGHT queries
+    at most at a time; those asked while they are under way go together, up to BATCH_LIMIT in
+    one query: VTT_ROLE_SQL joined laterally to the (campaign, user) pairs, passed as two
+    arrays of the types Postgres infers for its parameters, first row per pair. A join storm
+    then costs a round trip per batch, not per connection. A batch that fails for anything
+    but an outage is answered one lookup at a time, each as if alone (an id Postgres cannot
+    compare spoils only a batch); one whose batched form fails where the lookups alone
+    succeed means that form does not suit this SQL, and lookups go one at a time from then on.
     """
 
     def __init__(self, pool: DriverPool, sql: str) -> None:
@@ -124,9 +147,81 @@ class DriverRoleQuery:
         _check_names(frozenset(self.order))
         self.pool = pool
         pool.prepare_when_warming(self.sql, len(self.order))
+        self.batching = True
+        # VTT_ROLE_SQL with its names as columns of the pairs; the whole query once the
+        # parameters' types are known.
+        self._lateral = _named(sql, lambda name: f"{_KEYS}.{name}").rstrip().rstrip(";")
+        self._batch_sql: str | None = None
+        self._waiting: list[_Lookup] = []
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def first_value(self, campaign_id: str, user_id: str) -> Any:
         """The first column of the first row; None for no row or ids the database can't compare."""
+        loop = asyncio.get_running_loop()
+        lookup = _Lookup(campaign_id, user_id, loop.create_future())
+        self._waiting.append(lookup)
+        if not self._scheduled and self._in_flight < IN_FLIGHT:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await lookup.answer
+
+    def _dispatch(self) -> None:
+        """Send what waits: one query per lookup alone, or per batch, IN_FLIGHT at most."""
+        self._scheduled = False
+        waiting = self._waiting
+        while waiting and self._in_flight < IN_FLIGHT:
+            # A lookup whose caller gave up is not asked.
+            batch = [lookup for lookup in waiting[:BATCH_LIMIT] if not lookup.answer.done()]
+            del waiting[:BATCH_LIMIT]
+            if not batch:
+                continue
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._answer(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._landed)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._waiting and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    async def _answer(self, batch: list[_Lookup]) -> None:
+        try:
+            outcome = _SINGLY
+            if len(batch) > 1 and self.batching:
+                outcome = await self._together(batch)
+            if outcome is _ANSWERED:
+                return
+            broken = await asyncio.gather(*(self._alone(lookup) for lookup in batch))
+            if outcome is _SUSPECT and not any(broken):
+                self.batching = False
+                log.warning(
+                    "campaign role lookups go one at a time: VTT_ROLE_SQL fails in its batched "
+                    "form, alone it works"
+                )
+        finally:
+            for lookup in batch:
+                # Cancelled (the server stops): the callers hear of an outage, not nothing.
+                lookup.settle(error=RoleQueryUnavailable("lookup abandoned"))
+
+    async def _alone(self, lookup: _Lookup) -> bool:
+        """Answer one lookup with a query of its own; whether the query itself is broken."""
+        try:
+            value = await self._one(lookup.campaign_id, lookup.user_id)
+        except RoleQueryBroken as failure:
+            lookup.settle(error=failure)
+            return True
+        except RoleQueryUnavailable as failure:
+            lookup.settle(error=failure)
+            return False
+        lookup.settle(value)
+        return False
+
+    async def _one(self, campaign_id: str, user_id: str) -> Any:
         values = {"campaign_id": campaign_id, "user_id": user_id}
         try:
             row = await self.pool.first_row(self.sql, [values[name] for name in self.order])
@@ -143,6 +238,91 @@ class DriverRoleQuery:
         except NoResultColumns:
             raise RoleQueryBroken("the query returns no columns") from None
         return None if row is None else row[0]
+
+    async def _together(self, batch: list[_Lookup]) -> object:
+        """Answer `batch` with one query: _ANSWERED, or _SINGLY/_SUSPECT to answer it singly
+        (_SUSPECT: the batched form itself may be what failed)."""
+        columns = {
+            "campaign_id": [lookup.campaign_id for lookup in batch],
+            "user_id": [lookup.user_id for lookup in batch],
+        }
+        try:
+            if self._batch_sql is None:
+                self._batch_sql = await self._batched_form()
+            if self._batch_sql is None:
+                return _SUSPECT
+            rows = await self.pool.all_rows(self._batch_sql, [columns[n] for n in self.order])
+        except (OSError, TimeoutError, asyncpg.InterfaceError, ConnectionGone) as exc:
+            cause = exc.cause if isinstance(exc, ConnectionGone) else type(exc).__name__
+            for lookup in batch:
+                lookup.settle(error=RoleQueryUnavailable(cause))
+            return _ANSWERED
+        except asyncpg.PostgresError as exc:
+            sqlstate = getattr(exc, "sqlstate", None)
+            failure = _by_sqlstate(sqlstate)
+            if isinstance(failure, RoleQueryUnavailable):
+                for lookup in batch:
+                    lookup.settle(error=RoleQueryUnavailable(failure.cause))
+                return _ANSWERED
+            # Class 22: an id the parameters' type cannot hold (a non-UUID for a UUID), which
+            # asyncpg refuses before sending, or Postgres does.
+            return _SINGLY if isinstance(failure, _NotComparable) else _SUSPECT
+        values: list[Any] = [None] * len(batch)
+        for row in rows:
+            if len(row) < 2:
+                # The query returns no columns: alone, each lookup says so.
+                return _SUSPECT
+            values[row[0] - 1] = row[1]
+        for lookup, value in zip(batch, values, strict=True):
+            lookup.settle(value)
+        return _ANSWERED
+
+    async def _batched_form(self) -> str | None:
+        """The batched query, for the parameter types Postgres infers; None if it has none."""
+        kinds = await self.pool.parameter_types(self.sql)
+        if len(kinds) != len(self.order) or any(kind != "scalar" for _, _, kind in kinds):
+            return None
+        arrays = ", ".join(
+            f"${n}::{_quoted(schema)}.{_quoted(name)}[]"
+            for n, (schema, name, _) in enumerate(kinds, 1)
+        )
+        keys = f"{_KEYS}({', '.join(self.order)}, {_ORDINAL})"
+        # The SQL on lines of its own: a trailing `--` comment ends on its line.
+        first_row = f"SELECT * FROM (\n{self._lateral}\n) AS {_ROWS} LIMIT 1"
+        return (
+            f"SELECT {_KEYS}.{_ORDINAL}, {_ROWS}.* FROM unnest({arrays}) WITH ORDINALITY AS "
+            f"{keys} CROSS JOIN LATERAL ({first_row}) AS {_ROWS}"
+        )
+
+
+# How a batch went (DriverRoleQuery._together).
+_ANSWERED = object()
+_SINGLY = object()
+_SUSPECT = object()
+
+
+class _Lookup:
+    """One caller's lookup: its pair, and the future its answer (or failure) goes to."""
+
+    __slots__ = ("answer", "campaign_id", "user_id")
+
+    def __init__(self, campaign_id: str, user_id: str, answer: asyncio.Future[Any]) -> None:
+        self.campaign_id = campaign_id
+        self.user_id = user_id
+        self.answer = answer
+
+    def settle(self, value: Any = None, *, error: Exception | None = None) -> None:
+        """Answer the caller, unless it gave up or was answered already."""
+        if self.answer.done():
+            return
+        if error is None:
+            self.answer.set_result(value)
+        else:
+            self.answer.set_exception(error)
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _by_sqlstate(sqlstate: object) -> Exception | None:
@@ -204,14 +384,19 @@ def positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """
     order: list[str] = []
 
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
+    def number(name: str) -> str:
         if name not in order:
             order.append(name)
         return f"${order.index(name) + 1}"
 
+    return _named(sql, number), tuple(order)
+
+
+def _named(sql: str, replace: Callable[[str], str]) -> str:
+    """`sql` with each `:name` as `replace(name)`, found as `positional` finds them."""
+
     def plain(part: str) -> str:
-        return _ESCAPED.sub(r"\1", _BIND.sub(number, part))
+        return _ESCAPED.sub(r"\1", _BIND.sub(lambda match: replace(match.group(1)), part))
 
     pieces: list[str] = []
     at = 0
@@ -219,4 +404,4 @@ def positional(sql: str) -> tuple[str, tuple[str, ...]]:
         pieces += [plain(sql[at : quoted.start()]), _ESCAPED.sub(r"\1", quoted.group(0))]
         at = quoted.end()
     pieces.append(plain(sql[at:]))
-    return "".join(pieces), tuple(order)
+    return "".join(pieces)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,3 +508,169 @@ async def test_closing_the_pool_while_a_lookup_holds_a_connection_ends_within_it
         assert time.monotonic() - began < 0.2 + 1.0
         # Terminated, not waited for.
         assert held.is_closed()
+
+
+# --- lookups asked together -------------------------------------------------------------------
+
+
+class CountingPool(DriverPool):
+    """The app's pool, counting the queries sent alone and the sizes of those sent together."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.alone = 0
+        self.together: list[int] = []
+
+    async def first_row(self, sql: str, args: Sequence[Any]) -> Any:
+        self.alone += 1
+        return await super().first_row(sql, args)
+
+    async def all_rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        self.together.append(len(args[0]))
+        return await super().all_rows(sql, args)
+
+
+@asynccontextmanager
+async def counting_pool(database: RoleDatabase, **options: Any) -> AsyncIterator[CountingPool]:
+    pool = CountingPool(database.url, statement_cache=database.statement_cache, **options)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await asyncio.wait_for(pool.close(grace=1.0), TIMEOUT)
+
+
+OTHER_CAMPAIGN = "0b9c8d7e-6f5a-4b3c-8d2e-1f0a9b8c7d6e"
+# (campaign, user) pairs whose answers differ: the GM, a member, strangers, no such campaign.
+PAIRS = [
+    (UUID_CAMPAIGN, "user_gm"),
+    (UUID_CAMPAIGN, "user_p"),
+    (UUID_CAMPAIGN, "stranger"),
+    (OTHER_CAMPAIGN, "user_p"),
+]
+
+
+async def asked_at_once(query: RoleSource, pairs: list[tuple[str, str]]) -> list[Any]:
+    return await asyncio.wait_for(
+        asyncio.gather(*(query.first_value(campaign, user) for campaign, user in pairs)), TIMEOUT
+    )
+
+
+@pytest.mark.parametrize("sql", [DEFAULT_ROLE_SQL, MEMBERS_SQL])
+async def test_lookups_asked_at_once_go_in_one_query_and_answer_as_each_would_alone(
+    uuid_campaigns: RoleDatabase, sql: str
+) -> None:
+    pairs = PAIRS * 15
+    async with counting_pool(uuid_campaigns, size=2) as pool:
+        query = DriverRoleQuery(pool, sql)
+        alone = [await query.first_value(campaign, user) for campaign, user in PAIRS]
+        assert pool.alone == len(PAIRS)
+
+        answers = await asked_at_once(query, pairs)
+
+    assert answers == alone * 15
+    assert pool.together == [len(pairs)]
+    assert pool.alone == len(PAIRS)
+    assert query.batching
+
+
+@pytest.mark.parametrize("sql", [DEFAULT_ROLE_SQL, MEMBERS_SQL])
+async def test_an_id_postgres_cannot_compare_spoils_only_its_batch(
+    uuid_campaigns: RoleDatabase, sql: str
+) -> None:
+    # The default SQL's uuid column refuses a text id in asyncpg, the cast in Postgres (22P02).
+    spoiled = [*PAIRS, ("not-a-uuid", "user_p"), ("c1", "user_gm")]
+    async with counting_pool(uuid_campaigns, size=2) as pool:
+        query = DriverRoleQuery(pool, sql)
+        answers = await asked_at_once(query, spoiled)
+        assert pool.alone == len(spoiled), "the batch failed: each lookup asked alone"
+
+        again = await asked_at_once(query, PAIRS)
+
+    assert answers[-2:] == [None, None]
+    assert answers[:-2] == again
+    assert again == (
+        ["gm", "player", "player", None]
+        if sql == DEFAULT_ROLE_SQL
+        else [None, "player", None, None]
+    )
+    assert pool.together == [len(spoiled), len(PAIRS)]
+    assert query.batching
+
+
+async def test_a_role_sql_that_fails_only_in_the_batched_form_goes_one_lookup_at_a_time(
+    uuid_campaigns: RoleDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One statement with a trailing comment after its semicolon: fine alone, a syntax error
+    # inside the batched form's subquery.
+    sql = MEMBERS_SQL + "; -- the member's role"
+    async with counting_pool(uuid_campaigns, size=2) as pool:
+        query = DriverRoleQuery(pool, sql)
+        with caplog.at_level("WARNING", logger="vtt.auth"):
+            answers = await asked_at_once(query, PAIRS)
+        assert not query.batching
+        (warning,) = [r for r in caplog.records if r.name == "vtt.auth"]
+        assert "one at a time" in warning.getMessage()
+
+        again = await asked_at_once(query, PAIRS)
+
+    assert answers == again == [None, "player", None, None]
+    assert pool.alone == 2 * len(PAIRS)
+
+
+async def test_a_broken_role_sql_fails_each_lookup_and_keeps_the_batched_form(
+    uuid_campaigns: RoleDatabase,
+) -> None:
+    # Alone it fails too: the query, not its batched form, is what the deployment must fix.
+    sql = "SELECT role FROM nowhere WHERE c = :campaign_id AND u = :user_id"
+    async with counting_pool(uuid_campaigns, size=2) as pool:
+        query = DriverRoleQuery(pool, sql)
+        roles = SqlRoles(query)
+        failures = await asyncio.wait_for(
+            asyncio.gather(
+                *(refused(roles.role(campaign, identity(user))) for campaign, user in PAIRS)
+            ),
+            TIMEOUT,
+        )
+
+    assert [failure.code for failure in failures] == [CloseCode.INTERNAL_ERROR] * len(PAIRS)
+    assert query.batching
+
+
+async def test_a_batch_during_an_outage_fails_every_lookup_within_one_deadline(
+    uuid_campaigns: RoleDatabase,
+) -> None:
+    url = make_url(uuid_campaigns.url)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        pool = CountingPool(
+            proxied,
+            statement_cache=uuid_campaigns.statement_cache,
+            size=2,
+            connect_timeout=0.5,
+            command_timeout=1.0,
+        )
+        await pool.start()
+        try:
+            roles = SqlRoles(DriverRoleQuery(pool, MEMBERS_SQL))
+            assert await roles.role(UUID_CAMPAIGN, identity("user_p")) == "player"
+            await asked_at_once(roles.query, PAIRS)
+            proxy.stall()
+
+            began = time.monotonic()
+            failures = await asyncio.wait_for(
+                asyncio.gather(
+                    *(refused(roles.role(campaign, identity(user))) for campaign, user in PAIRS)
+                ),
+                TIMEOUT,
+            )
+            # One deadline, not one for the batch and another for each lookup alone.
+            assert time.monotonic() - began < pool.deadline + 0.5
+            assert [f.code for f in failures] == [CloseCode.TRY_AGAIN_LATER] * len(PAIRS)
+            assert pool.together == [len(PAIRS)] * 2
+            assert pool.alone == 1
+
+            proxy.restore()
+            assert await asked_at_once(roles.query, PAIRS) == [None, "player", None, None]
+        finally:
+            await asyncio.wait_for(pool.close(grace=1.0), TIMEOUT)
