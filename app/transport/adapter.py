@@ -16,6 +16,12 @@ uvicorn and websockets method this relies on, and fails naming the one an upgrad
 - when its frames are shareable (no per-message compression), the app finds a FrameSocket
   in `scope["extensions"][SOCKET_EXTENSION]`, to write ready-made frames straight to the
   transport; any other WebSocket implementation publishes none and keeps the ASGI path;
+- the upgrade request comes as httptools parsed it (HeaderDeadlineProtocol): one that
+  websockets would accept as it stands (GET, `Upgrade: websocket`, `Connection` naming
+  upgrade, one valid key, version 13, no body, no subprotocol or extension to negotiate) opens
+  here, its scope built from the parsed headers and its 101 written directly, without
+  serializing it for websockets to parse a second time; any other goes to websockets as
+  uvicorn sends it, which answers it as it always did;
 - the handshake's request and response are released once the connection is accepted;
 - an unanswered keepalive ping drops the socket even when its send buffer is full;
 - on a server shutdown, a connection whose app writes through the FrameSocket is told
@@ -29,16 +35,26 @@ uvicorn and websockets method this relies on, and fails naming the one an upgrad
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import math
+import re
 from collections.abc import Generator
 from typing import Any
+from urllib.parse import unquote
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent, WebSocketAcceptEvent
 from uvicorn.config import Config
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_path_with_query_string,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN, Protocol
+from websockets.utils import accept_key
 
 from app.connection import SOCKET_EXTENSION, FrameSocket, Taker
 
@@ -54,6 +70,21 @@ READ_AHEAD = 16
 # How long a server shutdown waits for the app to close a connection (1012) itself.
 SHUTDOWN_GRACE = 3.0
 
+
+# What websockets' request parser refuses (websockets.http11): a header value or name with
+# other bytes, more headers, a longer line (its CRLF included).
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_MOST_HEADERS = 128
+_LONGEST_LINE = 8192
+# Headers that send a request the long way: a body, or a subprotocol to negotiate. Offered
+# extensions (every browser offers permessage-deflate) are ignored unless the server has
+# some, as websockets ignores them; with some, every request goes the long way.
+_NEGOTIATED = frozenset({b"content-length", b"transfer-encoding", b"sec-websocket-protocol"})
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
 
 # The first byte of a final text frame with no reserved bit set (no compression).
 _FINAL_TEXT = 0x81
@@ -179,6 +210,48 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         limits = [n for n in (self.conn.max_message_size, self.conn.max_fragment_size) if n]
         # The largest frame taken here; a bigger one goes to websockets, which refuses it.
         self._largest = min(limits, default=math.inf)
+        # Sec-WebSocket-Accept of a request opened here (`upgrade`), until its 101 is sent.
+        self._accept_header: bytes | None = None
+
+    def upgrade(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Take the upgrade request httptools parsed (lowercase header names): open it here when
+        websockets would accept it as it stands, else hand it to websockets as uvicorn does.
+
+        Opened here, it is what uvicorn's handle_connect makes of it, from the parsed headers:
+        the scope, the app's task; websockets' parser starts at the frame stage, and `send`
+        writes the 101 itself.
+        """
+        accept = None if self.conn.available_extensions else _accept_header(method, target, headers)
+        if accept is None:
+            self.data_received(_serialized(method, target, headers))
+            return
+        conn = self.conn
+        conn.parser.close()
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
+        self._accept_header = accept
+        self.handshake_initiated = True
+        raw_path, _, query_string = target.partition(b"?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
 
     async def run_asgi(self) -> None:
         """Run the app as uvicorn does, its socket published and the request released first.
@@ -192,10 +265,11 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
             socket: FrameSocket = TransportSocket(self)
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[SOCKET_EXTENSION] = socket
-        request = self.request
-        request.path = ""
-        request.headers.clear()
-        self.request = None  # type: ignore[assignment]
+        if self._accept_header is None:
+            request = self.request
+            request.path = ""
+            request.headers.clear()
+            self.request = None  # type: ignore[assignment]
         await super().run_asgi()
 
     async def send(self, message: ASGISendEvent) -> None:
@@ -204,13 +278,47 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         Cutting frames starts here when websockets' parser waits at a frame boundary (it does
         unless the client sent frames before it had the response).
         """
-        await super().send(message)
+        if (
+            message["type"] == "websocket.accept"
+            and self._accept_header is not None
+            and not self.handshake_complete
+            and self.initial_response is None
+        ):
+            await self._switch(message)
+        else:
+            await super().send(message)
         if message["type"] == "websocket.accept":
             self.response = None  # type: ignore[assignment]
             conn = self.conn
             self._cutting = (
                 conn.state is OPEN and not conn.reader.buffer and _waits_for_a_frame(conn.parser)
             )
+
+    async def _switch(self, message: WebSocketAcceptEvent) -> None:
+        """Accept a request opened here as uvicorn's `send` accepts: the 101 with uvicorn's
+        default headers, the app's headers and subprotocol, keepalive started."""
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        assert self._accept_header is not None
+        lines = [_SWITCHING, self._accept_header, b"\r\n"]
+        for name, value in (*self.default_headers, *message.get("headers", [])):
+            lines += [name.lower(), b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            lines += [b"Sec-WebSocket-Protocol: ", subprotocol.encode(), b"\r\n"]
+        lines.append(b"\r\n")
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.conn.state = OPEN
+            self.transport.write(b"".join(lines))
+            self.start_keepalive()
 
     def data_received(self, data: bytes) -> None:
         """Cut what arrived into frames once open (see the module docstring); else as uvicorn."""
@@ -384,6 +492,72 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         except Exception:
             log.exception("a connection failed to shut down; dropping it")
             self.transport.abort()
+
+
+def _accept_header(method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """Sec-WebSocket-Accept for a request websockets would accept as it stands, with nothing
+    to negotiate; None for any other (websockets then judges it)."""
+    if (
+        method != "GET"
+        or len(headers) > _MOST_HEADERS
+        or len(method) + len(target) + 11 > _LONGEST_LINE
+        or not target.isascii()
+    ):
+        return None
+    connection = False
+    upgrade = key = version = None
+    origins = 0
+    for name, value in headers:
+        if (
+            len(name) + len(value) + 4 > _LONGEST_LINE
+            or not _TOKEN.fullmatch(name)
+            or not _VALUE.fullmatch(value)
+            or name in _NEGOTIATED
+        ):
+            return None
+        if name == b"connection":
+            options = [option.strip() for option in value.split(b",")]
+            if not all(_TOKEN.fullmatch(option) for option in options):
+                return None
+            connection = connection or any(option.lower() == b"upgrade" for option in options)
+        elif name == b"upgrade":
+            if upgrade is not None:
+                return None
+            upgrade = value
+        elif name == b"sec-websocket-key":
+            if key is not None:
+                return None
+            key = value
+        elif name == b"sec-websocket-version":
+            if version is not None:
+                return None
+            version = value
+        elif name == b"origin":
+            origins += 1
+    if (
+        not connection
+        or upgrade is None
+        or upgrade.lower() != b"websocket"
+        or version != b"13"
+        or key is None
+        or origins > 1
+    ):
+        return None
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    return accept_key(key.decode("ascii")).encode("ascii")
+
+
+def _serialized(method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request as uvicorn's handle_websocket_upgrade writes it for websockets to parse."""
+    output = [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        output += [name, b": ", value, b"\r\n"]
+    output.append(b"\r\n")
+    return b"".join(output)
 
 
 def _frame_header(data: bytes, pos: int) -> tuple[int, int] | None:

@@ -114,13 +114,27 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def handle_websocket_upgrade(self) -> None:
-        """Hand the connection to the WebSocket protocol as uvicorn does, then drop the parser.
+        """Hand the connection to the WebSocket protocol, then drop the parser.
+
+        A protocol with an `upgrade` method (the adapter's AdaptedProtocol) takes the request as
+        httptools parsed it; any other gets it as uvicorn gives it, serialized again.
 
         httptools' parser holds this protocol (its callbacks) and this protocol the parser: a
         reference cycle that only the cyclic collector frees, and one that lived through a young
         collection waits for a full one, which runs rarely (app/transport/serve.py).
         """
-        super().handle_websocket_upgrade()
+        kind: Any = self.ws_protocol_class
+        if hasattr(kind, "upgrade"):
+            # As uvicorn's handle_websocket_upgrade, but for the request's hand-over.
+            self.connections.discard(self)
+            protocol = kind(
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            protocol.connection_made(self.transport)
+            protocol.upgrade(self.scope["method"], self.url, self.headers)
+            self.transport.set_protocol(protocol)
+        else:
+            super().handle_websocket_upgrade()
         del self.parser
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -12,12 +12,15 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
+from types import ModuleType
 from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets import http11
+from websockets.http11 import Request
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
@@ -36,7 +39,7 @@ class Upstream:
     """One upstream function, how we depend on it, and the hash of the source we checked."""
 
     library: str
-    owner: type[Any]
+    owner: type[Any] | ModuleType
     name: str
     digest: str
     use: str
@@ -62,7 +65,11 @@ def httptools(name: str, digest: str, use: str) -> Upstream:
 UPSTREAM = [
     sansio("__init__", "631dcd744eab875f", "override (the Inbox; `writable`, `transport`)"),
     sansio("run_asgi", "662375aa38d9044c", "override (publishes the socket, drops the request)"),
-    sansio("send", "d4919ed760ce9f7b", "override (drops the response once accepted)"),
+    sansio(
+        "send",
+        "d4919ed760ce9f7b",
+        "override (drops the response once accepted; its accept branch copied as `_switch`)",
+    ),
     sansio("send_receive_event_to_app", "a2b10de91477dc1d", "override copied and edited"),
     sansio("data_received", "c89d394077d8841d", "override (cuts frames; feeds it the others)"),
     sansio("handle_events", "b2c9351a5d13493f", "relied on (frames fed whole reach the app)"),
@@ -75,7 +82,11 @@ UPSTREAM = [
     ),
     sansio("stop_keepalive", "bbb91b997b37b77c", "relied on (a draining socket pings no more)"),
     sansio("receive", "1dc0e715390021a1", "relied on (reads the Inbox as a queue)"),
-    sansio("handle_connect", "fc648c2161ff8e13", "relied on (the scope, `request`, extensions)"),
+    sansio(
+        "handle_connect",
+        "fc648c2161ff8e13",
+        "relied on (the scope, `request`, extensions) and copied as `upgrade` (the same scope)",
+    ),
     sansio("connection_lost", "dd116afc4d8034e1", "relied on (sets `writable` when lost)"),
     sansio("pause_writing", "4830f7e0d81f877d", "override (`write_paused` follows `writable`)"),
     sansio("resume_writing", "ef79384e5fff077c", "override (`write_paused` follows `writable`)"),
@@ -91,7 +102,8 @@ UPSTREAM = [
     httptools(
         "handle_websocket_upgrade",
         "179c4f769386ab89",
-        "relied on (the WebSocket protocol takes the transport after the headers)",
+        "override copied and edited (the parsed request goes to `upgrade`; its serialization "
+        "copied as the adapter's `_serialized`)",
     ),
     Upstream(
         "uvicorn",
@@ -139,7 +151,56 @@ UPSTREAM = [
         ServerProtocol,
         "process_request",
         "2611abb84de75f09",
-        "relied on (`extensions` are negotiated before the app runs)",
+        "relied on (`extensions` are negotiated before the app runs) and mirrored: "
+        "`_accept_header` takes only requests it accepts",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        ServerProtocol,
+        "accept",
+        "f2f96c48162dbfda",
+        "mirrored (the 101 `_switch` writes: Upgrade, Connection, Sec-WebSocket-Accept)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        ServerProtocol,
+        "send_response",
+        "0676fec30e39473d",
+        "mirrored (a 101 only sets the state OPEN, which `_switch` does)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        ServerProtocol,
+        "process_origin",
+        "84eb4ca9847e9f8c",
+        "mirrored (without origins to check, only a repeated Origin is refused)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        ServerProtocol,
+        "process_extensions",
+        "a7fab79d2bf5ae4f",
+        "mirrored (offers are ignored unless the server has extensions)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        Request,
+        "parse",
+        "fd00e2611149536e",
+        "mirrored (`_accept_header` sends a body the long way)",
+        ADAPTER,
+    ),
+    Upstream(
+        "websockets",
+        http11,
+        "parse_headers",
+        "90bddf8d62394fe6",
+        "mirrored (the header limits and value bytes `_accept_header` checks)",
         ADAPTER,
     ),
 ]
