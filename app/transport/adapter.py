@@ -39,7 +39,6 @@ import base64
 import binascii
 import logging
 import math
-import re
 from collections.abc import Generator
 from typing import Any
 from urllib.parse import unquote
@@ -72,9 +71,9 @@ SHUTDOWN_GRACE = 3.0
 
 
 # What websockets' request parser refuses (websockets.http11): a header value or name with
-# other bytes, more headers, a longer line (its CRLF included).
-_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# other bytes than these, more headers, a longer line (its CRLF included).
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _MOST_HEADERS = 128
 _LONGEST_LINE = 8192
 # Headers that send a request the long way: a body, or a subprotocol to negotiate. Offered
@@ -504,20 +503,22 @@ def _accept_header(method: str, target: bytes, headers: list[tuple[bytes, bytes]
         or not target.isascii()
     ):
         return None
+    names = [name for name, _ in headers]
+    if (
+        not all(names)
+        or b"".join(names).translate(None, _TOKEN_BYTES)
+        or b"".join([value for _, value in headers]).translate(None, _VALUE_BYTES)
+    ):
+        return None
     connection = False
     upgrade = key = version = None
     origins = 0
     for name, value in headers:
-        if (
-            len(name) + len(value) + 4 > _LONGEST_LINE
-            or not _TOKEN.fullmatch(name)
-            or not _VALUE.fullmatch(value)
-            or name in _NEGOTIATED
-        ):
+        if len(name) + len(value) + 4 > _LONGEST_LINE or name in _NEGOTIATED:
             return None
         if name == b"connection":
             options = [option.strip() for option in value.split(b",")]
-            if not all(_TOKEN.fullmatch(option) for option in options):
+            if not all(options) or b"".join(options).translate(None, _TOKEN_BYTES):
                 return None
             connection = connection or any(option.lower() == b"upgrade" for option in options)
         elif name == b"upgrade":
