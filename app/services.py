@@ -100,6 +100,7 @@ class Services:
         if engine.dialect.name == "postgresql" and not settings.dev_auth:
             assert settings.database_url is not None
             driver = DriverPool(settings.database_url, statement_cache=settings.statement_cache)
+            store.read_through(driver)
         auth = build_auth(settings, engine, driver)
         if driver is not None:
             # Its connections open in the background, the role query prepared on each.

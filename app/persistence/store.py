@@ -19,14 +19,16 @@ import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
+import asyncpg
 from sqlalchemy import ARRAY, BigInteger, Text, bindparam, cast, func, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
+from app.persistence.database import ConnectionGone, DriverPool
 from app.persistence.tables import vtt_sessions
 
 BATCH_ROWS: Final = 500
@@ -174,6 +176,22 @@ class SqlStore:
         )
         self._upsert = _postgres_upsert() if self._postgres else _sqlite_upsert()
         self._warming: asyncio.Task[None] | None = None
+        # Where loads run when not through the engine (`read_through`), and their SQL.
+        self._driver: DriverPool | None = None
+        self._load_sql = ""
+        self._load_fenced_sql = ""
+
+    def read_through(self, driver: DriverPool) -> None:
+        """Run loads on `driver` (the app's asyncpg pool, Postgres), not through the engine.
+
+        A campaign's first join loads its state: through SQLAlchemy's async layers that cost
+        0.8-1.8 ms of CPU here, on the pool about 0.13 ms. The SQL is the engine's own,
+        compiled once; a failure is StoreUnavailable, as through the engine.
+        """
+        dialect = self._engine.dialect
+        self._driver = driver
+        self._load_sql = str(self._load.compile(dialect=dialect))
+        self._load_fenced_sql = str(self._load_fenced.compile(dialect=dialect))
 
     def start(self) -> None:
         """Begin warming up in the background (Postgres): see `warm`."""
@@ -221,6 +239,9 @@ class SqlStore:
 
     async def load(self, campaign_id: str) -> bytes | None:
         """Return the stored state's JSON text, or None when the campaign has no row."""
+        if self._driver is not None:
+            row = await self._driver_row(self._load_sql, campaign_id)
+            return None if row is None else bytes(row[0], "utf-8")
         with _store_failures():
             async with self._reader.connect() as connection:
                 state: str | None = await connection.scalar(self._load, {"id": campaign_id})
@@ -228,6 +249,9 @@ class SqlStore:
 
     async def load_fenced(self, campaign_id: str) -> tuple[bytes | None, int]:
         """Return the stored state's JSON text and its fence: (None, 0) without a row."""
+        if self._driver is not None:
+            row = await self._driver_row(self._load_fenced_sql, campaign_id)
+            return (None, 0) if row is None else (bytes(row[0], "utf-8"), int(row[1]))
         with _store_failures():
             async with self._reader.connect() as connection:
                 result = await connection.execute(self._load_fenced, {"id": campaign_id})
@@ -237,6 +261,19 @@ class SqlStore:
         state: str = row[0]
         fence: int = row[1]
         return state.encode(), fence
+
+    async def _driver_row(self, sql: str, campaign_id: str) -> Any:
+        assert self._driver is not None
+        try:
+            return await self._driver.first_row(sql, [campaign_id])
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            ConnectionGone,
+        ) as error:
+            raise StoreUnavailable(_describe(error)) from error
 
     async def save_many(
         self, rows: Sequence[tuple[str, bytes]], fences: Mapping[str, int] | None = None

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.persistence.database import create_engine
+from app.persistence.database import DriverPool, create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import (
     BATCH_ROWS,
@@ -113,17 +113,30 @@ class Timeouts(TypedDict, total=False):
 
 @asynccontextmanager
 async def sql_store(
-    url: str, **timeouts: Unpack[Timeouts]
+    url: str, *, reads: str = "engine", **timeouts: Unpack[Timeouts]
 ) -> AsyncIterator[tuple[SqlStore, AsyncEngine]]:
-    """A migrated database's SqlStore and engine, closed afterwards."""
+    """A migrated database's SqlStore and engine, closed afterwards; with `reads="driver"`
+    (Postgres), its loads run on a driver pool of their own, as the server's do."""
     # Migrating from a worker thread while this loop runs is how the server does it too.
     await asyncio.to_thread(upgrade_to_head, url)
     engine = create_engine(url, **timeouts)
     store = SqlStore(engine)
+    driver = None
+    if reads == "driver":
+        driver = DriverPool(
+            url,
+            size=2,
+            connect_timeout=timeouts.get("connect_timeout", 5.0),
+            command_timeout=timeouts.get("command_timeout", 10.0),
+        )
+        store.read_through(driver)
+        await driver.start()
     try:
         yield store, engine
     finally:
         await store.close()
+        if driver is not None:
+            await driver.close(grace=1.0)
 
 
 # async_url and create_engine
@@ -233,6 +246,29 @@ def test_the_fence_audit_records_every_write_and_raise_but_no_refused_write(
             return await fence_audit(postgres_url)
 
     assert run(scenario()) == [("c1", 2, 1), ("c1", 5, 1), ("c1", 5, 3), ("c2", 0, 7)]
+
+
+@pytest.mark.postgres
+def test_loads_on_the_driver_pool_read_what_the_engine_reads(postgres_url: str) -> None:
+    Loads = dict[str, tuple[bytes | None, tuple[bytes | None, int]]]
+
+    async def scenario() -> tuple[Loads, Loads]:
+        async with sql_store(postgres_url) as (store, _):
+            assert await write_under_fences(store) == FENCED_WRITES
+            await store.save_many([("é-🎲", state("é-🎲", note="ünïcødé 🎲"))])
+            ids = ("c1", "c2", "c3", "c4", "é-🎲")
+            through_engine = {
+                cid: (await store.load(cid), await store.load_fenced(cid)) for cid in ids
+            }
+        async with sql_store(postgres_url, reads="driver") as (store, _):
+            through_driver = {
+                cid: (await store.load(cid), await store.load_fenced(cid)) for cid in ids
+            }
+        return through_engine, through_driver
+
+    through_engine, through_driver = run(scenario())
+    assert through_driver == through_engine
+    assert through_driver["c4"] == (None, (None, 0))
 
 
 def test_loading_a_campaign_without_a_row_returns_none(database_url: str) -> None:
@@ -383,14 +419,16 @@ def test_invalid_json_fails_the_save_without_echoing_the_state(postgres_url: str
 
 
 @asynccontextmanager
-async def proxied_store(postgres_url: str) -> AsyncIterator[tuple[SqlStore, TcpProxy]]:
+async def proxied_store(
+    postgres_url: str, reads: str = "engine"
+) -> AsyncIterator[tuple[SqlStore, TcpProxy]]:
     """A SqlStore whose Postgres link goes through a TcpProxy."""
     direct = make_url(postgres_url)
     async with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
         through = direct.set(host="127.0.0.1", port=proxy.port)
         url = through.render_as_string(hide_password=False)
         async with sql_store(
-            url, connect_timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+            url, reads=reads, connect_timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
         ) as (store, _):
             yield store, proxy
 
@@ -427,11 +465,12 @@ async def wait_until_reachable(store: SqlStore, deadline: float = 10.0) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("reads", ["engine", "driver"])
 def test_a_cut_link_fails_every_call_quickly_and_restore_brings_it_back(
-    postgres_url: str,
+    postgres_url: str, reads: str
 ) -> None:
     async def scenario() -> bytes | None:
-        async with proxied_store(postgres_url) as (store, proxy):
+        async with proxied_store(postgres_url, reads) as (store, proxy):
             await store.save_many([("c1", state("c1", seq=1))])
             proxy.cut()
             await assert_every_call_fails_fast(store)
