@@ -18,6 +18,12 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def _median_of(results: list[dict[str, Any]], key: str) -> float | None:
+    """The median of `key` over the results that have it; None when none does."""
+    values = [r[key] for r in results if isinstance(r.get(key), int | float)]
+    return _median(values) if values else None
+
+
 def _errors_total(result: dict[str, Any]) -> int:
     return int(sum(result.get("errors", {}).values()))
 
@@ -91,6 +97,7 @@ def summarise(mode: str, results: list[dict[str, Any]]) -> dict[str, Any]:
             "p50_ms": _median([r["p50_ms"] for r in results]),
             "p99_ms": _median([r["p99_ms"] for r in results]),
             "clients": results[0]["clients"],
+            "server_cpu_ms_per_connection": _median_of(results, "server_cpu_ms_per_connection"),
             "min_synced": min(r["synced"] for r in results),
             "errors": sum(_errors_total(r) for r in results),
         }
@@ -106,6 +113,7 @@ def summarise(mode: str, results: list[dict[str, Any]]) -> dict[str, Any]:
             "handshake_p50_ms": _median([r["handshake_p50_ms"] for r in results]),
             "handshake_p99_ms": _median([r["handshake_p99_ms"] for r in results]),
             "connections": results[0]["connections"],
+            "server_cpu_ms_per_connection": _median_of(results, "server_cpu_ms_per_connection"),
             "concurrency": results[0]["concurrency"],
             "min_synced": min(r["synced"] for r in results),
             "errors": sum(_errors_total(r) for r in results),
@@ -519,6 +527,7 @@ def markdown(results: dict[str, Any]) -> str:
                     ("until all have state.sync (ms)", "all_synced_ms", 0),
                     ("per-connection handshake to state.sync p50 (ms)", "handshake_p50_ms", 1),
                     ("per-connection handshake to state.sync p99 (ms)", "handshake_p99_ms", 1),
+                    ("server CPU per connection (ms)", "server_cpu_ms_per_connection", 2),
                     ("connections", "connections", 0),
                     ("handshakes in flight at most", "concurrency", 0),
                     ("fewest synced in a repeat", "min_synced", 0),
@@ -557,6 +566,7 @@ def markdown(results: dict[str, Any]) -> str:
                     ("until all have state.sync (ms)", "all_synced_ms", 0),
                     ("per-client p50 (ms)", "p50_ms", 0),
                     ("per-client p99 (ms)", "p99_ms", 0),
+                    ("server CPU per connection (ms)", "server_cpu_ms_per_connection", 2),
                     ("clients", "clients", 0),
                     ("fewest synced in a repeat", "min_synced", 0),
                     ("errors", "errors", 0),

@@ -376,7 +376,8 @@ class Bench:
         p = self.profile
         with self.running(name) as server:
             plan = self.plan(name, server.port, p.connect_campaigns, p.connect_clients)
-            return self.loadgen(
+            before = server.cpu()
+            result = self.loadgen(
                 [
                     "--plan",
                     str(plan),
@@ -390,6 +391,7 @@ class Bench:
                     str(p.connect_concurrency),
                 ]
             )
+            return _with_cpu_per_connection(result, server.cpu() - before, "connections")
 
     def ramp(self, name: str) -> dict[str, Any]:
         """One capacity ramp against server `name`."""
@@ -484,7 +486,8 @@ class Bench:
         p = self.profile
         with self.running(name) as server:
             plan = self.plan(name, server.port, p.storm_campaigns, p.storm_clients)
-            return self.loadgen(
+            before = server.cpu()
+            result = self.loadgen(
                 [
                     "--plan",
                     str(plan),
@@ -496,6 +499,7 @@ class Bench:
                     str(p.storm_clients),
                 ]
             )
+            return _with_cpu_per_connection(result, server.cpu() - before, "clients")
 
     def flush(self) -> dict[str, Any]:
         """Run bench.flush_bench (one tick of N dirty campaigns into Postgres) and read its JSON."""
@@ -723,6 +727,14 @@ def prepare(
     setup.ours_env = env
     books[OURS] = dev_book(work / "devkeys")
     return setup, books
+
+
+def _with_cpu_per_connection(result: dict[str, Any], cpu_s: float, count: str) -> dict[str, Any]:
+    """`result` with the server's CPU per connection over the run (ms), when it counted any."""
+    connections = result.get(count)
+    if isinstance(connections, int) and connections > 0:
+        result["server_cpu_ms_per_connection"] = round(cpu_s / connections * 1000, 3)
+    return result
 
 
 def medians(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:

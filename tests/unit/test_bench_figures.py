@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.run import _with_cpu_per_connection
 from bench.stats import Histogram, connect_figures, percentile
 
 # --- the soak's pass rule ------------------------------------------------------------------------
@@ -317,3 +318,28 @@ def test_issue_9_keeps_only_idle_memory_and_the_flush_tick() -> None:
         "memory per idle connection at 2000 <= 17 KB": "met",
         "one flush tick of 10,000 dirty campaigns < 1 s": "met",
     }
+
+
+# --- server CPU per connection (storm, connect) ---------------------------------------------------
+
+
+def test_server_cpu_per_connection_is_the_runs_cpu_over_its_connections_in_ms() -> None:
+    assert _with_cpu_per_connection({"clients": 500}, 0.55, "clients") == {
+        "clients": 500,
+        "server_cpu_ms_per_connection": 1.1,
+    }
+    assert "server_cpu_ms_per_connection" not in _with_cpu_per_connection({}, 0.5, "clients")
+
+
+def test_a_storm_summary_takes_the_median_cpu_of_the_repeats_that_measured_it() -> None:
+    def storm(cpu: float | None) -> dict[str, Any]:
+        result: dict[str, Any] = {"all_synced_ms": 600.0, "p50_ms": 1.0, "p99_ms": 2.0}
+        result.update(clients=500, synced=500, errors={})
+        if cpu is not None:
+            result["server_cpu_ms_per_connection"] = cpu
+        return result
+
+    summary = report.summarise("storm", [storm(1.0), storm(1.4), storm(1.2), storm(None)])
+
+    assert summary["server_cpu_ms_per_connection"] == 1.2
+    assert report.summarise("storm", [storm(None)])["server_cpu_ms_per_connection"] is None
