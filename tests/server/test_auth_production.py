@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
+from app.persistence.store import SqlStore
 from tests.support.harness import TIMEOUT, Peer, RunningServer, role_of, serve, settings_for
 from tests.support.jwks_server import AZP, BAD_TOKENS, JwksServer, signing_key
 from tests.support.poll import poll
@@ -459,3 +460,26 @@ async def test_a_refresh_during_a_database_outage_keeps_the_connection_on_its_cu
             await player.roundtrip()
             assert await role_of(player, PLAYER) == "player"
             await player.close()
+
+
+@postgres
+async def test_a_campaigns_first_join_loads_its_state_on_the_driver_pool(
+    tmp_path: Path, jwks: JwksServer, database: str
+) -> None:
+    async with production(tmp_path, jwks, database) as server:
+        store = server.services.store
+        assert isinstance(store, SqlStore)
+        driver = store._driver
+        assert driver is not None, "production auth on Postgres: loads go to the driver pool"
+        asked: list[str] = []
+        first_row = driver.first_row
+
+        async def counted(sql: str, args: Any) -> Any:
+            asked.append(sql)
+            return await first_row(sql, args)
+
+        driver.first_row = counted  # type: ignore[method-assign]
+        gm = await join(server, jwks.mint(GM))
+
+        assert any("FROM vtt_sessions" in sql for sql in asked)
+        await gm.close()
