@@ -101,6 +101,7 @@ class Services:
             assert settings.database_url is not None
             driver = DriverPool(settings.database_url, statement_cache=settings.statement_cache)
             store.read_through(driver)
+            chat_store.read_through(driver)
         auth = build_auth(settings, engine, driver)
         if driver is not None:
             # Its connections open in the background, the role query prepared on each.

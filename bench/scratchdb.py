@@ -1,4 +1,8 @@
-"""A throwaway Postgres database for one bench run, holding the app's `campaigns` table."""
+"""A throwaway Postgres database for one bench run, holding the app's `campaigns` and `users`.
+
+`users` is the table the default VTT_USERNAME_SQL reads, as the Go service's database has it:
+every join looks its user's name up there, as in production.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,13 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from bench.tokens import campaign_id, user_id
 
+# Users with a name in `users`, per campaign: more than any mode has clients in a campaign.
+USERS_PER_CAMPAIGN = 16
+
 
 class ScratchDatabase:
-    """Creates `vtt_bench_<pid>` on a Postgres server, fills `campaigns`, drops it on exit."""
+    """Creates `vtt_bench_<pid>` on a Postgres server, fills `campaigns` and `users`, drops it
+    on exit."""
 
     def __init__(self, admin_url: str, campaigns: int) -> None:
         self.admin_url = admin_url
@@ -39,6 +47,13 @@ class ScratchDatabase:
             await db.execute("CREATE TABLE campaigns (id uuid PRIMARY KEY, gm_id text NOT NULL)")
             rows = [(campaign_id(i), user_id(i, 0)) for i in range(self.campaigns)]
             await db.copy_records_to_table("campaigns", records=rows, columns=["id", "gm_id"])
+            await db.execute("CREATE TABLE users (id text PRIMARY KEY, username text)")
+            names = [
+                (user_id(i, slot), f"Bench {i}.{slot}")
+                for i in range(self.campaigns)
+                for slot in range(USERS_PER_CAMPAIGN)
+            ]
+            await db.copy_records_to_table("users", records=names, columns=["id", "username"])
         finally:
             await db.close()
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import Text, bindparam, cast, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -39,6 +40,8 @@ from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine
 
 from app.config import ConfigError
+from app.persistence.database import ConnectionGone, DriverPool, NoResultColumns
+from app.persistence.roles import positional
 from app.persistence.store import StoreUnavailable
 from app.persistence.tables import vtt_chat_rolls
 
@@ -195,11 +198,21 @@ class _ConfiguredQuery:
         self.statement = statement
         self.setting = setting
         self.broken = False
+        # Where it runs when not through the engine (`read_through`): the pool, the SQL with
+        # $n for its names, and the names in $ order.
+        self._driver: DriverPool | None = None
+        self._sql, self._order = positional(sql)
+
+    def read_through(self, driver: DriverPool) -> None:
+        """Run on `driver` (the app's asyncpg pool, Postgres), not through the engine."""
+        self._driver = driver
 
     async def first_value(self, parameters: Mapping[str, str]) -> Any:
         """The first column of the first row; None for no row, ids it cannot compare, or broken."""
         if self.broken:
             return None
+        if self._driver is not None:
+            return await self._driver_value(self._driver, parameters)
         try:
             async with self.engine.connect() as connection:
                 row = (await connection.execute(self.statement, dict(parameters))).first()
@@ -211,14 +224,32 @@ class _ConfiguredQuery:
                 and (_sqlstate(error) or "").startswith(_DATA_EXCEPTION)
             ):
                 return None
-            self.broken = True
-            log.warning(
-                "%s fails; it is not run again until restart (set it empty to turn it off)",
-                self.setting,
-                extra={"reason": _describe(error)},
-            )
+            self._break(error)
             return None
         return None if row is None else row[0]
+
+    async def _driver_value(self, driver: DriverPool, parameters: Mapping[str, str]) -> Any:
+        """`first_value` on the pool: its failures sorted by SQLSTATE as the engine's are."""
+        try:
+            row = await driver.first_row(self._sql, [parameters[name] for name in self._order])
+        except (OSError, TimeoutError, asyncpg.InterfaceError, ConnectionGone) as error:
+            raise StoreUnavailable(_describe(error)) from error
+        except (asyncpg.PostgresError, NoResultColumns) as error:
+            state = getattr(error, "sqlstate", None) or ""
+            if state[:2] in _UNAVAILABLE_CLASSES:
+                raise StoreUnavailable(_describe(error)) from error
+            if not state.startswith(_DATA_EXCEPTION):
+                self._break(error)
+            return None
+        return None if row is None else row[0]
+
+    def _break(self, error: Exception) -> None:
+        self.broken = True
+        log.warning(
+            "%s fails; it is not run again until restart (set it empty to turn it off)",
+            self.setting,
+            extra={"reason": _describe(error)},
+        )
 
 
 # --- the table as found --------------------------------------------------------------------------
@@ -264,7 +295,7 @@ class _Schema:
     timezone: bool
     insert: Executable
     insert_roll: Executable
-    recent: Executable
+    recent: sa.Select[Any]
 
 
 def _read_columns(connection: Connection) -> tuple[dict[str, tuple[str, bool]], list[str]]:
@@ -408,6 +439,24 @@ class SqlChatStore:
             if character_sql is None
             else _ConfiguredQuery(engine, character_sql, CHARACTER_PARAMETERS, "VTT_CHARACTER_SQL")
         )
+        # Where reads run when not through the engine (`read_through`); the history's SQL
+        # there and its parameters in $ order, compiled once (the schema, once found, stays).
+        self._driver: DriverPool | None = None
+        self._recent_sql: tuple[str, tuple[str, ...]] | None = None
+
+    def read_through(self, driver: DriverPool) -> None:
+        """Run reads (a campaign's history, usernames, characters) on `driver`, the app's
+        asyncpg pool (Postgres), not through the engine.
+
+        Each join looks up its user's name, and a campaign's first join reads its history:
+        through SQLAlchemy's async layers a read costs about a millisecond of CPU, on the pool
+        a tenth of that (docs/BENCHMARKS.md). The statements are the engine's own; failures
+        are sorted as through the engine. Writes stay on the engine, in its transactions.
+        """
+        self._driver = driver
+        for query in (self._usernames, self._characters):
+            if query is not None:
+                query.read_through(driver)
 
     @property
     def unusable_reason(self) -> str | None:
@@ -480,9 +529,13 @@ class SqlChatStore:
         if "campaign_id" in schema.uuid_columns and not _is_uuid(campaign_id):
             return []
         parameters = {"p_campaign_id": campaign_id, "p_limit": limit}
-        with _failures():
-            async with self._reader.connect() as connection:
-                rows = (await connection.execute(schema.recent, parameters)).all()
+        rows: Sequence[Any]
+        if self._driver is not None:
+            rows = await self._driver_rows(self._driver, schema, parameters)
+        else:
+            with _failures():
+                async with self._reader.connect() as connection:
+                    rows = (await connection.execute(schema.recent, parameters)).all()
         messages = [
             StoredMessage(
                 id=row[0],
@@ -501,6 +554,25 @@ class SqlChatStore:
         ]
         names = {user_id: await self.username(user_id) for user_id in {m.user_id for m in messages}}
         return [replace(m, username=names[m.user_id]) for m in messages]
+
+    async def _driver_rows(
+        self, driver: DriverPool, schema: _Schema, parameters: Mapping[str, Any]
+    ) -> list[Any]:
+        """The history's rows read on the pool, with the statement as the engine compiles it."""
+        if self._recent_sql is None:
+            compiled = schema.recent.compile(dialect=self._engine.dialect)
+            self._recent_sql = (str(compiled), tuple(compiled.positiontup or ()))
+        sql, order = self._recent_sql
+        try:
+            return await driver.all_rows(sql, [parameters[name] for name in order])
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            ConnectionGone,
+        ) as error:
+            raise StoreUnavailable(_describe(error)) from error
 
     async def username(self, user_id: str) -> str | None:
         """The first value VTT_USERNAME_SQL gives, when it is a non-empty string."""

@@ -463,23 +463,31 @@ async def test_a_refresh_during_a_database_outage_keeps_the_connection_on_its_cu
 
 
 @postgres
-async def test_a_campaigns_first_join_loads_its_state_on_the_driver_pool(
+async def test_a_campaigns_first_join_reads_its_state_chat_and_usernames_on_the_driver_pool(
     tmp_path: Path, jwks: JwksServer, database: str
 ) -> None:
+    await _sql(database, "CREATE TABLE users (id text PRIMARY KEY, username text)")
     async with production(tmp_path, jwks, database) as server:
         store = server.services.store
         assert isinstance(store, SqlStore)
         driver = store._driver
         assert driver is not None, "production auth on Postgres: loads go to the driver pool"
         asked: list[str] = []
-        first_row = driver.first_row
+        first_row, all_rows = driver.first_row, driver.all_rows
 
         async def counted(sql: str, args: Any) -> Any:
             asked.append(sql)
             return await first_row(sql, args)
 
+        async def counted_all(sql: str, args: Any) -> Any:
+            asked.append(sql)
+            return await all_rows(sql, args)
+
         driver.first_row = counted  # type: ignore[method-assign]
+        driver.all_rows = counted_all  # type: ignore[method-assign]
         gm = await join(server, jwks.mint(GM))
 
-        assert any("FROM vtt_sessions" in sql for sql in asked)
+        assert any("FROM vtt_sessions" in sql for sql in asked), "the state"
+        assert any("FROM chat_messages" in sql for sql in asked), "the chat history"
+        assert any(sql == "SELECT username FROM users WHERE id = $1" for sql in asked), "the name"
         await gm.close()

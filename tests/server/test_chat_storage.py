@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,7 +27,7 @@ from app.persistence.chat import (
     SqlChatStore,
     StoredMessage,
 )
-from app.persistence.database import create_engine
+from app.persistence.database import DriverPool, create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, StoreUnavailable
 from tests.support.harness import serve, settings_for
@@ -98,9 +98,11 @@ async def look(url: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def chat_store(
-    url: str, *, migrate: bool = True, **options: Any
+    url: str, *, migrate: bool = True, reads: str = "engine", **options: Any
 ) -> AsyncIterator[tuple[SqlChatStore, AsyncEngine]]:
-    """A SqlChatStore on the database (migrated first), its engine disposed afterwards."""
+    """A SqlChatStore on the database (migrated first), its engine disposed afterwards; with
+    `reads="driver"` (Postgres), its reads run on a driver pool of their own, as the server's
+    do (after its startup check, as there)."""
     if migrate:
         await asyncio.to_thread(upgrade_to_head, url)
     timeouts = {
@@ -109,9 +111,22 @@ async def chat_store(
     engine = create_engine(url, **timeouts)
     options.setdefault("username_sql", DEFAULT_USERNAME_SQL)
     options.setdefault("character_sql", None)
+    store = SqlChatStore(engine, **options)
+    driver = None
+    if reads == "driver":
+        driver = DriverPool(
+            url,
+            size=2,
+            connect_timeout=timeouts.get("connect_timeout", 5.0),
+            command_timeout=timeouts.get("command_timeout", 10.0),
+        )
+        store.read_through(driver)
+        await driver.start()
     try:
-        yield SqlChatStore(engine, **options), engine
+        yield store, engine
     finally:
+        if driver is not None:
+            await driver.close(grace=1.0)
         await engine.dispose()
 
 
@@ -239,8 +254,9 @@ def test_downgrading_drops_the_rolls_and_keeps_chat_messages(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("reads", ["engine", "driver"])
 def test_upgrade_adopts_a_go_shaped_chat_messages_and_rewrites_none_of_its_rows(
-    postgres_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path, reads: str
 ) -> None:
     run(execute(postgres_url, *GO_POSTGRES_DDL))
     run(
@@ -270,8 +286,9 @@ def test_upgrade_adopts_a_go_shaped_chat_messages_and_rewrites_none_of_its_rows(
     assert "vtt_chat_rolls" in found["tables"]
 
     async def history() -> list[StoredMessage]:
-        async with chat_store(postgres_url, migrate=False) as (store, _):
+        async with chat_store(postgres_url, migrate=False, reads=reads) as (store, _):
             await store.check()
+            assert await store.recent("not-a-uuid", 100) == []
             return await store.recent(CAMPAIGN, 100)
 
     messages = run(history())
@@ -383,6 +400,105 @@ def test_a_message_and_its_roll_round_trip_through_insert_and_recent(database_ur
     assert (second.gm_only, second.roll, second.character_id) == (True, None, None)
 
 
+@pytest.mark.postgres
+def test_reads_on_the_driver_pool_give_what_the_engine_gives(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    character_sql = (
+        "SELECT 1 FROM characters WHERE id = :character_id AND owner_id = :user_id"
+        " AND campaign_id = :campaign_id"
+    )
+    messages = [
+        stored(1, character_id="pc-1", recipient_id="bob", message_type="whisper", roll=ROLL),
+        stored(2, user="bob", gm_only=True, content=json.dumps({"text": "é 🗡", "n": 2**62})),
+        stored(3, user="carol"),
+        stored(4, campaign="c2"),
+    ]
+    asked = [
+        ("c1", "alice", "pc-1"),
+        ("c1", "bob", "pc-1"),
+        ("c1", "alice", "pc-2"),
+        ("c2", "alice", "pc-1"),
+    ]
+
+    statements: dict[str, int] = {}
+
+    async def read(reads: str, **options: Any) -> tuple[Any, ...]:
+        async with chat_store(
+            postgres_url, migrate=False, reads=reads, character_sql=character_sql, **options
+        ) as (store, engine):
+            await store.check()
+            through_engine: list[str] = []
+            event.listen(
+                engine.sync_engine,
+                "before_cursor_execute",
+                lambda _c, _k, statement, *_: through_engine.append(statement),
+            )
+            answers = (
+                await store.recent("c1", 2),
+                await store.recent("c1", 10),
+                await store.recent("c9", 10),
+                [await store.username(user) for user in ("alice", "bob", "carol", "dave")],
+                [await store.may_speak_as(*triple) for triple in asked],
+            )
+            statements[reads] = len(through_engine)
+            return answers
+
+    async def scenario() -> tuple[tuple[Any, ...], ...]:
+        await asyncio.to_thread(upgrade_to_head, postgres_url)
+        await execute(
+            postgres_url,
+            "CREATE TABLE users (id text PRIMARY KEY, username text)",
+            "INSERT INTO users VALUES ('alice', 'Alice'), ('bob', ''), ('carol', NULL)",
+            "CREATE TABLE characters (id text, owner_id text, campaign_id text)",
+            "INSERT INTO characters VALUES ('pc-1', 'alice', 'c1')",
+        )
+        async with chat_store(postgres_url, migrate=False) as (store, _):
+            for message in messages:
+                await store.insert(message)
+        broken = "SELECT username FROM no_such_table WHERE id = :user_id"
+        return (
+            await read("engine"),
+            await read("driver"),
+            await read("engine", username_sql=broken),
+            await read("driver", username_sql=broken),
+        )
+
+    with caplog.at_level(logging.WARNING, logger="vtt.chat"):
+        engine, driver, engine_broken, driver_broken = run(scenario())
+    assert driver == engine
+    # On the pool, not one of these reads went through the engine.
+    assert statements["driver"] == 0 < statements["engine"]
+    last_two, every, none, names, speaks = driver
+    assert [m.id for m in last_two] == [messages[1].id, messages[2].id]
+    first = every[0]
+    assert (first.id, first.character_id, first.recipient_id, first.message_type) == (
+        messages[0].id,
+        "pc-1",
+        "bob",
+        "whisper",
+    )
+    assert (first.created_at, json.loads(first.roll or "")) == (
+        messages[0].created_at,
+        json.loads(ROLL),
+    )
+    assert [m.username for m in every] == ["Alice", None, None]
+    assert json.loads(every[1].content) == {"text": "é 🗡", "n": 2**62}
+    assert [(m.gm_only, m.roll is None) for m in every] == [
+        (False, False),
+        (True, True),
+        (False, True),
+    ]
+    assert none == []
+    assert names == ["Alice", None, None, None]
+    assert speaks == [True, False, False, False]
+    # A failing username query: no names, and one warning from each store.
+    assert driver_broken == engine_broken
+    assert driver_broken[3] == [None, None, None, None]
+    warnings = [r for r in caplog.records if r.name == "vtt.chat"]
+    assert [r.getMessage().split(";")[0] for r in warnings] == ["VTT_USERNAME_SQL fails"] * 2
+
+
 def test_recent_gives_the_last_messages_of_one_campaign_oldest_first_ties_by_id(
     database_url: str,
 ) -> None:
@@ -446,8 +562,9 @@ def test_a_go_table_takes_new_messages_and_refuses_non_uuid_ids_before_writing(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("reads", ["engine", "driver"])
 def test_a_cut_link_makes_every_call_raise_store_unavailable_until_restored(
-    postgres_url: str,
+    postgres_url: str, reads: str
 ) -> None:
     async def scenario() -> list[StoredMessage]:
         direct = make_url(postgres_url)
@@ -456,10 +573,9 @@ def test_a_cut_link_makes_every_call_raise_store_unavailable_until_restored(
         async with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
             through = direct.set(host="127.0.0.1", port=proxy.port)
             url = through.render_as_string(hide_password=False)
-            async with chat_store(url, migrate=False, connect_timeout=1.5, command_timeout=2.0) as (
-                store,
-                _,
-            ):
+            async with chat_store(
+                url, migrate=False, reads=reads, connect_timeout=1.5, command_timeout=2.0
+            ) as (store, _):
                 await store.check()
                 proxy.cut()
                 calls = (
@@ -604,17 +720,22 @@ def test_usernames_come_from_the_configured_query_and_none_without_one(database_
 
 
 @pytest.mark.postgres
-def test_a_user_id_a_uuid_users_table_cannot_hold_has_no_username(postgres_url: str) -> None:
+@pytest.mark.parametrize("reads", ["engine", "driver"])
+def test_a_user_id_a_uuid_users_table_cannot_hold_has_no_username(
+    postgres_url: str, reads: str
+) -> None:
     async def scenario() -> list[str | None]:
         await execute(
             postgres_url,
             "CREATE TABLE users (id uuid PRIMARY KEY, username text)",
             f"INSERT INTO users VALUES ('{CHARACTER}', 'Uma')",
         )
-        async with chat_store(postgres_url) as (store, _):
-            return [await store.username("user_2abc"), await store.username(CHARACTER)]
+        async with chat_store(postgres_url, reads=reads) as (store, _):
+            names = [await store.username("user_2abc"), await store.username(CHARACTER)]
+            # A data exception is no row, not a broken query: it is asked again.
+            return [*names, await store.username(CHARACTER)]
 
-    assert run(scenario()) == [None, "Uma"]
+    assert run(scenario()) == [None, "Uma", "Uma"]
 
 
 def test_a_broken_username_query_is_logged_once_and_gives_no_names(
