@@ -40,8 +40,8 @@ from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine
 
 from app.config import ConfigError
-from app.persistence.database import ConnectionGone, DriverPool, NoResultColumns
-from app.persistence.roles import positional
+from app.persistence.database import ConnectionGone, DriverPool
+from app.persistence.roles import DriverLookups, RoleQueryBroken, RoleQueryUnavailable
 from app.persistence.store import StoreUnavailable
 from app.persistence.tables import vtt_chat_rolls
 
@@ -198,21 +198,21 @@ class _ConfiguredQuery:
         self.statement = statement
         self.setting = setting
         self.broken = False
-        # Where it runs when not through the engine (`read_through`): the pool, the SQL with
-        # $n for its names, and the names in $ order.
-        self._driver: DriverPool | None = None
-        self._sql, self._order = positional(sql)
+        self._sql = sql
+        # Where it runs when not through the engine (`read_through`).
+        self._lookups: DriverLookups | None = None
 
     def read_through(self, driver: DriverPool) -> None:
-        """Run on `driver` (the app's asyncpg pool, Postgres), not through the engine."""
-        self._driver = driver
+        """Run on `driver` (the app's asyncpg pool, Postgres), not through the engine: the
+        lookups of a join storm go together, as the role lookups do."""
+        self._lookups = DriverLookups(driver, self._sql, self.setting)
 
     async def first_value(self, parameters: Mapping[str, str]) -> Any:
         """The first column of the first row; None for no row, ids it cannot compare, or broken."""
         if self.broken:
             return None
-        if self._driver is not None:
-            return await self._driver_value(self._driver, parameters)
+        if self._lookups is not None:
+            return await self._driver_value(self._lookups, parameters)
         try:
             async with self.engine.connect() as connection:
                 row = (await connection.execute(self.statement, dict(parameters))).first()
@@ -228,27 +228,22 @@ class _ConfiguredQuery:
             return None
         return None if row is None else row[0]
 
-    async def _driver_value(self, driver: DriverPool, parameters: Mapping[str, str]) -> Any:
+    async def _driver_value(self, lookups: DriverLookups, parameters: Mapping[str, str]) -> Any:
         """`first_value` on the pool: its failures sorted by SQLSTATE as the engine's are."""
         try:
-            row = await driver.first_row(self._sql, [parameters[name] for name in self._order])
-        except (OSError, TimeoutError, asyncpg.InterfaceError, ConnectionGone) as error:
-            raise StoreUnavailable(_describe(error)) from error
-        except (asyncpg.PostgresError, NoResultColumns) as error:
-            state = getattr(error, "sqlstate", None) or ""
-            if state[:2] in _UNAVAILABLE_CLASSES:
-                raise StoreUnavailable(_describe(error)) from error
-            if not state.startswith(_DATA_EXCEPTION):
-                self._break(error)
+            return await lookups.first_value(parameters)
+        except RoleQueryUnavailable as failure:
+            raise StoreUnavailable(failure.cause) from failure
+        except RoleQueryBroken as failure:
+            self._break(failure.cause)
             return None
-        return None if row is None else row[0]
 
-    def _break(self, error: Exception) -> None:
+    def _break(self, error: Exception | str) -> None:
         self.broken = True
         log.warning(
             "%s fails; it is not run again until restart (set it empty to turn it off)",
             self.setting,
-            extra={"reason": _describe(error)},
+            extra={"reason": error if isinstance(error, str) else _describe(error)},
         )
 
 

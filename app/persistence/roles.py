@@ -1,8 +1,9 @@
 """The role query: VTT_ROLE_SQL run with bound parameters, its database errors translated here.
 
 RoleSource              what SqlRoles asks: `first_value(campaign_id, user_id)`
-DriverRoleQuery         Postgres: the query on the app's asyncpg pool, the lookups asked
-                        meanwhile together in one round trip
+DriverRoleQuery         Postgres: the query on the app's asyncpg pool (DriverLookups)
+DriverLookups           a configured lookup query on the pool, the lookups asked meanwhile
+                        together in one round trip (roles here, usernames and characters too)
 RoleQuery               SQLite (the embedded default): the query through the SQLAlchemy engine
 RoleQueryUnavailable    the database cannot answer now (connection, resources, timeouts)
 RoleQueryBroken         the query itself fails; neither a client nor a retry can fix it
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import asyncpg
@@ -34,7 +35,7 @@ ROLE_PARAMETERS = frozenset({"campaign_id", "user_id"})
 IN_FLIGHT = 2
 # The most lookups one query answers.
 BATCH_LIMIT = 256
-# The names the batched form gives its pairs and their rows: none a VTT_ROLE_SQL would use.
+# The names the batched form gives its lookups' values and their rows: none a query would use.
 _KEYS = "vtt_lookup_keys"
 _ORDINAL = "vtt_lookup_n"
 _ROWS = "vtt_lookup_rows"
@@ -124,31 +125,49 @@ class RoleQuery:
 
 
 class DriverRoleQuery:
-    """VTT_ROLE_SQL on the app's asyncpg pool (Postgres): no SQLAlchemy layers in between.
-
-    The SQL's `:campaign_id` and `:user_id` become `$1`/`$2` once, here; the errors are
-    classified by SQLSTATE as the engine's are. In autocommit, as through the engine: no
-    transaction is begun.
-
-    Lookups go out at the end of the event loop's turn that asked for them, IN_FLIGHT queries
-    at most at a time; those asked while they are under way go together, up to BATCH_LIMIT in
-    one query: VTT_ROLE_SQL joined laterally to the (campaign, user) pairs, passed as two
-    arrays of the types Postgres infers for its parameters, first row per pair. A join storm
-    then costs a round trip per batch, not per connection. A batch that fails for anything
-    but an outage is answered one lookup at a time, each as if alone (an id Postgres cannot
-    compare spoils only a batch); one whose batched form fails where the lookups alone
-    succeed means that form does not suit this SQL, and lookups go one at a time from then on.
-    """
+    """VTT_ROLE_SQL on the app's asyncpg pool (Postgres), lookups batched (DriverLookups)."""
 
     def __init__(self, pool: DriverPool, sql: str) -> None:
         checked_role_sql(sql)
-        self.sql, self.order = positional(sql)
         # Names only inside a string literal or a comment are not parameters at all.
-        _check_names(frozenset(self.order))
+        _check_names(frozenset(positional(sql)[1]))
+        self.lookups = DriverLookups(pool, sql, "VTT_ROLE_SQL")
+
+    @property
+    def batching(self) -> bool:
+        """Whether lookups asked together go in one query (see DriverLookups)."""
+        return self.lookups.batching
+
+    async def first_value(self, campaign_id: str, user_id: str) -> Any:
+        """The first column of the first row; None for no row or ids the database can't compare."""
+        return await self.lookups.first_value({"campaign_id": campaign_id, "user_id": user_id})
+
+
+class DriverLookups:
+    """A configured lookup query (VTT_ROLE_SQL, VTT_USERNAME_SQL, ...) on the app's asyncpg
+    pool (Postgres): no SQLAlchemy layers in between.
+
+    The SQL's `:name` parameters become `$1`, `$2`, ... once, here; the errors are classified
+    by SQLSTATE as the engine's are. In autocommit, as through the engine: no transaction is
+    begun.
+
+    Lookups go out at the end of the event loop's turn that asked for them, IN_FLIGHT queries
+    at most at a time; those asked while they are under way go together, up to BATCH_LIMIT in
+    one query: the SQL joined laterally to the parameters' values, passed as one array per
+    parameter of the type Postgres infers for it, first row per lookup. A join storm then
+    costs a round trip per batch, not per connection. A batch that fails for anything but an
+    outage is answered one lookup at a time, each as if alone (an id Postgres cannot compare
+    spoils only a batch); one whose batched form fails where the lookups alone succeed means
+    that form does not suit this SQL, and lookups go one at a time from then on.
+    """
+
+    def __init__(self, pool: DriverPool, sql: str, setting: str) -> None:
+        self.sql, self.order = positional(sql)
+        self.setting = setting
         self.pool = pool
         pool.prepare_when_warming(self.sql, len(self.order))
         self.batching = True
-        # VTT_ROLE_SQL with its names as columns of the pairs; the whole query once the
+        # The SQL with its names as columns of the lookups' values; the whole query once the
         # parameters' types are known.
         self._lateral = _named(sql, lambda name: f"{_KEYS}.{name}").rstrip().rstrip(";")
         self._batch_sql: str | None = None
@@ -157,10 +176,15 @@ class DriverRoleQuery:
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def first_value(self, campaign_id: str, user_id: str) -> Any:
-        """The first column of the first row; None for no row or ids the database can't compare."""
+    async def first_value(self, parameters: Mapping[str, str]) -> Any:
+        """The first column of the first row for these parameters (one value per name); None
+        for no row or values the database can't compare.
+
+        Raises RoleQueryUnavailable (an outage) or RoleQueryBroken (the query fails).
+        """
         loop = asyncio.get_running_loop()
-        lookup = _Lookup(campaign_id, user_id, loop.create_future())
+        values = tuple(parameters[name] for name in self.order)
+        lookup = _Lookup(values, loop.create_future())
         self._waiting.append(lookup)
         if not self._scheduled and self._in_flight < IN_FLIGHT:
             self._scheduled = True
@@ -200,8 +224,8 @@ class DriverRoleQuery:
             if outcome is _SUSPECT and not any(broken):
                 self.batching = False
                 log.warning(
-                    "campaign role lookups go one at a time: VTT_ROLE_SQL fails in its batched "
-                    "form, alone it works"
+                    "%s lookups go one at a time: it fails in its batched form, alone it works",
+                    self.setting,
                 )
         finally:
             for lookup in batch:
@@ -211,7 +235,7 @@ class DriverRoleQuery:
     async def _alone(self, lookup: _Lookup) -> bool:
         """Answer one lookup with a query of its own; whether the query itself is broken."""
         try:
-            value = await self._one(lookup.campaign_id, lookup.user_id)
+            value = await self._one(lookup.values)
         except RoleQueryBroken as failure:
             lookup.settle(error=failure)
             return True
@@ -221,10 +245,9 @@ class DriverRoleQuery:
         lookup.settle(value)
         return False
 
-    async def _one(self, campaign_id: str, user_id: str) -> Any:
-        values = {"campaign_id": campaign_id, "user_id": user_id}
+    async def _one(self, values: tuple[str, ...]) -> Any:
         try:
-            row = await self.pool.first_row(self.sql, [values[name] for name in self.order])
+            row = await self.pool.first_row(self.sql, values)
         except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             # InterfaceError: the connection closed under the query, the pool is closing.
             raise RoleQueryUnavailable(type(exc).__name__) from None
@@ -242,16 +265,13 @@ class DriverRoleQuery:
     async def _together(self, batch: list[_Lookup]) -> object:
         """Answer `batch` with one query: _ANSWERED, or _SINGLY/_SUSPECT to answer it singly
         (_SUSPECT: the batched form itself may be what failed)."""
-        columns = {
-            "campaign_id": [lookup.campaign_id for lookup in batch],
-            "user_id": [lookup.user_id for lookup in batch],
-        }
+        columns = [[lookup.values[n] for lookup in batch] for n in range(len(self.order))]
         try:
             if self._batch_sql is None:
                 self._batch_sql = await self._batched_form()
             if self._batch_sql is None:
                 return _SUSPECT
-            rows = await self.pool.all_rows(self._batch_sql, [columns[n] for n in self.order])
+            rows = await self.pool.all_rows(self._batch_sql, columns)
         except (OSError, TimeoutError, asyncpg.InterfaceError, ConnectionGone) as exc:
             cause = exc.cause if isinstance(exc, ConnectionGone) else type(exc).__name__
             for lookup in batch:
@@ -295,20 +315,20 @@ class DriverRoleQuery:
         )
 
 
-# How a batch went (DriverRoleQuery._together).
+# How a batch went (DriverLookups._together).
 _ANSWERED = object()
 _SINGLY = object()
 _SUSPECT = object()
 
 
 class _Lookup:
-    """One caller's lookup: its pair, and the future its answer (or failure) goes to."""
+    """One caller's lookup: its values in $ order, and the future its answer (or failure)
+    goes to."""
 
-    __slots__ = ("answer", "campaign_id", "user_id")
+    __slots__ = ("answer", "values")
 
-    def __init__(self, campaign_id: str, user_id: str, answer: asyncio.Future[Any]) -> None:
-        self.campaign_id = campaign_id
-        self.user_id = user_id
+    def __init__(self, values: tuple[str, ...], answer: asyncio.Future[Any]) -> None:
+        self.values = values
         self.answer = answer
 
     def settle(self, value: Any = None, *, error: Exception | None = None) -> None:

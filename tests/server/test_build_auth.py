@@ -83,7 +83,7 @@ async def test_with_a_driver_pool_sql_roles_run_on_it_with_the_configured_member
         resolver = auth.roles.resolver
         assert isinstance(resolver, SqlRoles)
         assert isinstance(resolver.query, DriverRoleQuery)
-        assert resolver.query.pool is driver
+        assert resolver.query.lookups.pool is driver
         assert (auth.roles.cache.ttl, auth.roles.cache.size) == (2.5, 7)
     finally:
         await engine.dispose()

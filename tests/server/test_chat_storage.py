@@ -720,6 +720,40 @@ def test_usernames_come_from_the_configured_query_and_none_without_one(database_
 
 
 @pytest.mark.postgres
+def test_usernames_asked_at_once_on_the_driver_pool_go_together_in_one_query(
+    postgres_url: str,
+) -> None:
+    users = [f"user_{n}" for n in range(40)]
+
+    async def scenario() -> tuple[list[str | None], list[int]]:
+        await execute(
+            postgres_url,
+            "CREATE TABLE users (id text PRIMARY KEY, username text)",
+            *(f"INSERT INTO users VALUES ('{user}', 'Name {user}')" for user in users[::2]),
+        )
+        async with chat_store(postgres_url, reads="driver") as (store, _):
+            pool = store._usernames._lookups.pool  # type: ignore[union-attr]
+            batches: list[int] = []
+            first_row, all_rows = pool.first_row, pool.all_rows
+
+            async def one(sql: str, args: Any) -> Any:
+                batches.append(1)
+                return await first_row(sql, args)
+
+            async def every(sql: str, args: Any) -> Any:
+                batches.append(len(args[0]))
+                return await all_rows(sql, args)
+
+            pool.first_row, pool.all_rows = one, every  # type: ignore[method-assign]
+            names = await asyncio.gather(*(store.username(user) for user in users))
+            return list(names), batches
+
+    names, batches = run(scenario())
+    assert names == [f"Name {user}" if n % 2 == 0 else None for n, user in enumerate(users)]
+    assert batches == [40], "asked in one turn, the 40 lookups went in one query"
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("reads", ["engine", "driver"])
 def test_a_user_id_a_uuid_users_table_cannot_hold_has_no_username(
     postgres_url: str, reads: str
@@ -732,10 +766,12 @@ def test_a_user_id_a_uuid_users_table_cannot_hold_has_no_username(
         )
         async with chat_store(postgres_url, reads=reads) as (store, _):
             names = [await store.username("user_2abc"), await store.username(CHARACTER)]
-            # A data exception is no row, not a broken query: it is asked again.
-            return [*names, await store.username(CHARACTER)]
+            # A data exception is no row, not a broken query: it is asked again. Asked
+            # together (one batch on the pool), the id the column cannot hold spoils nothing.
+            together = await asyncio.gather(store.username("user_2abc"), store.username(CHARACTER))
+            return [*names, await store.username(CHARACTER), *together]
 
-    assert run(scenario()) == [None, "Uma", "Uma"]
+    assert run(scenario()) == [None, "Uma", "Uma", None, "Uma"]
 
 
 def test_a_broken_username_query_is_logged_once_and_gives_no_names(

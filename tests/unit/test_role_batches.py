@@ -74,7 +74,7 @@ async def test_lookups_asked_while_the_queries_in_flight_are_answered_go_togethe
     later = ask(query, "a", "b", "c")
     # One turn for the three to be asked: they wait, nothing more is sent.
     await asyncio.sleep(0)
-    assert len(query._waiting) == 3
+    assert len(query.lookups._waiting) == 3
     assert len(pool.queries) == IN_FLIGHT
     pool.held[0].set()
     await pool.sent(IN_FLIGHT + 1)
@@ -96,7 +96,7 @@ async def test_a_lookup_whose_caller_gave_up_is_not_asked() -> None:
     kept, gone = ask(query, "kept", "gone")
     # One turn for the two to be asked (they wait), then one gives up.
     await asyncio.sleep(0)
-    assert len(query._waiting) == 2
+    assert len(query.lookups._waiting) == 2
     gone.cancel()
     pool.held[0].set()
     await pool.sent(3)
@@ -113,7 +113,7 @@ async def test_callers_of_a_batch_cut_short_hear_of_an_outage() -> None:
     query = DriverRoleQuery(pool, SQL)
     waiting = ask(query, "a", "b")
     await pool.sent(1)
-    (batch,) = query._tasks
+    (batch,) = query.lookups._tasks
 
     batch.cancel()
     outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), TIMEOUT)
