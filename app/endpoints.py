@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -96,7 +97,7 @@ class WebSocketEndpoint:
     """The /ws endpoint as a plain ASGI app, so the hot path skips per-message wrappers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Accept, run the handshake checks, join the campaign, then read until disconnect.
+        """Run the handshake checks, accept, join the campaign, then read until disconnect.
 
         In a cluster, a campaign another machine owns is reached before accepting: through
         Fly's replay or a relay (`app.coord.routing`); then the connection is over here.
@@ -107,7 +108,6 @@ class WebSocketEndpoint:
         services = services_of(scope)
         if services.settings.cluster is not None and await _routed(scope, receive, send, services):
             return
-        await send({"type": "websocket.accept"})
         services.metrics.open_connections.inc()
         try:
             await self._run(scope, receive, send, services)
@@ -123,8 +123,11 @@ class WebSocketEndpoint:
     async def _join(
         self, scope: Scope, receive: Receive, send: Send, services: Services
     ) -> tuple[Connection, Session] | None:
-        """Admit and join the connection, or close it with the refusal's code (then None).
+        """Admit, accept and join the connection, or accept it and close it with the refusal's
+        code (then None; None too when the client left before it was accepted).
 
+        The upgrade is accepted once the checks passed: a campaign already live then greets
+        in the turn that accepted, so its state goes out with the 101 (app/transport/adapter.py).
         What only the handshake needs (query, claims) stays in this frame, which ends here:
         the connection then keeps the essentials for as long as it lasts. A campaign another
         machine claimed meanwhile (Owned) is relayed there, after the refusal's clean-up.
@@ -132,9 +135,17 @@ class WebSocketEndpoint:
         query = QueryParams(scope["query_string"])
         campaign_id = query.get("campaign", "")
         moved: tuple[Owner, Handshake, Identity] | None = None
+        accepted = False
         try:
             try:
                 identity, actor = await services.auth.admit(scope, campaign_id)
+                username = await _username(services.chat_store, identity.user_id)
+                try:
+                    await send({"type": "websocket.accept"})
+                except OSError:
+                    # The client went away during the checks (uvicorn's ClientDisconnected).
+                    return None
+                accepted = True
                 kept = Identity(identity.user_id, {}, identity.expires_at)
                 connection = Connection(
                     send,
@@ -144,7 +155,7 @@ class WebSocketEndpoint:
                     campaign_id,
                     services.settings,
                     services.metrics,
-                    await _username(services.chat_store, identity.user_id),
+                    username,
                 )
                 since, epoch = _resume_point(query)
                 session, _ = await services.manager.join(campaign_id, connection, since, epoch)
@@ -165,9 +176,14 @@ class WebSocketEndpoint:
                     "reason": refusal.reason,
                 },
             )
-            await send(
-                {"type": "websocket.close", "code": int(refusal.code), "reason": refusal.reason}
-            )
+            # Gone already (uvicorn's ClientDisconnected): nobody to tell.
+            with contextlib.suppress(OSError):
+                if not accepted:
+                    # A refusal is a close code: browsers cannot read an upgrade's HTTP status.
+                    await send({"type": "websocket.accept"})
+                await send(
+                    {"type": "websocket.close", "code": int(refusal.code), "reason": refusal.reason}
+                )
             return None
         finally:
             # Nothing reads these after the handshake; a connection that lasts hours need not

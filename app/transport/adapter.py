@@ -16,12 +16,16 @@ uvicorn and websockets method this relies on, and fails naming the one an upgrad
 - when its frames are shareable (no per-message compression), the app finds a FrameSocket
   in `scope["extensions"][SOCKET_EXTENSION]`, to write ready-made frames straight to the
   transport; any other WebSocket implementation publishes none and keeps the ASGI path;
-- the upgrade request comes as httptools parsed it (HeaderDeadlineProtocol): one that
+- the connection comes with the addresses the HTTP protocol found (`taken_over`), and the
+  upgrade request as httptools parsed it (HeaderDeadlineProtocol): one that
   websockets would accept as it stands (GET, `Upgrade: websocket`, `Connection` naming
   upgrade, one valid key, version 13, no body, no subprotocol or extension to negotiate) opens
   here, its scope built from the parsed headers and its 101 written directly, without
   serializing it for websockets to parse a second time; any other goes to websockets as
   uvicorn sends it, which answers it as it always did;
+- the 101 of a request opened here is held for the rest of the loop's turn that accepted it:
+  the frames the app writes in that turn (a join's greeting) go out with it in one write, and
+  any other write (a close, a pong) releases it first;
 - the handshake's request and response are released once the connection is accepted;
 - an unanswered keepalive ping drops the socket even when its send buffer is full;
 - on a server shutdown, a connection whose app writes through the FrameSocket is told
@@ -45,6 +49,7 @@ from urllib.parse import unquote
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent, WebSocketAcceptEvent
 from uvicorn.config import Config
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.utils import (
     ClientDisconnected,
     get_client_addr,
@@ -111,14 +116,20 @@ class TransportSocket:
         await self._writable.wait()
 
     def write(self, frame: bytes) -> None:
-        """Hand one frame to the transport."""
+        """Hand one frame to the transport (after the 101, if it is still held)."""
+        protocol = self._protocol
+        if protocol.switching is not None:
+            frame = protocol.release_switching() + frame
         self._transport.write(frame)
 
     def try_write(self, frame: bytes) -> bool:
         """Write `frame` when it goes out at once, in order, on an open connection (`writable`)."""
+        protocol = self._protocol
         transport = self._transport
-        if self._protocol.write_paused or transport.is_closing():
+        if protocol.write_paused or transport.is_closing():
             return False
+        if protocol.switching is not None:
+            frame = protocol.release_switching() + frame
         transport.write(frame)
         return True
 
@@ -211,6 +222,27 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         self._largest = min(limits, default=math.inf)
         # Sec-WebSocket-Accept of a request opened here (`upgrade`), until its 101 is sent.
         self._accept_header: bytes | None = None
+        # The 101 of a request opened here, held until the end of the loop's turn that
+        # accepted it or the first write, whichever comes first (`_switch`).
+        self.switching: bytes | None = None
+
+    def taken_over(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        tls: bool,
+    ) -> None:
+        """`connection_made` for a connection the HTTP protocol hands over, with the socket's
+        addresses it found: uvicorn's own asks the socket for them again (two system calls)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server = server
+        self.client = client
+        self.scheme = "wss" if tls else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{client[0]}:{client[1]} - " if (client := self.client) else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
 
     def upgrade(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """Take the upgrade request httptools parsed (lowercase header names): open it here when
@@ -277,6 +309,8 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         Cutting frames starts here when websockets' parser waits at a frame boundary (it does
         unless the client sent frames before it had the response).
         """
+        if self.switching is not None:
+            self._write_switching()
         if (
             message["type"] == "websocket.accept"
             and self._accept_header is not None
@@ -316,11 +350,30 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         if not self.transport.is_closing():
             self.handshake_complete = True
             self.conn.state = OPEN
-            self.transport.write(b"".join(lines))
+            # Held for the rest of this turn: what the app writes in it (a join's greeting)
+            # goes out with the 101 in one write. Every write after it releases it first.
+            self.switching = b"".join(lines)
+            self.loop.call_soon(self._write_switching)
             self.start_keepalive()
+
+    def release_switching(self) -> bytes:
+        """The held 101 (see `_switch`), to be written before anything else; no longer held."""
+        switching = self.switching
+        assert switching is not None
+        self.switching = None
+        return switching
+
+    def _write_switching(self) -> None:
+        if self.switching is not None:
+            switching = self.release_switching()
+            if not self.transport.is_closing():
+                self.transport.write(switching)
 
     def data_received(self, data: bytes) -> None:
         """Cut what arrived into frames once open (see the module docstring); else as uvicorn."""
+        if self.switching is not None:
+            # What websockets answers (a pong, a close) goes after the 101.
+            self._write_switching()
         if self._held:
             data, self._held = self._held + data, b""
         size = len(data)
@@ -460,6 +513,8 @@ class AdaptedProtocol(WebSocketsSansIOProtocol):
         stored state. The app sees the same `websocket.disconnect` 1012 while the socket is
         still open (`TransportSocket.draining`), sends what it owes, then closes with 1012.
         """
+        if self.switching is not None:
+            self._write_switching()
         if (
             not self.handshake_complete
             or self.conn.extensions

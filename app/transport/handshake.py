@@ -116,8 +116,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         """Hand the connection to the WebSocket protocol, then drop the parser.
 
-        A protocol with an `upgrade` method (the adapter's AdaptedProtocol) takes the request as
-        httptools parsed it; any other gets it as uvicorn gives it, serialized again.
+        A protocol with an `upgrade` method (the adapter's AdaptedProtocol) takes the connection
+        as this protocol found it (its loop, the socket's addresses) and the request as httptools
+        parsed it; any other gets both as uvicorn gives them: it looks the addresses up again,
+        and the request comes serialized again.
 
         httptools' parser holds this protocol (its callbacks) and this protocol the parser: a
         reference cycle that only the cyclic collector frees, and one that lived through a young
@@ -128,9 +130,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             # As uvicorn's handle_websocket_upgrade, but for the request's hand-over.
             self.connections.discard(self)
             protocol = kind(
-                config=self.config, server_state=self.server_state, app_state=self.app_state
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.app_state,
+                _loop=self.loop,
             )
-            protocol.connection_made(self.transport)
+            # This protocol asked the socket its addresses already (connection_made).
+            protocol.taken_over(self.transport, self.server, self.client, self.scheme == "https")
             protocol.upgrade(self.scope["method"], self.url, self.headers)
             self.transport.set_protocol(protocol)
         else:

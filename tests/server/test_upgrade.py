@@ -8,12 +8,14 @@ import asyncio
 import base64
 import json
 import os
+from asyncio import selector_events
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from websockets.utils import accept_key
 
+from app.transport.adapter import AdaptedProtocol
 from tests.support.harness import TIMEOUT, RunningServer
 from tests.support.table import new_campaign
 
@@ -117,3 +119,88 @@ async def test_a_request_websockets_refuses_is_refused_as_it_refuses_it(
     body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), TIMEOUT)
     assert answer in body.decode()
     writer.close()
+
+
+class Writes:
+    """Every write of the server's transports (the test's loop runs asyncio's own), in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[int, bytes]] = []
+        kind = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+        write = kind.write
+
+        def recorded(transport: Any, data: Any) -> None:
+            self.seen.append((id(transport), bytes(data)))
+            write(transport, data)
+
+        monkeypatch.setattr(kind, "write", recorded)
+
+    def of_the_connection_switched(self, count: int = 1) -> list[list[bytes]]:
+        """The writes of each of the last `count` transports whose first write is a 101."""
+        firsts: dict[int, list[bytes]] = {}
+        for transport, data in self.seen:
+            if transport in firsts:
+                firsts[transport].append(data)
+            elif data.startswith(b"HTTP/1.1 101 "):
+                firsts[transport] = [data]
+        return list(firsts.values())[-count:]
+
+
+async def test_a_live_campaigns_greeting_goes_out_in_the_write_of_the_101(
+    shared: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign = new_campaign()
+    writes = Writes(monkeypatch)
+    first = await shared.join(campaign, "gm-up", "gm")
+    second = await shared.join(campaign, "pl-up2")
+    await first.close()
+    await second.close()
+
+    loaded, live = writes.of_the_connection_switched(2)
+    # The first join loads the campaign: the 101 goes at the end of the turn that accepted,
+    # the greeting once the state is loaded, after it.
+    assert b"state.sync" not in loaded[0]
+    assert any(b"state.sync" in data for data in loaded[1:])
+    # The campaign is live: the greeting is written in the turn that accepted, with the 101.
+    head, _, frames = live[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols")
+    assert frames[:1] == b"\x81"
+    assert b'"type":"state.sync"' in frames
+
+
+async def test_a_refusal_writes_the_101_before_its_close(
+    shared: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = Writes(monkeypatch)
+    url = shared.ws_url(new_campaign(), "not-a-token")
+    key = base64.b64encode(os.urandom(16)).decode()
+
+    status, _, (reader, writer) = await exchange(url, request(url, key))
+    close = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    writer.close()
+
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    assert close[0] == 0x88, "a close frame"
+    (switched,) = writes.of_the_connection_switched()
+    closing = b"".join(switched).partition(b"\r\n\r\n")[2]
+    assert closing[:1] == b"\x88", "the close follows the 101"
+    assert int.from_bytes(closing[2:4], "big") == 4401
+
+
+async def test_a_connection_opened_here_knows_the_addresses_the_socket_has(
+    shared: RunningServer,
+) -> None:
+    url = shared.ws_url(new_campaign(), shared.token("pl-up"))
+    key = base64.b64encode(os.urandom(16)).decode()
+    status, _, stream = await exchange(url, request(url, key))
+    await first_message(stream)
+    here = stream[1].get_extra_info("sockname")
+
+    (opened,) = [
+        protocol
+        for protocol in shared.server.server_state.connections
+        if isinstance(protocol, AdaptedProtocol) and protocol.client == tuple(here)
+    ]
+    stream[1].close()
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    assert (opened.server, opened.scheme) == (("127.0.0.1", shared.port), "ws")

@@ -87,6 +87,11 @@ UPSTREAM = [
         "fc648c2161ff8e13",
         "relied on (the scope, `request`, extensions) and copied as `upgrade` (the same scope)",
     ),
+    sansio(
+        "connection_made",
+        "f533ec93747c2cbf",
+        "mirrored as `taken_over` (with the addresses the HTTP protocol found)",
+    ),
     sansio("connection_lost", "dd116afc4d8034e1", "relied on (sets `writable` when lost)"),
     sansio("pause_writing", "4830f7e0d81f877d", "override (`write_paused` follows `writable`)"),
     sansio("resume_writing", "ef79384e5fff077c", "override (`write_paused` follows `writable`)"),
