@@ -46,6 +46,9 @@ CLOSE_DEADLINE = 5.0
 # How long a server shutdown waits for what a connection is owed to go out before its 1012
 # (the transport closes the socket itself a little later: app/transport/adapter.py).
 SHUTDOWN_SETTLE = 2.0
+# How long a message that may wait (`deliver_soon`: another member's presence) waits for the
+# next one to the same client, to go out with it in one write.
+SOON = 0.02
 
 # Inbound moves beyond the rate are merged per token instead of refused. Only a frame this
 # small is decoded to see whether it is one (no valid move is bigger), so merging never
@@ -237,6 +240,8 @@ class Connection:
         "_pending",
         "_reader",
         "_send",
+        "_soon",
+        "_soon_timer",
         "_unmetered_pace",
         "abandoned",
         "actor",
@@ -275,6 +280,9 @@ class Connection:
         self.writer: asyncio.Task[None] | None = None
         # Frames held for one write while a batch is open (see `batch`).
         self._batch: list[bytes] | None = None
+        # Messages that wait (at most SOON) to go out with the next one (`deliver_soon`).
+        self._soon: list[Outgoing] = []
+        self._soon_timer: asyncio.TimerHandle | None = None
         # Closing: set once; the writer sends the close frame after what it is sending now.
         # A socket that cannot take even that within CLOSE_DEADLINE is abandoned: the reader
         # and the writer are cancelled and the socket dropped.
@@ -315,6 +323,56 @@ class Connection:
         """Send `outgoing` now when the socket is idle, else queue it for the writer."""
         if self.closing is not None:
             return
+        if self._soon:
+            self._release_soon(outgoing)
+            return
+        self._deliver(outgoing)
+
+    def deliver_soon(self, outgoing: Outgoing) -> None:
+        """Deliver `outgoing` within SOON, in one write with what follows it meanwhile.
+
+        For what no client waits on to the millisecond (another member's presence): in a join
+        storm a member hears of several arrivals, one write for all of them instead of one
+        each. The order is kept: whatever is delivered next goes after it, in the same write.
+        """
+        if self.closing is not None:
+            return
+        if self.writer is not None or self.socket is None or self._batch is not None:
+            self.deliver(outgoing)
+            return
+        self._soon.append(outgoing)
+        if self._soon_timer is None:
+            self._soon_timer = asyncio.get_running_loop().call_later(SOON, self._release_soon)
+
+    def _release_soon(self, then: Outgoing | None = None) -> None:
+        """Deliver what waits (and `then` after it): in one write when the socket is idle."""
+        waiting = self._soon
+        self._soon = []
+        if self._soon_timer is not None:
+            self._soon_timer.cancel()
+            self._soon_timer = None
+        if then is not None:
+            waiting.append(then)
+        if self.closing is not None:
+            return
+        socket = self.socket
+        if (
+            self.writer is None
+            and self._batch is None
+            and socket is not None
+            and socket.try_write(b"".join([outgoing.frame for outgoing in waiting]))
+        ):
+            return
+        for outgoing in waiting:
+            self._deliver(outgoing)
+
+    def _drop_soon(self) -> None:
+        self._soon = []
+        if self._soon_timer is not None:
+            self._soon_timer.cancel()
+            self._soon_timer = None
+
+    def _deliver(self, outgoing: Outgoing) -> None:
         socket = self.socket
         if self.writer is None and socket is not None:
             batch = self._batch
@@ -345,6 +403,8 @@ class Connection:
         Only when the socket is idle now; the caller delivers without waiting inside, so the
         socket stays idle and nothing else is written meanwhile. A close inside drops it all.
         """
+        if self._soon:
+            self._release_soon()
         socket = self.socket
         if self._batch is not None or self.writer is not None or socket is None:
             yield
@@ -371,6 +431,7 @@ class Connection:
             return
         self.closing = reason
         self._outbox.clear()
+        self._drop_soon()
         self._start_writer()
         asyncio.get_running_loop().call_later(CLOSE_DEADLINE, self._abandon)
 
@@ -417,6 +478,7 @@ class Connection:
 
     async def stop(self) -> None:
         """Cancel the writer (the reader has ended) unless it is sending the close."""
+        self._drop_soon()
         writer = self.writer
         if writer is not None and self.closing is None:
             writer.cancel()

@@ -132,7 +132,15 @@ class Ephemeral:
         if first:
             username = UNSET if member.username is None else member.username
             joined = PresenceJoin(user_id=actor.user_id, role=actor.role, username=username)
-            self._to(self._members, self._frame("presence.join", actor.user_id, joined, None))
+            frame = self._frame("presence.join", actor.user_id, joined, None)
+            # The newcomer gets it in its greeting; the others within connection.SOON, in one
+            # write with whatever else reaches them meanwhile (a join storm's other arrivals).
+            for present in self._members:
+                if present is member:
+                    present.deliver(frame)
+                else:
+                    present.deliver_soon(frame)
+            self._metrics.message_out("presence.join", len(self._members))
 
     def leave(self, member: Member) -> None:
         """A member has left: its locks end; when it was its user's last, the grace starts."""

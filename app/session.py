@@ -80,6 +80,10 @@ class Member(Protocol):
         """Hand over one message without waiting."""
         ...
 
+    def deliver_soon(self, outgoing: Outgoing) -> None:
+        """Hand over one message that may go out a moment later, before whatever follows it."""
+        ...
+
     def batch(self) -> AbstractContextManager[None]:
         """What is delivered inside (without waiting) may go out together, in order."""
         ...

@@ -21,7 +21,7 @@ from starlette.types import Message
 
 from app.auth import Identity
 from app.config import Settings
-from app.connection import Connection, Taker, text_of
+from app.connection import SOON, Connection, Taker, text_of
 from app.errors import CloseCode, CloseConnection
 from app.metrics import Metrics
 from app.model import Actor
@@ -550,6 +550,64 @@ async def test_a_closing_client_gets_nothing_written_straight_to_its_socket() ->
 
         assert peer.frames == []
         await eventually(lambda: bool(peer.closes))
+
+
+# --- messages that may wait (deliver_soon) -------------------------------------------------------
+
+
+async def test_messages_that_may_wait_go_out_with_the_next_one_in_one_write(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        connection.deliver_soon(frame("presence.join", 0, user="a"))
+        connection.deliver_soon(frame("presence.join", 0, user="b"))
+        if direct:
+            assert peer.frames == [], "held for the next frame"
+        connection.deliver(move(1, "t1", 5))
+
+        await eventually(lambda: len(peer.frames) == 3)
+        assert [f["type"] for f in peer.frames] == ["presence.join", "presence.join", "token.move"]
+        assert peer.writes == (1 if direct else 0)
+
+
+async def test_a_message_that_may_wait_goes_out_alone_once_soon_has_passed(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        asked = time.monotonic()
+        connection.deliver_soon(frame("presence.join", 0, user="a"))
+
+        await eventually(lambda: len(peer.frames) == 1)
+        if direct:
+            assert time.monotonic() - asked >= SOON * 0.9, "it waited for company"
+        assert peer.frames[0]["payload"] == {"user": "a"}
+
+
+async def test_messages_that_may_wait_keep_their_place_behind_a_stalled_writer(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        await stalled(connection, peer)
+        connection.deliver(frame("fog.update", 1))
+        connection.deliver_soon(frame("presence.join", 2))
+        connection.deliver(frame("fog.update", 3))
+
+        await drained(connection, peer, 4)
+        assert seqs(peer) == [1, 2, 3]
+
+
+async def test_a_close_drops_what_waits(direct: bool) -> None:
+    async with outbox(direct) as (connection, peer):
+        connection.deliver_soon(frame("presence.join", 1))
+        connection.close(CloseConnection(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+
+        await eventually(lambda: bool(peer.closes))
+        assert peer.frames == []
+
+
+async def test_the_end_of_a_connection_drops_what_waits_and_its_timer() -> None:
+    async with outbox(True) as (connection, peer):
+        connection.deliver_soon(frame("presence.join", 1))
+        await connection.stop()
+
+        assert connection._soon_timer is None
+        assert peer.frames == []
 
 
 # --- ephemeral signals ------------------------------------------------------------------------
