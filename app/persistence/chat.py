@@ -19,6 +19,7 @@ and then treated as answering nothing, since only the deployment can fix it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -444,9 +445,10 @@ class SqlChatStore:
         asyncpg pool (Postgres), not through the engine.
 
         Each join looks up its user's name, and a campaign's first join reads its history:
-        through SQLAlchemy's async layers a read costs about a millisecond of CPU, on the pool
-        a tenth of that (docs/BENCHMARKS.md). The statements are the engine's own; failures
-        are sorted as through the engine. Writes stay on the engine, in its transactions.
+        through SQLAlchemy's async layers, several tenths of a millisecond of CPU more each
+        than on the pool (docs/BENCHMARKS.md, 2026-12-04). The statements are the engine's
+        own; failures are sorted as through the engine. Writes stay on the engine, in its
+        transactions.
         """
         self._driver = driver
         for query in (self._usernames, self._characters):
@@ -547,7 +549,9 @@ class SqlChatStore:
             )
             for row in rows
         ]
-        names = {user_id: await self.username(user_id) for user_id in {m.user_id for m in messages}}
+        # Asked at once: on the driver pool they go in one query.
+        users = list({m.user_id: None for m in messages})
+        names = dict(zip(users, await asyncio.gather(*map(self.username, users)), strict=True))
         return [replace(m, username=names[m.user_id]) for m in messages]
 
     async def _driver_rows(
