@@ -1,13 +1,16 @@
-"""The bench's pure parts: the soak's pass rule, the connect rate, the latency histogram and
-issue 16's target verdicts (bench/report.py, bench/stats.py; no server, no generator)."""
+"""The bench's pure parts: the soak's pass rule, the connect rate, the latency histogram,
+issue 16's target verdicts (bench/report.py, bench/stats.py; no server, no generator) and the
+flush bench's stand-in member."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
 import pytest
 
+from app.session import Member
 from bench import report
 from bench.run import _with_cpu_per_connection
 from bench.stats import Histogram, connect_figures, percentile
@@ -343,3 +346,12 @@ def test_a_storm_summary_takes_the_median_cpu_of_the_repeats_that_measured_it() 
 
     assert summary["server_cpu_ms_per_connection"] == 1.2
     assert report.summarise("storm", [storm(None)])["server_cpu_ms_per_connection"] is None
+
+
+def test_the_flush_benchs_member_has_everything_a_session_member_has() -> None:
+    # bench/ is not type-checked (imported by name here, so that mypy does not follow it): a
+    # method added to Member must not break the flush bench.
+    flush_bench = importlib.import_module("bench.flush_bench")
+    member = flush_bench.BenchMember("gm-1", "gm")
+    missing = {name for name in vars(Member) if not name.startswith("_")} - set(dir(member))
+    assert missing == set()
