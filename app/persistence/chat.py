@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import Text, bindparam, cast, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,7 +40,7 @@ from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine
 
 from app.config import ConfigError
-from app.persistence.database import ConnectionGone, DriverPool
+from app.persistence.database import READ_FAILURES, DriverPool
 from app.persistence.roles import DriverLookups, RoleQueryBroken, RoleQueryUnavailable
 from app.persistence.store import StoreUnavailable
 from app.persistence.tables import vtt_chat_rolls
@@ -564,13 +563,7 @@ class SqlChatStore:
         sql, order = self._recent_sql
         try:
             return await driver.all_rows(sql, [parameters[name] for name in order])
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            ConnectionGone,
-        ) as error:
+        except READ_FAILURES as error:
             raise StoreUnavailable(_describe(error)) from error
 
     async def username(self, user_id: str) -> str | None:

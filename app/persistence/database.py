@@ -163,6 +163,17 @@ class ConnectionGone(Exception):
         self.cause = cause
 
 
+# What a read on the driver pool raises when the database did not answer it, or refused it:
+# a store turns each into StoreUnavailable, as the engine's errors are.
+READ_FAILURES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ConnectionGone,
+)
+
+
 class LookupConnections:
     """At most `size` asyncpg connections for one-row lookups, lent one lookup at a time.
 

@@ -21,14 +21,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple, Protocol
 
-import asyncpg
 from sqlalchemy import ARRAY, BigInteger, Text, bindparam, cast, func, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from app.persistence.database import ConnectionGone, DriverPool
+from app.persistence.database import READ_FAILURES, DriverPool
 from app.persistence.tables import vtt_sessions
 
 BATCH_ROWS: Final = 500
@@ -266,13 +265,7 @@ class SqlStore:
         assert self._driver is not None
         try:
             return await self._driver.first_row(sql, [campaign_id])
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            ConnectionGone,
-        ) as error:
+        except READ_FAILURES as error:
             raise StoreUnavailable(_describe(error)) from error
 
     async def save_many(

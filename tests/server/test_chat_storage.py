@@ -27,9 +27,10 @@ from app.persistence.chat import (
     SqlChatStore,
     StoredMessage,
 )
-from app.persistence.database import DriverPool, create_engine
+from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, StoreUnavailable
+from tests.support.database import small_driver_pool
 from tests.support.harness import serve, settings_for
 from tests.support.sql import GO_CAMPAIGN as CAMPAIGN
 from tests.support.sql import GO_CHARACTER as CHARACTER
@@ -105,7 +106,7 @@ async def chat_store(
     do (after its startup check, as there)."""
     if migrate:
         await asyncio.to_thread(upgrade_to_head, url)
-    timeouts = {
+    timeouts: dict[str, Any] = {
         key: options.pop(key) for key in ("connect_timeout", "command_timeout") if key in options
     }
     engine = create_engine(url, **timeouts)
@@ -114,12 +115,7 @@ async def chat_store(
     store = SqlChatStore(engine, **options)
     driver = None
     if reads == "driver":
-        driver = DriverPool(
-            url,
-            size=2,
-            connect_timeout=timeouts.get("connect_timeout", 5.0),
-            command_timeout=timeouts.get("command_timeout", 10.0),
-        )
+        driver = small_driver_pool(url, timeouts)
         store.read_through(driver)
         await driver.start()
     try:

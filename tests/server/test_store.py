@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.persistence.database import DriverPool, create_engine
+from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import (
     BATCH_ROWS,
@@ -30,6 +30,7 @@ from app.persistence.store import (
     batches,
 )
 from app.persistence.tables import vtt_sessions
+from tests.support.database import small_driver_pool
 from tests.support.fence_audit import fence_audit, install_fence_audit
 from tests.support.loops import run
 from tests.support.poll import poll
@@ -123,12 +124,7 @@ async def sql_store(
     store = SqlStore(engine)
     driver = None
     if reads == "driver":
-        driver = DriverPool(
-            url,
-            size=2,
-            connect_timeout=timeouts.get("connect_timeout", 5.0),
-            command_timeout=timeouts.get("command_timeout", 10.0),
-        )
+        driver = small_driver_pool(url, timeouts)
         store.read_through(driver)
         await driver.start()
     try:

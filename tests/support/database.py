@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL, make_url
+
+from app.persistence.database import DriverPool
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -70,3 +72,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'vtt.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+def small_driver_pool(url: str, timeouts: Mapping[str, object]) -> DriverPool:
+    """A driver pool of two connections on `url`, not started, for a store to read through
+    (`read_through` before `start`, as the server does); the engine's connect and command
+    timeouts from `timeouts` where given."""
+    connect, command = timeouts.get("connect_timeout", 5.0), timeouts.get("command_timeout", 10.0)
+    assert isinstance(connect, float | int)
+    assert isinstance(command, float | int)
+    return DriverPool(url, size=2, connect_timeout=connect, command_timeout=command)
