@@ -592,6 +592,19 @@ async def test_messages_that_may_wait_keep_their_place_behind_a_stalled_writer(
         assert seqs(peer) == [1, 2, 3]
 
 
+async def test_messages_held_when_the_socket_stops_taking_frames_go_first_through_the_writer(
+    direct: bool,
+) -> None:
+    async with outbox(direct) as (connection, peer):
+        connection.deliver_soon(frame("presence.join", 1))
+        peer.gate.clear()
+        connection.deliver(frame("fog.update", 2))
+        connection.deliver(frame("fog.update", 3))
+
+        await drained(connection, peer, 3)
+        assert [f["seq"] for f in peer.frames] == [1, 2, 3]
+
+
 async def test_a_close_drops_what_waits(direct: bool) -> None:
     async with outbox(direct) as (connection, peer):
         connection.deliver_soon(frame("presence.join", 1))
