@@ -21,7 +21,7 @@ help:
 	@echo "make fmt         format and autofix with ruff"
 	@echo "make migrate     alembic upgrade head against DATABASE_URL (or ./vtt.db)"
 	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
-	@echo "make bench       quick benchmark and the drag bench; make bench-full for everything"
+	@echo "make bench       quick benchmark, the drag and relay-path benches; make bench-full for everything"
 	@echo "make bench-soak  soak our server (default 30 min): make bench-soak SOAK_MINUTES=3"
 	@echo "make bench-cluster  several machines (Redis op log, failover, relay): ARGS=--full for all"
 	@echo "make install     the development environment (server, tests, linters)"
@@ -100,10 +100,12 @@ schema: install
 bench: install-bench
 	$(PY) -m bench.run --quick
 	$(PY) -m bench.drag
+	$(PY) -m bench.relaypath
 
 bench-full: install-bench
 	$(PY) -m bench.run --full
 	$(PY) -m bench.drag
+	$(PY) -m bench.relaypath
 
 # Bounded: it stops after SOAK_MINUTES (ARGS adds bench.soak options, e.g. ARGS='--window 30').
 SOAK_MINUTES ?= 30
