@@ -17,7 +17,7 @@ help:
 	@echo "make token       mint a dev token: make token ARGS='--user alice --gm --campaign demo'"
 	@echo "make test        lint, then every test tier with branch coverage of app/, then the TypeScript client"
 	@echo "make test-ts     the TypeScript client's tests alone (needs Node.js)"
-	@echo "make lint        ruff, ruff format --check, mypy (strict on app/ and tests/), hadolint"
+	@echo "make lint        ruff, ruff format --check, mypy (strict on app/, tests/ and bench/), hadolint"
 	@echo "make fmt         format and autofix with ruff"
 	@echo "make migrate     alembic upgrade head against DATABASE_URL (or ./vtt.db)"
 	@echo "make schema      regenerate schema/ and the TypeScript protocol types"
@@ -66,6 +66,7 @@ lint: install
 	$(VENV)/bin/ruff format --check app tests migrations bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests
+	$(VENV)/bin/mypy bench
 	$(VENV)/bin/hadolint Dockerfile
 
 fmt: install

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {GENERATOR_CORE})
     with exclusive(), tempfile.TemporaryDirectory(prefix="vtt-drag-") as work:
         runs = run_all(args.repeats, Path(work), args.quiet_wait)
-    result = {
+    result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.drag " + " ".join(sys.argv[1:] if argv is None else argv),
         "sent": runs[0].sent,

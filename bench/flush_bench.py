@@ -225,7 +225,8 @@ async def loop_lag(stop: asyncio.Event, lags: list[Lag]) -> None:
 
 async def probed(action: Callable[[], Awaitable[T]]) -> tuple[T, float, list[Lag]]:
     """Run `action` with the lag probe beside it: its result, wall time and the lateness seen."""
-    stop, lags = asyncio.Event(), []
+    stop = asyncio.Event()
+    lags: list[Lag] = []
     watcher = asyncio.create_task(loop_lag(stop, lags))
     await asyncio.sleep(LAG_INTERVAL * 2)
     started = time.perf_counter()
@@ -307,7 +308,7 @@ async def flush_ticks(
         # What building the sessions left behind is not the tick's to collect.
         gc.collect()
         floor = await idle_floor()
-        ticks = []
+        ticks: list[dict[str, Any]] = []
         for tick in range(runs + 1):
             for session, joined in live:
                 await session.submit(joined[0], move(tick))

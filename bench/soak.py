@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from bench import report
 from bench.processes import GENERATOR_CORE, SERVER_CORE, ServerProcess, core_busy, run_loadgen
