@@ -8,7 +8,7 @@ roles.py        the RoleResolver seam: SqlRoles (VTT_ROLE_SQL) and DevClaimRoles
 middleware.py   verifies each /ws handshake's token before the endpoint runs
 
 Only this package sees python-jose; the role query's database errors are translated in
-`app.persistence.roles`.
+`app.persistence.lookups`.
 """
 
 from __future__ import annotations

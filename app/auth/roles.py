@@ -13,7 +13,8 @@ from app.auth.keys import DEV_CAMPAIGN_CLAIM, DEV_ROLE_CLAIM
 from app.auth.tokens import Identity
 from app.errors import CloseCode, CloseConnection
 from app.model import Role
-from app.persistence.roles import RoleQueryBroken, RoleQueryUnavailable, RoleSource
+from app.persistence.lookups import LookupBroken, LookupUnavailable
+from app.persistence.roles import RoleSource
 
 log = logging.getLogger("vtt.auth")
 
@@ -52,12 +53,12 @@ class SqlRoles:
         """'gm' or 'player' from the first column of the first row; anything else is 4403."""
         try:
             value = await self.query.first_value(campaign_id, identity.user_id)
-        except RoleQueryUnavailable as failure:
+        except LookupUnavailable as failure:
             log.warning(
                 "campaign role lookup failed: database unavailable", extra={"reason": failure.cause}
             )
             raise CloseConnection(CloseCode.TRY_AGAIN_LATER, "campaign roles unavailable") from None
-        except RoleQueryBroken as failure:
+        except LookupBroken as failure:
             # Neither the client nor a retry can fix this: the deployment's VTT_ROLE_SQL is.
             log.error(
                 "campaign role query failed; check VTT_ROLE_SQL", extra={"reason": failure.cause}

@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeEngine
 
 from app.config import ConfigError
 from app.persistence.database import READ_FAILURES, DriverPool
-from app.persistence.roles import DriverLookups, RoleQueryBroken, RoleQueryUnavailable
+from app.persistence.lookups import DriverLookups, LookupBroken, LookupUnavailable
 from app.persistence.store import StoreUnavailable
 from app.persistence.tables import vtt_chat_rolls
 
@@ -232,9 +232,9 @@ class _ConfiguredQuery:
         """`first_value` on the pool: its failures sorted by SQLSTATE as the engine's are."""
         try:
             return await lookups.first_value(parameters)
-        except RoleQueryUnavailable as failure:
+        except LookupUnavailable as failure:
             raise StoreUnavailable(failure.cause) from failure
-        except RoleQueryBroken as failure:
+        except LookupBroken as failure:
             self._break(failure.cause)
             return None
 

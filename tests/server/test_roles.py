@@ -606,10 +606,10 @@ async def test_a_role_sql_that_fails_only_in_the_batched_form_goes_one_lookup_at
     sql = MEMBERS_SQL + "; -- the member's role"
     async with counting_pool(uuid_campaigns, size=2) as pool:
         query = DriverRoleQuery(pool, sql)
-        with caplog.at_level("WARNING", logger="vtt.auth"):
+        with caplog.at_level("WARNING", logger="vtt.database"):
             answers = await asked_at_once(query, PAIRS)
         assert not query.batching
-        (warning,) = [r for r in caplog.records if r.name == "vtt.auth"]
+        (warning,) = [r for r in caplog.records if r.name == "vtt.database"]
         assert "one at a time" in warning.getMessage()
 
         again = await asked_at_once(query, PAIRS)

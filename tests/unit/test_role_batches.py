@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from app.persistence.database import DriverPool
-from app.persistence.roles import IN_FLIGHT, DriverRoleQuery, RoleQueryUnavailable
+from app.persistence.lookups import IN_FLIGHT, LookupUnavailable
+from app.persistence.roles import DriverRoleQuery
 from tests.support.harness import TIMEOUT
 
 pytestmark = pytest.mark.anyio
@@ -118,4 +119,4 @@ async def test_callers_of_a_batch_cut_short_hear_of_an_outage() -> None:
     batch.cancel()
     outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), TIMEOUT)
 
-    assert [type(outcome) for outcome in outcomes] == [RoleQueryUnavailable] * 2
+    assert [type(outcome) for outcome in outcomes] == [LookupUnavailable] * 2

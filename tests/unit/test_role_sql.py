@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from app.config import DEFAULT_ROLE_SQL
-from app.persistence.roles import positional
+from app.persistence.lookups import positional
 
 
 def test_the_default_query_numbers_its_parameters_in_order_of_appearance() -> None:
