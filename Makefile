@@ -61,7 +61,7 @@ run: install-run
 token: install-run
 	$(PY) -m app.dev.devtoken $(ARGS)
 
-lint: install
+lint: install-bench
 	$(VENV)/bin/ruff check app tests migrations bench tools
 	$(VENV)/bin/ruff format --check app tests migrations bench tools
 	$(VENV)/bin/mypy
