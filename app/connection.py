@@ -8,7 +8,7 @@ import functools
 import logging
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -304,7 +304,8 @@ class Connection:
         self._dragging_until = 0.0
         self._unmetered_pace: TokenBucket | None = None
         # chat.sends waiting for their turn (at most the chat burst), and the task taking them.
-        self._chats: deque[ChatSend] = deque()
+        # A list: an empty deque is 760 bytes on every idle connection, and a burst is short.
+        self._chats: list[ChatSend] = []
         self._chatter: asyncio.Task[None] | None = None
 
     @property
@@ -778,7 +779,7 @@ class Connection:
         try:
             while self._chats:
                 try:
-                    await session.send_chat(self, self._chats.popleft())
+                    await session.send_chat(self, self._chats.pop(0))
                 except Exception:
                     log.exception(
                         "chat handling failed",
