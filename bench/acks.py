@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,9 +26,8 @@ from typing import Any, NamedTuple
 import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.processes import ServerProcess
-from bench.run import REPO, RESULTS, free_port, log
-from bench.tokens import campaign_id, dev_book
+from bench.run import RESULTS, default_server, log
+from bench.tokens import dev_book
 
 KINDS = ("token.move", "cursor.move")
 PLAYERS = 5
@@ -140,22 +138,8 @@ def run(frames: int, work: Path) -> dict[str, Any]:
     tokens = [book.token(0, slot) for slot in range(PLAYERS + 1)]
     results: dict[str, Any] = {}
     for kind in KINDS:
-        port = free_port()
-        env = {
-            **os.environ,
-            "PORT": str(port),
-            "VTT_SQLITE_PATH": str(work / f"{kind}.db"),
-            "VTT_DEV_KEY_DIR": str(work / "devkeys"),
-            "LOG_LEVEL": "warning",
-        }
-        argv = [sys.executable, "-m", "app"]
-        server = ServerProcess("ours", argv, env, port, "/ready", work / "server.log", REPO)
-        server.start()
-        try:
-            url = f"ws://127.0.0.1:{port}/ws?campaign={campaign_id(0)}"
-            results[kind] = uvloop.run(count(url, tokens, port, kind, frames))
-        finally:
-            server.stop()
+        with default_server(work, work / "devkeys", f"{kind}.db") as (server, url):
+            results[kind] = uvloop.run(count(url, tokens, server.port, kind, frames))
     return results
 
 

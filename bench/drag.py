@@ -27,8 +27,8 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.processes import GENERATOR_CORE, SERVER_CORE, ServerProcess, core_busy
-from bench.run import REPO, RESULTS, exclusive, free_port, log, wait_for_quiet
-from bench.tokens import campaign_id, dev_book
+from bench.run import RESULTS, default_server, exclusive, log, wait_for_quiet
+from bench.tokens import dev_book
 
 HERTZ = 144.0
 SECONDS = 15.0
@@ -170,22 +170,8 @@ def run_all(repeats: int, work: Path, quiet_wait: float) -> list[Run]:
     runs: list[Run] = []
     for repeat in range(repeats):
         wait_for_quiet(quiet_wait)
-        port = free_port()
-        env = {
-            **os.environ,
-            "PORT": str(port),
-            "VTT_SQLITE_PATH": str(work / f"vtt-{repeat}.db"),
-            "VTT_DEV_KEY_DIR": str(key_dir),
-            "LOG_LEVEL": "warning",
-        }
-        argv = [sys.executable, "-m", "app"]
-        server = ServerProcess("ours", argv, env, port, "/ready", work / "server.log", REPO)
-        server.start()
-        try:
-            url = f"ws://127.0.0.1:{port}/ws?campaign={campaign_id(0)}"
+        with default_server(work, key_dir, f"vtt-{repeat}.db") as (server, url):
             run = uvloop.run(drag_once(url, tokens, server))
-        finally:
-            server.stop()
         log(
             f"drag {repeat + 1}/{repeats}: staleness p50 {run.staleness_p50_ms} ms, "
             f"p99 {run.staleness_p99_ms} ms, landed {run.landed}, errors {run.errors}; "

@@ -47,7 +47,7 @@ from bench.processes import (
     run_loadgen,
 )
 from bench.scratchdb import ScratchDatabase, reachable
-from bench.tokens import JwksServer, SigningKey, TokenBook, dev_book, jwks_book
+from bench.tokens import JwksServer, SigningKey, TokenBook, campaign_id, dev_book, jwks_book
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -184,6 +184,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def default_server(work: Path, key_dir: Path, database: str) -> Iterator[tuple[ServerProcess, str]]:
+    """`python -m app` on its defaults (dev auth with the keys in `key_dir`, SQLite at
+    `work / database`), started pinned and ready, with the URL of the bench's campaign 0;
+    stopped on exit."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "VTT_SQLITE_PATH": str(work / database),
+        "VTT_DEV_KEY_DIR": str(key_dir),
+        "LOG_LEVEL": "warning",
+    }
+    argv = [sys.executable, "-m", "app"]
+    server = ServerProcess("ours", argv, env, port, "/ready", work / "server.log", REPO)
+    server.start()
+    try:
+        yield server, f"ws://127.0.0.1:{port}/ws?campaign={campaign_id(0)}"
+    finally:
+        server.stop()
 
 
 def machine_info() -> dict[str, Any]:
