@@ -41,8 +41,8 @@ from app.model import Actor
 from app.persistence.chat import MemoryChatStore
 from app.rules import new_state
 from app.session import Session
+from bench.run import RESULTS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MEMBERS = 6
 CHUNKS = 7
 KINDS = ("token.move", "cursor.move")

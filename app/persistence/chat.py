@@ -41,7 +41,13 @@ from sqlalchemy.types import TypeEngine
 
 from app.config import ConfigError
 from app.persistence.database import READ_FAILURES, DriverPool
-from app.persistence.lookups import DriverLookups, LookupBroken, LookupUnavailable
+from app.persistence.lookups import (
+    DATA_EXCEPTION,
+    UNAVAILABLE_CLASSES,
+    DriverLookups,
+    LookupBroken,
+    LookupUnavailable,
+)
 from app.persistence.store import StoreUnavailable
 from app.persistence.tables import vtt_chat_rolls
 
@@ -66,10 +72,6 @@ OPTIONAL_COLUMNS: Final = ("character_id", "recipient_id")
 RECHECK_SECONDS: Final = 10.0
 USERNAME_PARAMETERS: Final = frozenset({"user_id"})
 CHARACTER_PARAMETERS: Final = frozenset({"campaign_id", "user_id", "character_id"})
-# SQLSTATE classes: 22 is a data exception (an id the column cannot hold: no row); these mean
-# the database cannot answer now (connection, rollback, resources, state, operator, system).
-_DATA_EXCEPTION: Final = "22"
-_UNAVAILABLE_CLASSES: Final = frozenset({"08", "40", "53", "55", "57", "58"})
 
 
 class ChatUnusable(StoreUnavailable):
@@ -171,7 +173,7 @@ def _unavailable(error: Exception, dialect: str) -> bool:
         return False
     state = _sqlstate(error)
     if state is not None:
-        return state[:2] in _UNAVAILABLE_CLASSES
+        return state[:2] in UNAVAILABLE_CLASSES
     if error.connection_invalidated:
         return True
     # SQLite reports a missing table as an OperationalError too; it has no outage to report.
@@ -221,7 +223,7 @@ class _ConfiguredQuery:
                 raise StoreUnavailable(_describe(error)) from error
             if isinstance(error, sa.exc.DataError) or (
                 isinstance(error, DBAPIError)
-                and (_sqlstate(error) or "").startswith(_DATA_EXCEPTION)
+                and (_sqlstate(error) or "").startswith(DATA_EXCEPTION)
             ):
                 return None
             self._break(error)

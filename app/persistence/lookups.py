@@ -34,11 +34,11 @@ BATCH_LIMIT = 256
 _KEYS = "vtt_lookup_keys"
 _ORDINAL = "vtt_lookup_n"
 _ROWS = "vtt_lookup_rows"
-# SQLSTATE classes: 22 is a data exception (the id cannot even be compared: no such row);
-# these mean the database cannot answer right now (connection, rollback, resources,
-# object state, operator intervention, system error).
-_DATA_EXCEPTION = "22"
-_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+# SQLSTATE classes, for every query of the app's (chat reads too): 22 is a data exception (the
+# id cannot even be compared: no such row); these mean the database cannot answer now
+# (connection, rollback, resources, object state, operator intervention, system error).
+DATA_EXCEPTION = "22"
+UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
 # A named statement missing on the server connection, or there twice: a transaction pooler.
 _POOLER_STATES = frozenset({"26000", "42P05"})
 
@@ -269,9 +269,9 @@ def by_sqlstate(sqlstate: object) -> Exception | None:
     """What a SQLSTATE means for a lookup (None: no usable SQLSTATE)."""
     if not isinstance(sqlstate, str) or len(sqlstate) != 5:
         return None
-    if sqlstate.startswith(_DATA_EXCEPTION):
+    if sqlstate.startswith(DATA_EXCEPTION):
         return NotComparable()
-    if sqlstate[:2] in _UNAVAILABLE_CLASSES:
+    if sqlstate[:2] in UNAVAILABLE_CLASSES:
         return LookupUnavailable(f"SQLSTATE {sqlstate}")
     if sqlstate in _POOLER_STATES:
         return LookupBroken(
