@@ -2,11 +2,17 @@
 
     python -m bench.profile --py-spy /tmp/pyspy/bin/py-spy [--mode fixed|cursor|storm|connect]
         [--campaigns 100]
+    python -m bench.profile --perf perf [--server ours|baseline] [--mode ...]
 
 py-spy is not a project dependency: install it outside the repo (for example
 `python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy`). The server is started
 exactly as bench.run starts it (same auth and database set-up); samples cover the
 measurement window only. Writes the collapsed stacks and a text summary to bench/results/raw/.
+
+py-spy sees Python frames but undercounts the time spent inside system calls. With `--perf`,
+Linux perf samples the server instead (kernel included: it needs kernel.perf_event_paranoid
+<= 1, or root) and the summary is the share of samples by shared object, the kernel's apart,
+and the top symbols: how much of the server's CPU is the kernel's work on its sockets.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +33,10 @@ from bench.processes import ServerProcess
 from bench.run import BASELINE, OURS, QUICK, RAW, Bench, FixedLoad, exclusive, prepare
 
 RATE = 200
+# perf's sampling rate (Hz), odd so that it does not beat with the loop's timers.
+PERF_RATE = 999
+KERNEL = "[kernel.kallsyms]"
+_PERCENT_ROW = re.compile(r"^\s*([0-9.]+)%\s+(.+?)\s*$")
 # Stacks through these are threads or the loop waiting, not working.
 IDLE_FRAMES = ("epoll_wait", "epoll_pwait", "PyThread_acquire_lock_timed")
 
@@ -64,6 +75,52 @@ def summarise(collapsed: Path, top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def perf_rows(report: str) -> list[tuple[float, str]]:
+    """The rows of a `perf report --stdio` table: (percent, the rest of the row)."""
+    rows = []
+    for line in report.splitlines():
+        found = _PERCENT_ROW.match(line)
+        if found and not line.lstrip().startswith("#"):
+            rows.append((float(found.group(1)), found.group(2)))
+    return rows
+
+
+def perf_summary(by_dso: str, by_symbol: str, top: int, sent_us: float | None = None) -> str:
+    """The kernel's and user space's shares of the samples, by shared object and symbol;
+    with the server's CPU per sent frame (`sent_us`), the kernel's and user space's part."""
+    dsos = perf_rows(by_dso)
+    if not dsos:
+        return "no samples\n"
+    kernel = sum(share for share, name in dsos if name == KERNEL)
+    lines = [f"kernel {kernel:.1f}% of the server's samples, user space {100 - kernel:.1f}%"]
+    if sent_us is not None:
+        in_kernel = sent_us * kernel / 100
+        lines += [
+            f"server CPU per sent frame {sent_us:.2f} us: kernel {in_kernel:.2f} us, "
+            f"user space {sent_us - in_kernel:.2f} us"
+        ]
+    lines += ["", "by shared object:"]
+    lines += [f"  {share:6.2f}%  {name}" for share, name in dsos[:top]]
+    lines += ["", "by symbol ([k] kernel, [.] user space):"]
+    lines += [f"  {share:6.2f}%  {name}" for share, name in perf_rows(by_symbol)[:top]]
+    return "\n".join(lines) + "\n"
+
+
+def per_sent_us(outcome: dict[str, Any]) -> float | None:
+    """The server's CPU per frame the generator sent in the window (fixed and cursor modes)."""
+    sent = outcome["result"].get("moves_sent")
+    cpu_s = outcome.get("server_cpu_s")
+    if not sent or cpu_s is None:
+        return None
+    return float(cpu_s) / int(sent) * 1e6
+
+
+def _perf_report(perf: str, data: Path, sort: str) -> str:
+    argv = [perf, "report", "-i", str(data), "--stdio", "--no-children", "-g", "none"]
+    argv += ["--sort", sort]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
 def _module(frame: str) -> str:
     """The file part of a shortened frame: `f (pkg/mod.py)` -> `pkg/mod.py`."""
     return frame.rpartition(" (")[2].rstrip(")")
@@ -76,23 +133,35 @@ def _short(frame: str) -> str:
     return f"{name} ({'/'.join(path.split('/')[-2:]) if path else '?'})"
 
 
-def profile_window(bench: Bench, args: argparse.Namespace, py_spy: str) -> dict[str, Any]:
-    """Run one load against our server with py-spy attached for the measurement window."""
-    out = RAW / f"profile-{args.server}-{args.mode}-{args.campaigns}.txt"
+def sampler_argv(args: argparse.Namespace, pid: int, duration: float, out: Path) -> list[str]:
+    """The py-spy or perf command that samples `pid` for `duration` seconds into `out`."""
+    seconds = str(max(1, int(duration)))
+    if args.perf:
+        argv = [args.perf, "record", "-F", str(PERF_RATE), "-p", str(pid), "-o", str(out)]
+        return [*argv, "--", "sleep", seconds]
+    argv = [args.py_spy, "record", "--native", "--format", "raw", "--rate", str(RATE)]
+    return [*argv, "--duration", seconds, "-o", str(out), "--pid", str(pid)]
+
+
+def profile_window(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one load against the server with the sampler attached for the measurement window."""
+    suffix = "perf.data" if args.perf else "txt"
+    out = RAW / f"profile-{args.server}-{args.mode}-{args.campaigns}.{suffix}"
     server: ServerProcess = bench.server(args.server)
     server.start()
     spy: subprocess.Popen[bytes] | None = None
 
     def start_spy(duration: float) -> subprocess.Popen[bytes]:
         assert server.popen is not None
-        argv = [py_spy, "record", "--native", "--format", "raw", "--rate", str(RATE)]
-        argv += ["--duration", str(max(1, int(duration))), "-o", str(out)]
-        argv += ["--pid", str(server.popen.pid)]
-        log = (RAW / "py-spy.log").open("ab")
+        log = (RAW / ("perf.log" if args.perf else "py-spy.log")).open("ab")
+        argv = sampler_argv(args, server.popen.pid, duration, out)
         return subprocess.Popen(argv, stdout=log, stderr=log)
+
+    sample_window, windows = bench.window_sampler(server)
 
     def on_event(event: dict[str, Any]) -> None:
         nonlocal spy
+        sample_window(event)
         if event["event"] == "window_start" and spy is None:
             spy = start_spy(args.window)
 
@@ -115,13 +184,15 @@ def profile_window(bench: Bench, args: argparse.Namespace, py_spy: str) -> dict[
         if spy is not None:
             spy.wait(args.window + 30)
         server.stop()
-    return {"result": result, "collapsed": str(out)}
+    cpu_s = windows[-1]["server_cpu_s"] if windows else None
+    return {"result": result, "samples": str(out), "server_cpu_s": cpu_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Profile our server under one load and print where its time goes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy")
+    parser.add_argument("--perf", help="sample with this perf binary instead of py-spy")
     parser.add_argument("--server", choices=[OURS, BASELINE], default=OURS)
     parser.add_argument("--mode", choices=["fixed", "cursor", "storm", "connect"], default="fixed")
     parser.add_argument("--campaigns", type=int, default=100)
@@ -131,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    if not Path(args.py_spy).exists():
-        sys.stderr.write(f"py-spy not found at {args.py_spy}\n")
+    sampler = args.perf or args.py_spy
+    if not shutil.which(sampler):
+        sys.stderr.write(f"{sampler} not found\n")
         return 2
     RAW.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -143,9 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("our server (app/transport/serve.py) is not there to profile\n")
             return 2
         bench = Bench(QUICK, setup, books, work)
-        outcome = profile_window(bench, args, args.py_spy)
-    text = summarise(Path(outcome["collapsed"]), args.top)
-    summary_path = Path(outcome["collapsed"]).with_suffix(".summary.txt")
+        outcome = profile_window(bench, args)
+    samples = Path(outcome["samples"])
+    if args.perf:
+        by_dso = _perf_report(args.perf, samples, "dso")
+        by_symbol = _perf_report(args.perf, samples, "dso,sym")
+        text = perf_summary(by_dso, by_symbol, args.top, per_sent_us(outcome))
+    else:
+        text = summarise(samples, args.top)
+    summary_path = samples.with_suffix(".summary.txt")
     summary_path.write_text(text)
     sys.stdout.write(
         json.dumps({k: v for k, v in outcome["result"].items() if k != "steps"}) + "\n"
