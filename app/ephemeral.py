@@ -268,6 +268,21 @@ class Ephemeral:
                     self._released(token_id, holder.user_id, event.visible_before)
         self._reveil()
 
+    def revealed(self, before: dict[str, bool]) -> None:
+        """After a change's events went out: players learn of the lock on each token it showed.
+
+        `before` is `visibility()` from before the change. Only a GM can hold a hidden token's
+        lock, so this tells players what the GMs knew since the grab.
+        """
+        if not before:
+            return
+        tokens = self._state.tokens
+        for token_id, holder in self.locks.held().items():
+            if not before.get(token_id, True) and token_id in tokens and tokens[token_id].visible:
+                hold = TokenHold(token_id=token_id, user_id=holder.user_id)
+                frame = self._frame("token.grabbed", holder.user_id, hold, None)
+                self._to(self._audiences["player"], frame)
+
     def _released(self, token_id: str, user_id: str, visible: bool) -> None:
         ref = TokenRef(token_id=token_id)
         self._announce(visible, self._frame("token.released", user_id, ref, None))

@@ -387,6 +387,7 @@ class Session:
         first = self.state.seq + 1
         for event in events:
             self._publish(event)
+        live.revealed(before)
         journal = self.journal
         if journal is not None and events:
             journal.command(self, first, member.actor, message)

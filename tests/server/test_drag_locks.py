@@ -166,6 +166,26 @@ async def test_a_joiner_learns_the_locks_it_may_see_right_after_presence_sync(
     assert {token for _, token, _ in lock_events(late_gm)} == {"t1", "h1"}
 
 
+async def test_revealing_a_token_under_a_gms_lock_tells_the_players_of_the_lock_after_it(
+    server: RunningServer,
+) -> None:
+    gm, bob, cat = await table(server)
+    await grab(gm, "h1")
+
+    await gm.request("token.update", {"token_id": "h1", "visible": True})
+
+    for player in (bob, cat):
+        added = await player.until(lambda f: f["type"] in {"token.add", "token.grabbed"})
+        assert (added["type"], added["payload"]["token_id"]) == ("token.add", "h1")
+        grabbed = await player.expect("token.grabbed")
+        assert grabbed["payload"] == {"token_id": "h1", "user_id": "gm"}
+        assert "seq" not in grabbed
+    await gm.roundtrip()
+    assert lock_events(gm) == [("token.grabbed", "h1", "gm")]
+    refused = await bob.request("token.move", {"token_id": "h1", "x": 1, "y": 1})
+    assert refused["payload"]["code"] == "locked"
+
+
 async def test_removing_a_locked_token_releases_it_before_the_removal(
     server: RunningServer,
 ) -> None:
