@@ -124,12 +124,14 @@ class BroadcastEndpoint:
         except TooLarge:
             return Response("Content Too Large", 413, media_type="text/plain")
         try:
-            # Decoding as Raw checks the syntax of the whole body before any field is judged.
-            msgspec.json.decode(body, type=msgspec.Raw)
-            request = _decoder.decode(body)
+            # UTF-8 all through (msgspec checks only the strings it decodes, not the content it
+            # keeps raw), then as Raw: the syntax of the whole body before any field is judged.
+            text = body.decode()
+            msgspec.json.decode(text, type=msgspec.Raw)
+            request = _decoder.decode(text)
         except msgspec.ValidationError as error:
             return _refused(Refusal("invalid_payload", f"invalid body: {error}"))
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             return _refused(Refusal("invalid_json", f"body is not valid JSON: {error}"))
         try:
             return await self._store(request, services)

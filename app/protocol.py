@@ -767,12 +767,19 @@ _encoder: Final = msgspec.json.Encoder()
 
 def decode_client_message(data: bytes | str) -> ClientMessage:
     """Decode one client frame, or raise DecodeFailure with the precise protocol error code."""
+    if isinstance(data, bytes):
+        # A binary frame is read as a text frame's UTF-8 would be, all of it: msgspec checks
+        # the strings it decodes, not the bytes a Raw field (chat content) keeps as they are.
+        try:
+            data = data.decode()
+        except UnicodeDecodeError as exc:
+            raise _not_json(exc) from None
     try:
         message: ClientMessage = _message_decoder.decode(data)
         return message
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except msgspec.DecodeError as exc:
         raise _not_json(exc) from None
     # The typed decoder stopped at the first wrong value: classify the frame step by step.
     # Decoding as Raw checks the JSON syntax of the whole frame without converting values.
@@ -783,7 +790,7 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         raise DecodeFailure(
             "invalid_message", f"a message is a JSON object with a string `type`: {exc}"
         ) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except msgspec.DecodeError as exc:
         raise _not_json(exc) from None
     row = MESSAGES.client.get(envelope.type)
     if row is None:
@@ -794,7 +801,7 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
     except msgspec.ValidationError as exc:
         detail = str(exc).replace("`$", "`$.payload")
         raise DecodeFailure("invalid_payload", f"invalid {row.tag} payload: {detail}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except msgspec.DecodeError as exc:
         raise _not_json(exc) from None
     if payload is not envelope.payload:
         return MESSAGES.envelope(row.tag)(payload=value)

@@ -290,6 +290,11 @@ async def test_an_unauthenticated_oversized_body_is_401_not_413(tmp_path: Any) -
     ("payload", "code", "says"),
     [
         (b"{not json", "invalid_json", "body is not valid JSON"),
+        (
+            b'{"campaign_id": "c1", "user_id": "u1", "content": "\xff"}',
+            "invalid_json",
+            "body is not valid JSON",
+        ),
         (b"[1, 2]", "invalid_payload", "Expected `object`"),
         ({k: v for k, v in body().items() if k != "campaign_id"}, "invalid_payload", "campaign_id"),
         (body(campaign_id="c 1"), "invalid_payload", "campaign_id"),

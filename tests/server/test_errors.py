@@ -92,6 +92,16 @@ BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
         "invalid_json",
     ),
     ("a binary frame of broken UTF-8 inside JSON", b'{"type": "ping\xc3"}', "invalid_json"),
+    (
+        "a binary frame of broken UTF-8 in chat content",
+        b'{"type": "chat.send", "payload": {"content": "\xff"}}',
+        "invalid_json",
+    ),
+    (
+        "a binary frame of broken UTF-8 in a key of chat content",
+        b'{"type": "chat.send", "payload": {"content": {"\xff": 1}}}',
+        "invalid_json",
+    ),
     ("a JSON array", '[{"type": "ping"}]', "invalid_message"),
     ("a JSON string", '"ping"', "invalid_message"),
     ("an object without type", '{"payload": {}}', "invalid_message"),
