@@ -114,6 +114,8 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._loading: dict[str, asyncio.Task[Session]] = {}
         self._evicting: dict[str, asyncio.Task[None]] = {}
+        # Sessions whose claim was found gone, being written before they are closed.
+        self._writing: set[asyncio.Task[None]] = set()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._outage_since: float | None = None
@@ -387,6 +389,29 @@ class SessionManager:
         for member in list(session.members):
             member.close(reason)
 
+    def claim_lost(self, session: Session) -> None:
+        """The op log found no claim on `session` (or this machine's lease gone): Redis lost
+        its data, most likely, restarted empty before the lease's renew noticed.
+
+        No other machine holds the campaign, so nothing replays what only this session has:
+        it stops taking edits, is written once more under its fence (a newer owner's fence
+        would refuse the write) and dropped, its clients closed with 1013, as `lease_lost`
+        does for every session.
+        """
+        log.error(
+            "campaign claim lost from Redis: the session is written and closed",
+            extra={"campaign_id": session.campaign_id, "fence": session.fence},
+        )
+        session.close()
+        task = asyncio.create_task(self._write_and_drop(session))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write_and_drop(self, session: Session) -> None:
+        await self.flush()
+        reason = CloseConnection(CloseCode.TRY_AGAIN_LATER, "lost cluster coordination; reconnect")
+        self._drop(session, reason)
+
     def fenced_out(self, session: Session) -> None:
         """Drop a session whose row another writer has taken over; its clients reconnect.
 
@@ -405,7 +430,8 @@ class SessionManager:
     async def close(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
         """Refuse new joins, then flush everything, retrying until `deadline`; True when done."""
         self.closing = True
-        for task in [self._flusher, *self._evicting.values(), *self._loading.values()]:
+        tasks = [*self._evicting.values(), *self._loading.values(), *self._writing]
+        for task in [self._flusher, *tasks]:
             if task is not None:
                 task.cancel()
         delay = 0.1

@@ -126,6 +126,7 @@ class Services:
                 cluster.oplog_max_entries,
                 metrics,
                 manager.fenced_out,
+                manager.claim_lost,
             )
             manager.oplog = oplog
             await coordinator.start(manager)

@@ -48,14 +48,19 @@ READ_PAGE = 500
 # lease, then each campaign's claim and log; ARGV: the lease's incarnation, the log's cap,
 # then per campaign its claim value, entry id, epoch and commands. Each campaign answers
 # OK (appended, or appended already by a try whose answer was lost), FENCED (another
-# claim, or no lease: nothing appended) or ORDER (an id below the log's top).
+# machine's claim: nothing appended), LOST (no claim, or this machine's lease gone: Redis
+# lost its data or this machine was paused past its lease, and no one else claimed; nothing
+# appended) or ORDER (an id below the log's top).
 APPEND: Final = """
 local lease = redis.call('GET', KEYS[1]) == ARGV[1]
 local answers = {}
 for i = 1, (#KEYS - 1) / 2 do
   local claim, log, at = KEYS[2 * i], KEYS[2 * i + 1], 3 + 4 * (i - 1)
-  if not lease or redis.call('GET', claim) ~= ARGV[at] then
+  local current = redis.call('GET', claim)
+  if current and current ~= ARGV[at] then
     answers[i] = 'FENCED'
+  elseif not current or not lease then
+    answers[i] = 'LOST'
   else
     local id = ARGV[at + 1]
     local added = redis.pcall(
@@ -145,12 +150,16 @@ class RedisOpLog:
         max_entries: int,
         metrics: OpLogMetrics,
         on_refused: Callable[[Session], None],
+        on_lost: Callable[[Session], None],
     ) -> None:
         self._redis = redis
         self._lease = lease
         self._max_entries = str(max_entries)
         self._metrics = metrics
+        # Another machine claimed the campaign: drop it unsaved, the new owner has its log.
         self._on_refused = on_refused
+        # No one holds its claim any more: write it under its fence and close it.
+        self._on_lost = on_lost
         self._append = redis.register_script(APPEND)
         self._claims: dict[Session, Claim] = {}
         self._pending: dict[Session, list[Command]] = {}
@@ -233,6 +242,14 @@ class RedisOpLog:
             for (session, commands), result in zip(batch, results, strict=True):
                 if result == b"OK":
                     session.release(commands[-1].last)
+                elif result == b"LOST":
+                    log.warning(
+                        "op log refused an append: the campaign's claim or this machine's "
+                        "lease is gone from Redis",
+                        extra={"campaign_id": session.campaign_id},
+                    )
+                    self.detach(session)
+                    self._on_lost(session)
                 else:
                     log.warning(
                         "op log refused an append: the campaign has another owner",

@@ -53,7 +53,12 @@ async def owner(
         settings, store, metrics, MemoryChatStore(), DevClaimRoles(), coordinator
     )
     oplog = RedisOpLog(
-        connect(redis.url, cluster.renew_interval), coordinator, 1000, metrics, manager.fenced_out
+        connect(redis.url, cluster.renew_interval),
+        coordinator,
+        1000,
+        metrics,
+        manager.fenced_out,
+        manager.claim_lost,
     )
     manager.oplog = oplog
     async with asyncio.timeout(TIMEOUT):
@@ -137,6 +142,35 @@ async def test_an_append_under_a_claim_another_machine_took_shows_nothing_and_dr
         assert int(gm.closed_with.code) == 1012
         assert moves(gm) == []
         assert "c1" not in manager.sessions
+
+
+@pytest.mark.parametrize("lost", ["everything", "the claim"])
+async def test_an_append_with_the_claim_gone_writes_the_session_before_closing_it(
+    redis_server: RedisProcess, lost: str
+) -> None:
+    # Redis restarted empty (or lost the claim) before the lease's renew noticed: no machine
+    # holds the campaign, so what the session applied is written, not dropped.
+    store = MemoryStore()
+    async with owner(redis_server, store, "a") as manager, connected(redis_server) as redis:
+        gm = FakeMember("gm", "gm")
+        session, _ = await manager.join("c1", gm)
+        session.submit_now(gm, change("token.add", token_payload("t1")))
+        await poll(lambda: "token.add" in gm.types, TIMEOUT, "the add")
+        if lost == "everything":
+            await redis.flushall()
+        else:
+            await redis.delete(keys.claim("c1"))
+
+        session.submit_now(gm, change("token.move", {"token_id": "t1", "x": 1, "y": 0}))
+
+        await poll(lambda: gm.closed_with is not None, TIMEOUT, "the member to be closed")
+        assert gm.closed_with is not None
+        assert int(gm.closed_with.code) == 1013
+        assert moves(gm) == []
+        assert "c1" not in manager.sessions
+        stored = await store.load("c1")
+        assert stored is not None
+        assert b'"t1"' in stored
 
 
 async def test_a_new_owner_replays_the_log_after_the_row_and_keeps_the_epoch(
