@@ -135,6 +135,9 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     resume_buffer: int = 1000
+    # ... and at most this many bytes of their frames, so that big frames (fog of a large map)
+    # cannot pin hundreds of megabytes per campaign.
+    resume_buffer_bytes: int = 1024 * 1024
     # Presence, drag locks and ephemeral signals (docs/PROTOCOL.md).
     presence_grace: float = 10.0
     lock_idle_timeout: float = 5.0
@@ -346,6 +349,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         ping_interval=_num(env, "VTT_PING_INTERVAL", 20.0, minimum=0.1),
         ping_timeout=_num(env, "VTT_PING_TIMEOUT", 20.0, minimum=0.1),
         resume_buffer=_int(env, "VTT_RESUME_BUFFER", 1000, minimum=0),
+        resume_buffer_bytes=_int(env, "VTT_RESUME_BUFFER_BYTES", 1024 * 1024, minimum=0),
         presence_grace=_num(env, "VTT_PRESENCE_GRACE", 10.0),
         lock_idle_timeout=_num(env, "VTT_LOCK_IDLE_TIMEOUT", 5.0, minimum=0.1),
         cursor_rate=_num(env, "VTT_CURSOR_RATE_PER_SECOND", 20.0, minimum=0.1),

@@ -133,6 +133,8 @@ class Recorded(Struct, frozen=True, gc=False):
     player: Outgoing | None
     full_sync: bool
     audience: Audience | None = None
+    # The bytes of its frames, a frame both audiences share counted once (resume_buffer_bytes).
+    size: int = 0
 
 
 class Snapshot(Struct, frozen=True, gc=False):
@@ -175,7 +177,11 @@ class Session:
         self.members: dict[Member, None] = {}
         # The same members by audience, so a broadcast never asks each member its role.
         self._audiences: dict[Role, dict[Member, None]] = {"gm": {}, "player": {}}
-        self.history: deque[Recorded] = deque(maxlen=settings.resume_buffer)
+        # The latest broadcasts for resumes: at most resume_buffer of them, and of
+        # resume_buffer_bytes of frames (`history_bytes`).
+        self.history: deque[Recorded] = deque()
+        self.history_bytes = 0
+        self._history_bounds = (settings.resume_buffer, settings.resume_buffer_bytes)
         self.chat = chat
         self._metadata = MetadataCache()
         # Dirty tracking: `version` counts changes, `saved_version` the last one written.
@@ -448,7 +454,7 @@ class Session:
             payload=Raw(data),
         )
         out = Outgoing(text_frame(encode_frame(frame)), "chat.message")
-        self._record(Recorded(seq, out, out, False, Audience.of(message)))
+        self._record(Recorded(seq, out, out, False, Audience.of(message), len(out.frame)))
 
     async def submit_live(self, member: Member, message: LiveMessage) -> None:
         """Handle a message that changes nothing stored: a drag lock's grab or release, a signal."""
@@ -487,16 +493,29 @@ class Session:
             player = gm
         else:
             player = self._render(event, player_seen, seq)
-        self._record(Recorded(seq, gm, player, event.type == "state.sync"))
+        size = 0 if gm is None else len(gm.frame)
+        if player is not None and player is not gm:
+            size += len(player.frame)
+        self._record(Recorded(seq, gm, player, event.type == "state.sync", None, size))
 
     def _record(self, record: Recorded) -> None:
         """Keep `record` for resumes; send it now, or once the journal has it."""
-        self.history.append(record)
+        self._keep(record)
         if self.journal is None:
             self.acked = record.seq
             self._deliver(record)
         else:
             self._unsent.append(record)
+
+    def _keep(self, record: Recorded) -> None:
+        """Add `record` to the history, then drop the oldest past either bound."""
+        history = self.history
+        history.append(record)
+        kept = self.history_bytes + record.size
+        most, most_bytes = self._history_bounds
+        while len(history) > most or kept > most_bytes:
+            kept -= history.popleft().size
+        self.history_bytes = kept
 
     def _deliver(self, record: Recorded) -> None:
         audience = record.audience

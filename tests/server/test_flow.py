@@ -863,6 +863,29 @@ async def test_a_resume_past_what_the_buffer_holds_gets_a_full_state_sync(tmp_pa
         assert not [f for f in back.received if f["type"] == "state.resume"]
 
 
+async def test_a_resume_past_the_bytes_the_buffer_holds_gets_a_full_state_sync(
+    tmp_path: Path,
+) -> None:
+    async with serve(settings_for(tmp_path, resume_buffer_bytes=4096)) as server:
+        gm = await server.join("c1", "gm", "gm")
+        player = await server.join("c1", "bob")
+        since, epoch = await leave(server, player, "c1", "bob")
+        # Three fog updates of about 2 KiB each: the buffer holds the last one only.
+        zones = [{"x": n, "y": n, "w": 1, "h": 1, "visible": False} for n in range(40)]
+        for _ in range(3):
+            await gm.request("fog.update", {"zones": zones})
+        session = server.services.manager.sessions["c1"]
+        assert len(session.history) == 1
+        assert session.history_bytes <= 4096
+
+        back = await rejoin(server, "c1", "bob", "player", since=since, epoch=epoch)
+
+        sync = await back.expect("state.sync")
+        assert sync["seq"] == since + 3
+        assert len(sync["payload"]["fog_zones"]) == 40
+        assert not [f for f in back.received if f["type"] == "state.resume"]
+
+
 async def test_a_resume_across_a_restart_gets_a_full_state_sync_with_a_new_epoch(
     tmp_path: Path,
 ) -> None:

@@ -26,13 +26,14 @@ FLOW_VARIABLES: dict[str, tuple[str, str, Any]] = {
     "VTT_PING_INTERVAL": ("ping_interval", "15", 15.0),
     "VTT_PING_TIMEOUT": ("ping_timeout", "7.5", 7.5),
     "VTT_RESUME_BUFFER": ("resume_buffer", "50", 50),
+    "VTT_RESUME_BUFFER_BYTES": ("resume_buffer_bytes", "65536", 65536),
     "VTT_HANDSHAKE_TIMEOUT": ("handshake_timeout", "2.5", 2.5),
 }
 
 INTEGERS = {name for name, (_, _, value) in FLOW_VARIABLES.items() if isinstance(value, int)}
 # Zero turns resume off (every reconnect gets a full state.sync); for the rest it means nothing:
 # no rate, no burst, an instant flood close, no queue, no connections, no keepalive.
-ZERO_IS_MEANINGFUL = {"VTT_RESUME_BUFFER"}
+ZERO_IS_MEANINGFUL = {"VTT_RESUME_BUFFER", "VTT_RESUME_BUFFER_BYTES"}
 
 BAD_VALUES = sorted(
     {(name, raw) for name in FLOW_VARIABLES for raw in ("abc", "1,000", "-1")}
@@ -51,6 +52,7 @@ def test_an_empty_environment_gives_the_issues_flow_control_defaults() -> None:
     assert settings.max_connections_per_user == 8
     assert settings.max_connections_per_campaign == 100
     assert settings.resume_buffer == 1000
+    assert settings.resume_buffer_bytes == 1024 * 1024
     assert settings.ping_interval + settings.ping_timeout <= 60, "a dead peer goes within 60 s"
     assert settings.handshake_timeout == 10
 

@@ -350,6 +350,33 @@ async def test_a_resume_the_history_cannot_serve_gets_a_full_state_sync(
     assert back.received[0]["seq"] == 6
 
 
+async def test_the_history_keeps_no_more_bytes_of_frames_than_its_bound() -> None:
+    session = session_of(resume_buffer_bytes=1000)
+    gm = await seated(session, FakeMember("gm-ada", "gm"))
+    # Fog of 5 zones: a frame of a few hundred bytes, the same for both audiences.
+    fog = {"zones": [{"x": n, "y": n, "w": 1, "h": 1, "visible": False} for n in range(5)]}
+    for _ in range(6):
+        await session.submit(gm, change("fog.update", fog))
+
+    sizes = [record.size for record in session.history]
+    assert 1 < len(sizes) < 6
+    assert session.history_bytes == sum(sizes) <= 1000
+    assert sum(sizes) + sizes[0] > 1000, "one more would not have fitted"
+    back = FakeMember("gm-ada", "gm")
+    assert await session.join(back, session.state.seq - 6, session.epoch) is False
+    assert await session.join(FakeMember("gm-ada", "gm"), session.state.seq - 1, session.epoch)
+
+
+async def test_a_frame_bigger_than_the_bound_is_not_kept_and_a_resume_over_it_is_full() -> None:
+    session = session_of(resume_buffer_bytes=100)
+    gm = await seated(session, FakeMember("gm-ada", "gm"))
+    await session.submit(gm, change("token.add", token_payload("t1")))
+
+    assert not session.history
+    assert session.history_bytes == 0
+    assert await session.join(FakeMember("gm-ada", "gm"), 0, session.epoch) is False
+
+
 async def test_a_resume_across_a_map_switch_gets_a_full_state_sync() -> None:
     session = session_of()
     gm = await seated(session, FakeMember("gm-ada", "gm"))
