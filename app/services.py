@@ -166,7 +166,10 @@ class Services:
                 flushed = await self.manager.close(time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
         except TimeoutError:
             shutdown_log.error("shutdown step hung; left behind", extra={"step": "final flush"})
-        shutdown_log.info("sessions written; releasing", extra={"flushed": flushed})
+        if flushed:
+            shutdown_log.info("sessions written; releasing")
+        else:
+            shutdown_log.error("releasing with sessions unwritten", extra={"flushed": False})
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.oplog is not None:
             steps.append(("op log", self.oplog.close))

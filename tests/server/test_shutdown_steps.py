@@ -41,3 +41,29 @@ async def test_a_hanging_release_is_left_behind_by_name_and_the_database_still_c
     assert closed.is_set()
     steps = [r.__dict__.get("step") for r in caplog.records if r.levelno == logging.ERROR]
     assert steps == ["auth"]
+
+
+@pytest.mark.parametrize("flushed", [True, False])
+async def test_the_log_says_whether_the_sessions_were_written_before_the_releases(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    flushed: bool,
+) -> None:
+    services = await Services.build(settings_for(tmp_path))
+
+    async def close(_: float) -> bool:
+        return flushed
+
+    monkeypatch.setattr(services.manager, "close", close)
+
+    with caplog.at_level(logging.INFO, logger="vtt.shutdown"):
+        async with asyncio.timeout(5.0):
+            await services.close()
+
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "vtt.shutdown"]
+    if flushed:
+        assert (logging.INFO, "sessions written; releasing") in said
+    else:
+        assert (logging.ERROR, "releasing with sessions unwritten") in said
+        assert not [m for _, m in said if m.startswith("sessions written")]
