@@ -23,6 +23,8 @@ DEFAULT_USERNAME_SQL = "SELECT username FROM users WHERE id = :user_id"
 TokenPolicy = Literal["open", "owner"]
 NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+# The most clock skew VTT_JWT_LEEWAY may allow on a token's exp, nbf and iat (seconds).
+MAX_LEEWAY = 300.0
 
 
 class ConfigError(Exception):
@@ -209,7 +211,29 @@ def _str(env: Mapping[str, str], key: str) -> str | None:
 
 
 def _list(env: Mapping[str, str], key: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in env.get(key, "").split(",") if part.strip())
+    """A comma list; one that is set but names nothing, or names `*`, is refused: each of
+    these lists turns a check on, and a typo must not turn it off or refuse everyone."""
+    raw = _str(env, key)
+    if raw is None:
+        return ()
+    parts = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not parts:
+        raise ConfigError(f"{key} names nothing, got {raw!r}: unset it, or list at least one")
+    if "*" in parts:
+        raise ConfigError(f"{key} takes no wildcard, got {raw!r}: unset it to allow any")
+    return parts
+
+
+def _is_postgres(database_url: str | None) -> bool:
+    return database_url is not None and database_url.startswith(("postgres://", "postgresql"))
+
+
+def _leeway(env: Mapping[str, str]) -> float:
+    """VTT_JWT_LEEWAY: clock skew, so at most MAX_LEEWAY (more would make expiry meaningless)."""
+    leeway = _num(env, "VTT_JWT_LEEWAY", 5.0)
+    if leeway > MAX_LEEWAY:
+        raise ConfigError(f"VTT_JWT_LEEWAY is clock skew: at most {MAX_LEEWAY:g} s, got {leeway:g}")
+    return leeway
 
 
 def _num(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0.0) -> float:
@@ -282,6 +306,13 @@ def _parse(env: Mapping[str, str]) -> Settings:
                 + " and ".join(missing)
                 + ": dev auth and the embedded database are refused in production"
             )
+        if not _is_postgres(database_url):
+            raise ConfigError(
+                "production mode requires a PostgreSQL DATABASE_URL (postgres:// or "
+                "postgresql://): the embedded database is refused in production"
+            )
+    if jwks_url is not None and urlsplit(jwks_url).scheme not in {"http", "https"}:
+        raise ConfigError(f"CLERK_JWKS_URL must be an http(s) URL, got {jwks_url!r}")
     issuer = _str(env, "CLERK_ISSUER") or default_issuer(jwks_url)
     if mode == "production" and issuer is None:
         raise ConfigError(
@@ -325,7 +356,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         clerk_jwks_url=jwks_url,
         clerk_issuer=issuer,
         clerk_authorized_parties=_list(env, "CLERK_AUTHORIZED_PARTIES"),
-        jwt_leeway=_num(env, "VTT_JWT_LEEWAY", 5.0),
+        jwt_leeway=_leeway(env),
         jwks_ttl=_num(env, "VTT_JWKS_TTL", 300.0, minimum=1.0),
         role_sql=_str(env, "VTT_ROLE_SQL") or DEFAULT_ROLE_SQL,
         role_cache_ttl=_num(env, "VTT_ROLE_CACHE_TTL", 5.0),
@@ -374,7 +405,7 @@ def _cluster(env: Mapping[str, str], database_url: str | None, port: int) -> Clu
         return None
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
-    if database_url is None or not database_url.startswith(("postgres://", "postgresql")):
+    if not _is_postgres(database_url):
         raise ConfigError(
             "REDIS_URL needs a Postgres DATABASE_URL: the machines of a cluster share one "
             "database, and the embedded SQLite file is one machine's"

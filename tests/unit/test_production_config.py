@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,11 @@ import pytest
 from app.config import ConfigError, Settings
 
 
-def test_production_refuses_to_leave_token_issuers_unchecked(tmp_path: Path) -> None:
+def test_production_refuses_to_leave_token_issuers_unchecked() -> None:
     environ = {
         "VTT_ENV": "production",
         "CLERK_JWKS_URL": "https://keys.example/jwks",
-        "DATABASE_URL": "sqlite:///" + str(tmp_path / "vtt.db"),
+        "DATABASE_URL": "postgresql://u@db.example/app",
     }
     with pytest.raises(ConfigError, match="CLERK_ISSUER"):
         Settings.from_env(environ)
@@ -66,3 +67,49 @@ def test_clerk_issuer_overrides_the_derived_one_and_is_none_for_another_url() ->
 
     assert explicit.clerk_issuer == "https://clerk.app.example"
     assert underived.clerk_issuer is None
+
+
+def test_production_refuses_an_embedded_database_given_as_a_url(tmp_path: Path) -> None:
+    environ = {"VTT_ENV": "production", "CLERK_JWKS_URL": JWKS_URL}
+
+    with pytest.raises(ConfigError, match="requires a PostgreSQL DATABASE_URL"):
+        Settings.from_env({**environ, "DATABASE_URL": "sqlite:///" + str(tmp_path / "vtt.db")})
+    assert Settings.from_env({**environ, "DATABASE_URL": "postgres://u@db.example/app"}).production
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("CLERK_AUTHORIZED_PARTIES", ",", "names nothing"),
+        ("CLERK_AUTHORIZED_PARTIES", " , ,", "names nothing"),
+        ("CLERK_AUTHORIZED_PARTIES", "*", "takes no wildcard"),
+        ("VTT_ALLOWED_ORIGINS", "*", "takes no wildcard"),
+        ("VTT_ALLOWED_ORIGINS", "https://app.example, *", "takes no wildcard"),
+        ("VTT_IMAGE_URL_PREFIXES", ",", "names nothing"),
+        ("VTT_JWT_LEEWAY", "100000", "at most 300 s"),
+        ("CLERK_JWKS_URL", "ftp://keys.example/.well-known/jwks.json", "http(s) URL"),
+    ],
+)
+def test_a_value_that_would_turn_an_auth_check_off_or_refuse_everyone_is_refused(
+    name: str, raw: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)) as caught:
+        Settings.from_env({name: raw})
+
+    assert name in str(caught.value)
+
+
+def test_lists_and_leeway_within_bounds_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "CLERK_AUTHORIZED_PARTIES": "https://a.example, https://b.example",
+            "VTT_ALLOWED_ORIGINS": " https://a.example ",
+            "VTT_JWT_LEEWAY": "300",
+            "CLERK_JWKS_URL": "http://127.0.0.1:9/.well-known/jwks.json",
+        }
+    )
+
+    assert settings.clerk_authorized_parties == ("https://a.example", "https://b.example")
+    assert settings.allowed_origins == ("https://a.example",)
+    assert settings.jwt_leeway == 300
+    assert Settings.from_env({"VTT_ALLOWED_ORIGINS": " "}).allowed_origins == ()
