@@ -132,9 +132,9 @@ class Recorded(Struct, frozen=True, gc=False):
     gm: Outgoing | None
     player: Outgoing | None
     full_sync: bool
-    audience: Audience | None = None
     # The bytes of its frames, a frame both audiences share counted once (resume_buffer_bytes).
-    size: int = 0
+    size: int
+    audience: Audience | None = None
 
 
 class Snapshot(Struct, frozen=True, gc=False):
@@ -181,7 +181,6 @@ class Session:
         # resume_buffer_bytes of frames (`history_bytes`).
         self.history: deque[Recorded] = deque()
         self.history_bytes = 0
-        self._history_bounds = (settings.resume_buffer, settings.resume_buffer_bytes)
         self.chat = chat
         self._metadata = MetadataCache()
         # Dirty tracking: `version` counts changes, `saved_version` the last one written.
@@ -454,7 +453,7 @@ class Session:
             payload=Raw(data),
         )
         out = Outgoing(text_frame(encode_frame(frame)), "chat.message")
-        self._record(Recorded(seq, out, out, False, Audience.of(message), len(out.frame)))
+        self._record(Recorded(seq, out, out, False, len(out.frame), Audience.of(message)))
 
     async def submit_live(self, member: Member, message: LiveMessage) -> None:
         """Handle a message that changes nothing stored: a drag lock's grab or release, a signal."""
@@ -496,7 +495,7 @@ class Session:
         size = 0 if gm is None else len(gm.frame)
         if player is not None and player is not gm:
             size += len(player.frame)
-        self._record(Recorded(seq, gm, player, event.type == "state.sync", None, size))
+        self._record(Recorded(seq, gm, player, event.type == "state.sync", size))
 
     def _record(self, record: Recorded) -> None:
         """Keep `record` for resumes; send it now, or once the journal has it."""
@@ -512,8 +511,8 @@ class Session:
         history = self.history
         history.append(record)
         kept = self.history_bytes + record.size
-        most, most_bytes = self._history_bounds
-        while len(history) > most or kept > most_bytes:
+        settings = self.settings
+        while len(history) > settings.resume_buffer or kept > settings.resume_buffer_bytes:
             kept -= history.popleft().size
         self.history_bytes = kept
 
