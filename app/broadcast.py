@@ -10,8 +10,9 @@ The answers, in the order they are decided (PROTOCOL.md "Chat and dice"):
   204  stored (an `id` stored before: 204 again, and nothing published)
 Where the contract is silent: the body is read like a chat.send (same limits, `""`/null
 optional fields absent), plus `campaign_id`, `user_id` and an optional `id` of 1-128
-characters. `user_id`, `gm_only`, `recipient_id` and `character_id` are trusted (no membership
-or ownership check), but `gm_only` with `recipient_id` and a whisper to oneself are still 400.
+characters; `message_type` is required and not empty, as the Go service had it. `user_id`,
+`gm_only`, `recipient_id` and `character_id` are trusted (no membership or ownership check),
+but `gm_only` with `recipient_id` and a whisper to oneself are still 400.
 A UUID `id` is the message's id; any other `id` stands for uuid5(BROADCAST_NAMESPACE, id),
 so a repeat is the same primary key. The sender's username (never stored) is asked of
 VTT_USERNAME_SQL after the insert; when it cannot be, the message goes without one. Nothing of
@@ -38,13 +39,15 @@ from app.errors import Refusal
 from app.metrics import Metrics
 from app.persistence.chat import ChatRejected, ChatStore, ChatUnusable, DuplicateMessage
 from app.persistence.store import StoreUnavailable
-from app.protocol import ChatMessage, ChatSend, Id, LenientId
+from app.protocol import NO_NUL, ChatMessage, ChatSend, Id, LenientId
 
 log = logging.getLogger("vtt.broadcast")
 
 MAX_BODY_BYTES: Final = 64 * 1024
 BROADCAST_NAMESPACE: Final = uuid.UUID("0d8f9a52-6f1e-4c1b-9a8e-5b2f3c4d7e61")
 CampaignId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+# Required here, as the Go service required it (a chat.send's defaults to "").
+BroadcastType = Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_NUL)]
 
 
 class BroadcastBody(ChatSend, kw_only=True):
@@ -52,6 +55,7 @@ class BroadcastBody(ChatSend, kw_only=True):
 
     campaign_id: CampaignId
     user_id: Id
+    message_type: BroadcastType
     id: LenientId | None = None
 
 

@@ -301,6 +301,12 @@ async def test_an_unauthenticated_oversized_body_is_401_not_413(tmp_path: Any) -
         (body(campaign_id="x" * 129), "invalid_payload", "campaign_id"),
         ({k: v for k, v in body().items() if k != "user_id"}, "invalid_payload", "user_id"),
         ({k: v for k, v in body().items() if k != "content"}, "invalid_payload", "content"),
+        (
+            {k: v for k, v in body().items() if k != "message_type"},
+            "invalid_payload",
+            "message_type",
+        ),
+        (body(message_type=""), "invalid_payload", "message_type"),
         (body(gm_only="true"), "invalid_payload", "gm_only"),
         (body(message_type="m" * 33), "invalid_payload", "message_type"),
         (body(content="c" * 9000), "invalid_payload", "at most 8192"),
