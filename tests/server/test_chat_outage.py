@@ -159,7 +159,12 @@ async def test_chat_disabled_by_an_unusable_table_says_why_and_the_rest_of_the_t
             broadcast = await http.post(
                 "/internal/broadcast",
                 headers={"Authorization": f"Bearer {SECRET}"},
-                json={"campaign_id": campaign, "user_id": "gm-ada", "content": "hi"},
+                json={
+                    "campaign_id": campaign,
+                    "user_id": "gm-ada",
+                    "message_type": "text",
+                    "content": "hi",
+                },
             )
             heard = chat_of(await news(player))
 
