@@ -767,6 +767,14 @@ _encoder: Final = msgspec.json.Encoder()
 
 def decode_client_message(data: bytes | str) -> ClientMessage:
     """Decode one client frame, or raise DecodeFailure with the precise protocol error code."""
+    try:
+        return _decode_client_message(data)
+    except RecursionError:
+        # msgspec stops at about a thousand levels; no message of the contract nests so deep.
+        raise DecodeFailure("invalid_payload", "the frame nests too deep") from None
+
+
+def _decode_client_message(data: bytes | str) -> ClientMessage:
     if isinstance(data, bytes):
         # A binary frame is read as a text frame's UTF-8 would be, all of it: msgspec checks
         # the strings it decodes, not the bytes a Raw field (chat content) keeps as they are.

@@ -103,6 +103,11 @@ BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
         "invalid_json",
     ),
     ("a JSON array", '[{"type": "ping"}]', "invalid_message"),
+    (
+        "a payload nested 100,000 deep",
+        '{"type": "ping", "payload": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "invalid_payload",
+    ),
     ("a JSON string", '"ping"', "invalid_message"),
     ("an object without type", '{"payload": {}}', "invalid_message"),
     ("a numeric type", '{"type": 7, "payload": {}}', "invalid_message"),
