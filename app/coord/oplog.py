@@ -165,6 +165,7 @@ class RedisOpLog:
         self._pending: dict[Session, list[Command]] = {}
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     # --- the journal a session writes ahead to ----------------------------------------------
 
@@ -205,6 +206,9 @@ class RedisOpLog:
 
     async def close(self) -> None:
         """Stop the writer; what was not appended was never shown, and is dropped."""
+        # The flag ends the writer when an append swallowed the cancel (redis-py sends
+        # through asyncio.wait_for, which on Python 3.11 drops one that lands as it ends).
+        self._closing = True
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -213,7 +217,7 @@ class RedisOpLog:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             batch = [

@@ -408,6 +408,7 @@ class RedisCoordinator:
                     taken = await self._renew(
                         keys=[self.node_key], args=[incarnation, self._ttl_ms]
                     )
+                self._stop_if_closed()
             except REDIS_FAILURES as exc:
                 self._set_reason("lease not held: redis unreachable", repr(exc))
             else:
@@ -439,6 +440,7 @@ class RedisCoordinator:
             sent = self._clock()
             try:
                 renewed = await self._renew(keys=[self.node_key], args=[incarnation, self._ttl_ms])
+                self._stop_if_closed()
             except REDIS_FAILURES as exc:
                 log.warning(
                     "cluster lease renew failed",
@@ -453,6 +455,16 @@ class RedisCoordinator:
             self._arm_deadline()
             if self._metrics is not None:
                 self._metrics.lease_renewed()
+
+    def _stop_if_closed(self) -> None:
+        """Re-raise a cancellation a command swallowed: closed means the loop ends.
+
+        redis-py sends through `asyncio.wait_for`, which on Python 3.11 returns the send's
+        result and drops a cancel that lands as the send completes; without this check
+        the loop would renew on and `close` would wait for it forever.
+        """
+        if self._closed:
+            raise asyncio.CancelledError
 
     def _arm_deadline(self) -> None:
         """(Re)arm the timer that drops the lease at its local deadline."""

@@ -124,6 +124,35 @@ async def test_while_the_store_is_away_the_log_grows_and_is_trimmed_once_it_is_b
         assert await redis.xlen(keys.log("c1")) == 0
 
 
+async def test_close_ends_the_writer_when_an_append_swallows_the_cancel(
+    redis_server: RedisProcess,
+) -> None:
+    # redis-py sends through asyncio.wait_for, which on Python 3.11 returns the send's result
+    # when a cancel lands as the send completes: this append does that on purpose.
+    async with owner(redis_server, MemoryStore(), "a") as manager:
+        oplog = manager.oplog
+        assert oplog is not None
+        real = oplog._append
+        entered = asyncio.Event()
+
+        async def swallowing(keys: list[str], args: list[str | bytes]) -> object:
+            results = await real(keys=keys, args=args)
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return results
+            raise AssertionError("the gate never opens")
+
+        oplog._append = swallowing  # type: ignore[assignment]
+        gm = FakeMember("gm", "gm")
+        session, _ = await manager.join("c1", gm)
+        session.submit_now(gm, change("token.add", token_payload("t1")))
+        async with asyncio.timeout(TIMEOUT):
+            await entered.wait()
+            await oplog.close()
+
+
 @pytest.mark.parametrize(
     ("lost", "code", "written"),
     [("to another machine", 1012, False), ("everything", 1013, True), ("the claim", 1013, True)],

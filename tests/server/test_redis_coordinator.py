@@ -234,6 +234,33 @@ async def test_an_empty_restart_loses_every_lease_once_and_fences_start_over(
         assert (a.metrics.lost, b.metrics.lost) == (1, 1)
 
 
+async def test_close_ends_the_lease_loop_when_a_renew_swallows_the_cancel(
+    redis_server: RedisProcess,
+) -> None:
+    # redis-py sends through asyncio.wait_for, which on Python 3.11 returns the send's result
+    # when a cancel lands as the send completes: this renew does that on purpose.
+    node = Node(redis_server, "a")
+    await node.start()
+    real = node.coord._renew
+    entered = asyncio.Event()
+
+    async def swallowing(keys: list[str], args: list[str | bytes]) -> object:
+        renewed = await real(keys=keys, args=args)
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return renewed
+        raise AssertionError("the gate never opens")
+
+    node.coord._renew = swallowing  # type: ignore[assignment]
+    async with asyncio.timeout(TIMEOUT):
+        await entered.wait()
+        await node.coord.close()
+    async with connected(redis_server) as client:
+        assert await client.exists(keys.node("a")) == 0
+
+
 async def test_a_pause_past_the_deadline_loses_the_lease_and_a_new_one_follows(
     redis_server: RedisProcess,
 ) -> None:
