@@ -48,6 +48,7 @@ class Limits:
     max_fog_zones: int = 5000
     max_maps: int = 200
     max_map_points: int = 200_000
+    max_state_bytes: int = 32 * 1024 * 1024
     image_url_prefixes: tuple[str, ...] = ()
 
 
@@ -344,6 +345,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         max_fog_zones=_int(env, "VTT_MAX_FOG_ZONES", base.max_fog_zones, minimum=1),
         max_maps=_int(env, "VTT_MAX_MAPS", base.max_maps, minimum=1),
         max_map_points=_int(env, "VTT_MAX_MAP_POINTS", base.max_map_points, minimum=1),
+        max_state_bytes=_int(env, "VTT_MAX_STATE_BYTES", base.max_state_bytes, minimum=64 * 1024),
         image_url_prefixes=_list(env, "VTT_IMAGE_URL_PREFIXES"),
     )
     return Settings(

@@ -201,7 +201,8 @@ class SessionManager:
         await chat.load()
         if self.closing:
             raise CloseConnection(CloseCode.SERVICE_RESTART, "server restarting")
-        session = Session(state, self.settings, self.metrics, chat, fence)
+        stored = 0 if data is None else len(data)
+        session = Session(state, self.settings, self.metrics, chat, fence, stored_bytes=stored)
         if self.oplog is not None:
             applied = await self.oplog.catch_up(session, claim)
             if applied:

@@ -30,14 +30,27 @@ from app.protocol import (
     ChatSend,
     Empty,
     ErrorPayload,
+    FogUpdateMsg,
     Frame,
+    MapRenameMsg,
+    MapSetMsg,
     StateResume,
     StateSaved,
+    TokenAddMsg,
+    TokenUpdateMsg,
     encode,
     encode_frame,
     text_frame,
 )
 from app.rules import apply, map_list
+
+# The changes that can make the stored state larger, each by at most about its payload's size.
+GROWING = (TokenAddMsg, TokenUpdateMsg, FogUpdateMsg, MapSetMsg, MapRenameMsg)
+
+
+def _growth(message: StateChange) -> int:
+    """How much `message` may add to the stored state: its payload's size, or 0."""
+    return len(encode(message.payload)) if isinstance(message, GROWING) else 0
 
 
 class Outgoing(Struct, frozen=True, gc=False):
@@ -161,6 +174,7 @@ class Session:
         chat: CampaignChat,
         fence: int = 0,
         epoch: str | None = None,
+        stored_bytes: int = 0,
     ) -> None:
         self.campaign_id = state.campaign_id
         # The fence this session writes under: its row's when loaded. A row whose fence was
@@ -187,6 +201,10 @@ class Session:
         self.version = 0
         self.saved_version = 0
         self.closed = False
+        # The stored state's size, bounded by max_state_bytes: exact when loaded and at each
+        # snapshot, and `grown` since by at most the payloads of the growing changes applied.
+        self.stored_bytes = stored_bytes
+        self.grown = 0
         # Write-ahead (clustered only): broadcasts wait in `_unsent` until the journal has
         # them (`acked`), and joiners behind them; without a journal `acked` follows `seq`.
         self.journal: Journal | None = None
@@ -381,6 +399,15 @@ class Session:
         """
         if self.closed:
             return
+        growth = _growth(message)
+        bound = self.rules.limits.max_state_bytes
+        if growth and self.stored_bytes + self.grown + growth > bound:
+            self.reply_error(
+                member,
+                "limit_exceeded",
+                f"the campaign's stored state is at most {bound} bytes; remove something first",
+            )
+            return
         live = self.ephemeral
         before = live.visibility()
         try:
@@ -388,6 +415,7 @@ class Session:
         except Refusal as refusal:
             self.reply_error(member, refusal.code, refusal.message)
             return
+        self.grown += growth
         live.changed(events, member.actor, before)
         first = self.state.seq + 1
         for event in events:
@@ -403,6 +431,7 @@ class Session:
             events = apply(self.state, message, actor, self.rules)
         except Refusal:
             return False
+        self.grown += _growth(message)
         for event in events:
             self._publish(event)
         return True
@@ -582,6 +611,7 @@ class Session:
             stored = self._metadata.pack(self.state)
             stored.epoch = UNSET
             data = encode(stored)
+            self.stored_bytes, self.grown = len(data), 0
             return Snapshot(self.campaign_id, data, self.version, self.state.seq)
 
     def mark_saved(self, snapshot: Snapshot) -> None:

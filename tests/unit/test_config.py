@@ -106,3 +106,15 @@ def test_a_nonsensical_flow_control_value_is_refused_naming_the_variable(
     message = str(caught.value)
     assert message.startswith(f"{name} must be"), message
     assert repr(raw) in message
+
+
+def test_the_stored_state_bound_is_read_from_its_variable_and_documented_with_its_default() -> None:
+    documented = re.search(
+        r"^\| `VTT_MAX_STATE_BYTES` \| `([0-9]+)`", README.read_text("utf-8"), re.MULTILINE
+    )
+    assert documented is not None, "README.md's limits table lacks VTT_MAX_STATE_BYTES"
+    assert int(documented[1]) == Settings.from_env({}).limits.max_state_bytes == 32 * 1024 * 1024
+    bound = Settings.from_env({"VTT_MAX_STATE_BYTES": "1048576"}).limits.max_state_bytes
+    assert bound == 1024 * 1024
+    with pytest.raises(ConfigError, match="VTT_MAX_STATE_BYTES"):
+        Settings.from_env({"VTT_MAX_STATE_BYTES": "1000"})

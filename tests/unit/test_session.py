@@ -152,6 +152,87 @@ async def test_a_connection_past_the_per_campaign_cap_is_refused_4429_and_not_ad
     assert late.received == []
 
 
+def bounded(max_state_bytes: int, stored: bytes | None = None) -> Session:
+    """A session of `c1` (fresh, or loaded from `stored`) whose stored state may hold
+    `max_state_bytes`; loaded, it measures `stored` as the manager does."""
+    settings = replace(SETTINGS, limits=replace(SETTINGS.limits, max_state_bytes=max_state_bytes))
+    chat = campaign_chat("c1", settings)
+    state = new_state("c1") if stored is None else decode_stored_state(stored, "c1")
+    size = 0 if stored is None else len(stored)
+    return Session(state, settings, Metrics(), chat, stored_bytes=size)
+
+
+def errors_of(member: FakeMember) -> list[str]:
+    return [m["payload"]["code"] for m in member.take() if m["type"] == "error"]
+
+
+async def test_a_change_that_would_grow_the_stored_state_past_its_bound_is_refused() -> None:
+    session = bounded(2048)
+    gm, player = await table(session)
+    added = 0
+    while not errors_of(gm):
+        added += 1
+        await session.submit(gm, change("token.add", token_payload(f"t{added}")))
+    refused = f"t{added}"
+
+    assert 5 <= added < 30
+    assert refused not in session.state.tokens
+    assert not any(
+        m["type"] == "token.add" and m["payload"]["token_id"] == refused for m in player.take()
+    )
+    await session.submit(gm, change("token.move", {"token_id": "t1", "x": 4, "y": 2}))
+    assert errors_of(gm) == []
+    assert session.state.tokens["t1"].x == 4
+    growing: list[tuple[str, dict[str, Any]]] = [
+        ("token.update", {"token_id": "t1", "name": "x" * 200}),
+        ("fog.update", {"zones": [{"x": 0, "y": 0, "w": 1, "h": 1, "visible": True}] * 30}),
+        ("map.set", map_payload("m1")),
+    ]
+    for kind, payload in growing:
+        await session.submit(gm, change(kind, payload))
+        assert errors_of(gm) == ["limit_exceeded"], kind
+
+
+async def test_a_snapshot_measures_the_stored_state_again_so_what_was_removed_makes_room() -> None:
+    session = bounded(2048)
+    gm, _ = await table(session)
+    added = 0
+    while not errors_of(gm):
+        added += 1
+        await session.submit(gm, change("token.add", token_payload(f"t{added}")))
+    for n in range(1, added):
+        await session.submit(gm, change("token.remove", {"token_id": f"t{n}"}))
+    await session.submit(gm, change("token.add", token_payload("late")))
+    assert errors_of(gm) == ["limit_exceeded"]
+
+    snapshot = await session.snapshot()
+
+    assert snapshot is not None
+    assert session.stored_bytes == len(snapshot.data)
+    await session.submit(gm, change("token.add", token_payload("late")))
+    assert errors_of(gm) == []
+    assert "late" in session.state.tokens
+
+
+async def test_a_state_loaded_past_its_bound_takes_moves_and_removals_but_nothing_that_grows() -> (
+    None
+):
+    earlier = session_of()
+    gm, _ = await table(earlier)
+    await earlier.submit(gm, change("token.add", token_payload("t1", name="x" * 200)))
+    snapshot = await earlier.snapshot()
+    assert snapshot is not None
+    session = bounded(len(snapshot.data) - 1, snapshot.data)
+    gm, _ = await table(session)
+
+    await session.submit(gm, change("token.move", {"token_id": "t1", "x": 1, "y": 1}))
+    await session.submit(gm, change("scene.darkness", {"darkness_level": 0.5}))
+    await session.submit(gm, change("token.remove", {"token_id": "t1"}))
+    assert errors_of(gm) == []
+    await session.submit(gm, change("token.add", token_payload("t2")))
+    assert errors_of(gm) == ["limit_exceeded"]
+
+
 # --- seq and fan-out ----------------------------------------------------------------------------
 
 
