@@ -40,7 +40,7 @@ from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeEngine
 
 from app.config import ConfigError
-from app.persistence.database import READ_FAILURES, DriverPool
+from app.persistence.database import READ_FAILURES, DriverPool, to_the_end
 from app.persistence.lookups import (
     DATA_EXCEPTION,
     UNAVAILABLE_CLASSES,
@@ -506,6 +506,14 @@ class SqlChatStore:
             "p_gm_only": message.gm_only,
             "p_created_at": moment if schema.timezone else moment.replace(tzinfo=None),
         }
+        # Its sender may leave meanwhile (the insert is then cancelled): it ends all the same.
+        if not await to_the_end(self._write(schema, message, parameters)):
+            raise DuplicateMessage(message.id)
+
+    async def _write(
+        self, schema: _Schema, message: StoredMessage, parameters: Mapping[str, Any]
+    ) -> bool:
+        """Insert the message and its roll in one transaction; False when the id was stored."""
         with _failures():
             async with self._engine.begin() as connection:
                 stored = (await connection.execute(schema.insert, parameters)).first()
@@ -518,8 +526,7 @@ class SqlChatStore:
                             "p_roll": message.roll,
                         },
                     )
-        if stored is None:
-            raise DuplicateMessage(message.id)
+        return stored is not None
 
     async def recent(self, campaign_id: str, limit: int) -> list[StoredMessage]:
         """The last `limit` messages, oldest first (ties by id), with rolls, then usernames."""

@@ -7,9 +7,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event
@@ -30,6 +30,38 @@ IDLE_PING_AFTER = 10.0
 RETURNED_AT = "vtt_returned_at"
 
 log = logging.getLogger("vtt.database")
+
+T = TypeVar("T")
+# Writes whose callers were cancelled while they ran, kept until they end (`to_the_end`).
+_unfinished: set[asyncio.Future[Any]] = set()
+
+
+async def to_the_end(write: Coroutine[Any, Any, T]) -> T:
+    """Await `write`, which runs to its end even when the caller is cancelled meanwhile.
+
+    A statement abandoned half-way on SQLite goes on in aiosqlite's thread and stops on the
+    row nobody reads; the connection closed around it keeps the database's write lock until
+    a full garbage collection, and every other write waits out its busy timeout and fails
+    ("database is locked"). A write whose caller went leaves what it would have left had it
+    completed just before the cancel; its outcome is dropped.
+    """
+    task = asyncio.ensure_future(write)
+    _unfinished.add(task)
+    task.add_done_callback(_finished)
+    return await asyncio.shield(task)
+
+
+def _finished(task: asyncio.Future[Any]) -> None:
+    _unfinished.discard(task)
+    if not task.cancelled():
+        # Retrieved here: a caller that went has nobody to tell.
+        task.exception()
+
+
+async def writes_finished() -> None:
+    """Wait for the writes whose callers went (before a dispose); a timeout leaves them be."""
+    if _unfinished:
+        await asyncio.wait(set(_unfinished))
 
 
 def async_url(database_url: str | None, sqlite_path: str = "vtt.db") -> URL:

@@ -14,6 +14,7 @@ cannot overwrite its successor's state; a new owner raises the row's fence as it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -27,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from app.persistence.database import READ_FAILURES, DriverPool
+from app.persistence.database import READ_FAILURES, DriverPool, to_the_end, writes_finished
 from app.persistence.tables import vtt_sessions
 
 BATCH_ROWS: Final = 500
@@ -44,6 +45,8 @@ ORDER_SLICE: Final = 2000
 # How long the start-up warm-up may take before it is given up (the first flush then opens
 # what is missing itself).
 WARM_SECONDS: Final = 30.0
+# How long closing waits for writes whose callers went (under the shutdown step's 5 s).
+WRITES_GRACE: Final = 4.0
 
 log = logging.getLogger("vtt.store")
 
@@ -298,7 +301,8 @@ class SqlStore:
 
         writers = []
         for batch in itertools.islice(pending, self._writers):
-            writers.append(write(batch))
+            # A flush cancelled at shutdown lets the statements under way end (to_the_end).
+            writers.append(to_the_end(write(batch)))
             taken += 1
         outcomes = await asyncio.gather(*writers, return_exceptions=True)
         with _store_failures():
@@ -313,6 +317,9 @@ class SqlStore:
         No row is created: without one the answer is 0, and the owner's first save
         writes the row under its fence.
         """
+        return await to_the_end(self._raise(campaign_id, fence))
+
+    async def _raise(self, campaign_id: str, fence: int) -> int:
         parameters = {"id": campaign_id, "fence": fence}
         with _store_failures():
             async with self._engine.begin() as connection:
@@ -335,6 +342,9 @@ class SqlStore:
         if self._warming is not None:
             self._warming.cancel()
             await asyncio.wait({self._warming})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WRITES_GRACE):
+                await writes_finished()
         await self._engine.dispose()
 
     def _parameters(

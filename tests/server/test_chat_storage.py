@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
@@ -528,6 +530,42 @@ def test_a_repeated_id_writes_nothing_and_is_reported_as_a_duplicate(database_ur
 
     (only,) = run(scenario())
     assert (only.content, only.roll) == ('"first"', None)
+
+
+def test_an_insert_whose_sender_left_mid_statement_runs_to_its_end_and_frees_the_database(
+    tmp_path: Path,
+) -> None:
+    # Cancelled while SQLite ran it, an INSERT ... RETURNING went on in aiosqlite's thread and
+    # stopped on the row nobody read; the connection closed around it kept the write lock
+    # until a full garbage collection (the chat-churn wedge: every later write "locked").
+    path = tmp_path / "vtt.db"
+    url = f"sqlite:///{path}"
+
+    async def scenario() -> list[StoredMessage]:
+        async with chat_store(url, connect_timeout=2.0) as (store, engine):
+            began = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+                if statement.lstrip().upper().startswith("INSERT INTO CHAT_MESSAGES"):
+                    loop.call_soon_threadsafe(began.set)
+
+            event.listen(engine.sync_engine, "before_cursor_execute", before)
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            sending = asyncio.create_task(store.insert(stored(1)))
+            async with asyncio.timeout(5.0):
+                await began.wait()
+            sending.cancel()
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            async with asyncio.timeout(5.0):
+                await store.insert(stored(2))
+            return await store.recent("c1", 10)
+
+    assert [m.id for m in run(scenario())] == [stored(1).id, stored(2).id]
 
 
 @pytest.mark.postgres

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -365,6 +367,43 @@ def test_an_upsert_overwrites_the_state_and_bumps_updated_at(database_url: str) 
     assert json.loads(loaded)["seq"] == 2
     # SQLite returns the timestamp without a zone; it is UTC (CURRENT_TIMESTAMP).
     assert updated_at.replace(tzinfo=UTC) > datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def test_a_save_cancelled_mid_statement_ends_all_the_same_and_leaves_sqlite_writable(
+    tmp_path: Path,
+) -> None:
+    # As a flush cancelled at shutdown: the upsert (... RETURNING) already under way in
+    # aiosqlite's thread, abandoned, would keep the write lock for the final flush to hit.
+    path = tmp_path / "vtt.db"
+
+    async def scenario() -> tuple[int | None, int | None]:
+        async with sql_store(f"sqlite:///{path}", connect_timeout=2.0) as (store, engine):
+            began = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+                if statement.lstrip().upper().startswith("INSERT INTO VTT_SESSIONS"):
+                    loop.call_soon_threadsafe(began.set)
+
+            event.listen(engine.sync_engine, "before_cursor_execute", before)
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            saving = asyncio.create_task(store.save_many([("c1", state("c1", seq=1))]))
+            async with asyncio.timeout(5.0):
+                await began.wait()
+            saving.cancel()
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saving
+            async with asyncio.timeout(5.0):
+                await store.save_many([("c2", state("c2", seq=2))])
+                first, second = await store.load("c1"), await store.load("c2")
+            assert first is not None
+            assert second is not None
+            return json.loads(first).get("seq"), json.loads(second).get("seq")
+
+    assert run(scenario()) == (1, 2)
 
 
 def test_saving_nothing_takes_no_round_trip(database_url: str) -> None:
