@@ -437,7 +437,11 @@ async def store_message(store: ChatStore, message: StoredMessage) -> None:
         await store.insert(message)
     except ChatUnusable as unusable:
         raise Refusal("db_error", f"chat is unavailable: {unusable.reason}") from None
-    except StoreUnavailable:
+    except StoreUnavailable as failure:
+        log.warning(
+            "chat message not stored",
+            extra={"campaign_id": message.campaign_id, "reason": str(failure)},
+        )
         raise Refusal("db_error", "the message could not be stored") from None
     except ChatRejected as rejected:
         raise Refusal("invalid_payload", f"chat.send {rejected.reason}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -561,16 +562,20 @@ async def test_an_accepted_message_is_stored_before_it_is_returned() -> None:
     assert (accepted.username, accepted.user_id, accepted.campaign_id) == ("Alice", "alice", "c1")
 
 
-async def test_a_failed_insert_answers_db_error_and_stores_nothing() -> None:
+async def test_a_failed_insert_answers_db_error_stores_nothing_and_says_so_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = MemoryChatStore()
     store.outage = True
-    with pytest.raises(Refusal) as raised:
+    with caplog.at_level(logging.WARNING, "vtt.chat"), pytest.raises(Refusal) as raised:
         await within(campaign_chat(store).accept(ALICE, None, send(), Table("alice")))
     assert (raised.value.code, raised.value.message) == (
         "db_error",
         "the message could not be stored",
     )
     assert store.rows == {}
+    (record,) = [r for r in caplog.records if r.getMessage() == "chat message not stored"]
+    assert (record.campaign_id, record.reason) == ("c1", "simulated outage")  # type: ignore[attr-defined]
 
 
 async def test_an_unusable_chat_table_answers_db_error_naming_why() -> None:
