@@ -54,16 +54,24 @@ def apply(
     actor: Actor,
     rules: Rules,
     may_change: LockCheck = _unlocked,
+    oversized: bool = False,
 ) -> list[Event]:
     """Apply `message` to `state` in place and return the events to broadcast.
 
     Raises Refusal (and leaves `state` untouched) when the message may not apply. A token
     another user holds the drag lock of (`may_change` says) is refused as `locked`, after the
-    checks that it exists for the sender and that the sender may touch it.
+    checks that it exists for the sender and that the sender may touch it. `oversized` (the
+    change could take the stored state past max_state_bytes) is refused once the sender is
+    known to be allowed to send it at all.
     """
     kind = MESSAGES.of(message)
     if kind.gm_only and actor.role != "gm":
         raise errors.forbidden(f"only the GM may send {kind.tag}")
+    if oversized:
+        raise errors.limit_exceeded(
+            f"the campaign's stored state is at most {rules.limits.max_state_bytes} bytes; "
+            "remove something first"
+        )
     match message:
         case TokenAddMsg(payload=token):
             return [_token_add(state, token, actor, rules, may_change)]

@@ -44,13 +44,16 @@ from app.protocol import (
 )
 from app.rules import apply, map_list
 
-# The changes that can make the stored state larger, each by at most about its payload's size.
-GROWING = (TokenAddMsg, TokenUpdateMsg, FogUpdateMsg, MapSetMsg, MapRenameMsg)
+# The changes that can make the stored state larger, each by at most about its payload's size
+# (by type: a move, most of the traffic, is one set lookup from the answer).
+GROWING: frozenset[type[StateChange]] = frozenset(
+    {TokenAddMsg, TokenUpdateMsg, FogUpdateMsg, MapSetMsg, MapRenameMsg}
+)
 
 
 def _growth(message: StateChange) -> int:
     """How much `message` may add to the stored state: its payload's size, or 0."""
-    return len(encode(message.payload)) if isinstance(message, GROWING) else 0
+    return len(encode(message.payload)) if type(message) in GROWING else 0
 
 
 class Outgoing(Struct, frozen=True, gc=False):
@@ -400,30 +403,25 @@ class Session:
         if self.closed:
             return
         growth = _growth(message)
-        bound = self.rules.limits.max_state_bytes
-        if growth and self.stored_bytes + self.grown + growth > bound:
-            self.reply_error(
-                member,
-                "limit_exceeded",
-                f"the campaign's stored state is at most {bound} bytes; remove something first",
-            )
-            return
+        room = self.rules.limits.max_state_bytes - self.stored_bytes - self.grown
+        oversized = growth > max(room, 0)
         live = self.ephemeral
+        actor = member.actor
         before = live.visibility()
         try:
-            events = apply(self.state, message, member.actor, self.rules, live.may_change)
+            events = apply(self.state, message, actor, self.rules, live.may_change, oversized)
         except Refusal as refusal:
             self.reply_error(member, refusal.code, refusal.message)
             return
         self.grown += growth
-        live.changed(events, member.actor, before)
+        live.changed(events, actor, before)
         first = self.state.seq + 1
         for event in events:
             self._publish(event)
         live.revealed(before)
         journal = self.journal
         if journal is not None and events:
-            journal.command(self, first, member.actor, message)
+            journal.command(self, first, actor, message)
 
     def replay_command(self, actor: Actor, message: StateChange) -> bool:
         """Apply a logged command again (a new owner catching up); False when it is refused."""

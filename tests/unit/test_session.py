@@ -223,7 +223,7 @@ async def test_a_state_loaded_past_its_bound_takes_moves_and_removals_but_nothin
     snapshot = await earlier.snapshot()
     assert snapshot is not None
     session = bounded(len(snapshot.data) - 1, snapshot.data)
-    gm, _ = await table(session)
+    gm, player = await table(session)
 
     await session.submit(gm, change("token.move", {"token_id": "t1", "x": 1, "y": 1}))
     await session.submit(gm, change("scene.darkness", {"darkness_level": 0.5}))
@@ -231,6 +231,9 @@ async def test_a_state_loaded_past_its_bound_takes_moves_and_removals_but_nothin
     assert errors_of(gm) == []
     await session.submit(gm, change("token.add", token_payload("t2")))
     assert errors_of(gm) == ["limit_exceeded"]
+    # What the sender may not send at all is refused as such first.
+    await session.submit(player, change("map.set", map_payload("m1")))
+    assert errors_of(player) == ["forbidden"]
 
 
 # --- seq and fan-out ----------------------------------------------------------------------------
