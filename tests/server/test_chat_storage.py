@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
@@ -32,7 +30,7 @@ from app.persistence.chat import (
 from app.persistence.database import create_engine
 from app.persistence.migrate import upgrade_to_head
 from app.persistence.store import SqlStore, StoreUnavailable
-from tests.support.database import small_driver_pool
+from tests.support.database import cancel_mid_statement, small_driver_pool
 from tests.support.harness import serve, settings_for
 from tests.support.sql import GO_CAMPAIGN as CAMPAIGN
 from tests.support.sql import GO_CHARACTER as CHARACTER
@@ -543,24 +541,9 @@ def test_an_insert_whose_sender_left_mid_statement_runs_to_its_end_and_frees_the
 
     async def scenario() -> list[StoredMessage]:
         async with chat_store(url, connect_timeout=2.0) as (store, engine):
-            began = asyncio.Event()
-            loop = asyncio.get_running_loop()
-
-            def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-                if statement.lstrip().upper().startswith("INSERT INTO CHAT_MESSAGES"):
-                    loop.call_soon_threadsafe(began.set)
-
-            event.listen(engine.sync_engine, "before_cursor_execute", before)
-            blocker = sqlite3.connect(path, isolation_level=None)
-            blocker.execute("BEGIN IMMEDIATE")
-            sending = asyncio.create_task(store.insert(stored(1)))
-            async with asyncio.timeout(5.0):
-                await began.wait()
-            sending.cancel()
-            blocker.execute("ROLLBACK")
-            blocker.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sending
+            await cancel_mid_statement(
+                engine, path, "INSERT INTO chat_messages", store.insert(stored(1))
+            )
             async with asyncio.timeout(5.0):
                 await store.insert(stored(2))
             return await store.recent("c1", 10)

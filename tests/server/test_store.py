@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,7 +30,7 @@ from app.persistence.store import (
     batches,
 )
 from app.persistence.tables import vtt_sessions
-from tests.support.database import small_driver_pool
+from tests.support.database import cancel_mid_statement, small_driver_pool
 from tests.support.fence_audit import fence_audit, install_fence_audit
 from tests.support.loops import run
 from tests.support.poll import poll
@@ -378,24 +376,8 @@ def test_a_save_cancelled_mid_statement_ends_all_the_same_and_leaves_sqlite_writ
 
     async def scenario() -> tuple[int | None, int | None]:
         async with sql_store(f"sqlite:///{path}", connect_timeout=2.0) as (store, engine):
-            began = asyncio.Event()
-            loop = asyncio.get_running_loop()
-
-            def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-                if statement.lstrip().upper().startswith("INSERT INTO VTT_SESSIONS"):
-                    loop.call_soon_threadsafe(began.set)
-
-            event.listen(engine.sync_engine, "before_cursor_execute", before)
-            blocker = sqlite3.connect(path, isolation_level=None)
-            blocker.execute("BEGIN IMMEDIATE")
-            saving = asyncio.create_task(store.save_many([("c1", state("c1", seq=1))]))
-            async with asyncio.timeout(5.0):
-                await began.wait()
-            saving.cancel()
-            blocker.execute("ROLLBACK")
-            blocker.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await saving
+            saving = store.save_many([("c1", state("c1", seq=1))])
+            await cancel_mid_statement(engine, path, "INSERT INTO vtt_sessions", saving)
             async with asyncio.timeout(5.0):
                 await store.save_many([("c2", state("c2", seq=2))])
                 first, second = await store.load("c1"), await store.load("c2")

@@ -9,14 +9,19 @@ where they fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.persistence.database import DriverPool
 
@@ -82,3 +87,33 @@ def small_driver_pool(url: str, timeouts: Mapping[str, object]) -> DriverPool:
     assert isinstance(connect, float | int)
     assert isinstance(command, float | int)
     return DriverPool(url, size=2, connect_timeout=connect, command_timeout=command)
+
+
+async def cancel_mid_statement(
+    engine: AsyncEngine, path: Path, prefix: str, work: Coroutine[Any, Any, Any]
+) -> None:
+    """Run `work` on the SQLite file at `path` and cancel it while its statement starting with
+    `prefix` runs in aiosqlite's thread: the write lock is held from outside until the
+    statement has begun, and let go right after the cancel, so the statement then completes
+    in the thread with its caller gone. Returns once `work` has ended."""
+    began = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(prefix.upper()):
+            loop.call_soon_threadsafe(began.set)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        task = asyncio.create_task(work)
+        async with asyncio.timeout(5.0):
+            await began.wait()
+        task.cancel()
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+        event.remove(engine.sync_engine, "before_cursor_execute", before)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -166,13 +166,19 @@ def errors_of(member: FakeMember) -> list[str]:
     return [m["payload"]["code"] for m in member.take() if m["type"] == "error"]
 
 
-async def test_a_change_that_would_grow_the_stored_state_past_its_bound_is_refused() -> None:
-    session = bounded(2048)
-    gm, player = await table(session)
+async def add_until_refused(session: Session, gm: FakeMember) -> int:
+    """Add tokens t1, t2, ... until one is refused; the number of the refused one."""
     added = 0
     while not errors_of(gm):
         added += 1
         await session.submit(gm, change("token.add", token_payload(f"t{added}")))
+    return added
+
+
+async def test_a_change_that_would_grow_the_stored_state_past_its_bound_is_refused() -> None:
+    session = bounded(2048)
+    gm, player = await table(session)
+    added = await add_until_refused(session, gm)
     refused = f"t{added}"
 
     assert 5 <= added < 30
@@ -196,10 +202,7 @@ async def test_a_change_that_would_grow_the_stored_state_past_its_bound_is_refus
 async def test_a_snapshot_measures_the_stored_state_again_so_what_was_removed_makes_room() -> None:
     session = bounded(2048)
     gm, _ = await table(session)
-    added = 0
-    while not errors_of(gm):
-        added += 1
-        await session.submit(gm, change("token.add", token_payload(f"t{added}")))
+    added = await add_until_refused(session, gm)
     for n in range(1, added):
         await session.submit(gm, change("token.remove", {"token_id": f"t{n}"}))
     await session.submit(gm, change("token.add", token_payload("late")))
