@@ -403,8 +403,8 @@ class Session:
         if self.closed:
             return
         growth = _growth(message)
-        room = self.rules.limits.max_state_bytes - self.stored_bytes - self.grown
-        oversized = growth > max(room, 0)
+        # Only a growing change (no move) asks how much room the stored state has left.
+        oversized = growth > 0 and growth > self._room()
         live = self.ephemeral
         actor = member.actor
         before = live.visibility()
@@ -422,6 +422,10 @@ class Session:
         journal = self.journal
         if journal is not None and events:
             journal.command(self, first, actor, message)
+
+    def _room(self) -> int:
+        """How many bytes the stored state may still grow by (negative when it is past)."""
+        return self.rules.limits.max_state_bytes - self.stored_bytes - self.grown
 
     def replay_command(self, actor: Actor, message: StateChange) -> bool:
         """Apply a logged command again (a new owner catching up); False when it is refused."""
